@@ -1,0 +1,11 @@
+//! The batch: its model, its JSON Schema, output references between tasks, and validation.
+
+pub mod issue;
+pub mod model;
+pub mod schema;
+pub mod template;
+pub mod validate;
+
+pub use issue::Issue;
+pub use model::*;
+pub use validate::{ValidatedBatch, validate_text, validate_value};

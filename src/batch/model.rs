@@ -1,0 +1,100 @@
+//! The batch as users write it: tasks, their agents' inputs, and the run configuration.
+//!
+//! These types are the single source of the input JSON Schema (`dispatch_runner schema`): field
+//! names here are a public contract that people, CI jobs and coding agents write by hand.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::AgentInput;
+
+/// A batch of tasks plus optional run configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "dispatch_runner task batch")]
+pub struct Batch {
+    /// The tasks to run. Results come back in this order.
+    pub tasks: Vec<Task>,
+    /// Run configuration; every field is optional and has a default.
+    #[serde(default)]
+    pub config: BatchConfig,
+}
+
+/// One unit of work: an agent, its input, and the tasks it waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    /// Unique id: 1 to 128 letters, digits, `_`, `-` or `.`.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.\-]+$"))]
+    pub task_id: String,
+    /// The agent that runs this task, with its input.
+    #[serde(flatten)]
+    pub agent: AgentInput,
+    /// Free text for humans; shown in reports.
+    #[serde(default)]
+    pub description: String,
+    /// Tasks that must succeed before this one starts.
+    #[serde(default)]
+    #[schemars(inner(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.\-]+$")))]
+    pub dependencies: Vec<String>,
+    /// Per-attempt timeout in seconds; overrides `config.timeout_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub timeout_seconds: Option<f64>,
+    /// Extra attempts after a transient failure; overrides `config.retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub retries: Option<u32>,
+}
+
+/// Run configuration carried by the batch. Absent fields fall back to the defaults shown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most tasks running at once (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_workers: Option<usize>,
+    /// Per-attempt timeout in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub timeout_seconds: Option<f64>,
+    /// Folder for the per-run trace file (default `./traces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub trace_dir: Option<String>,
+    /// Extra attempts after a transient failure (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub retries: Option<u32>,
+    /// First retry delay in milliseconds, doubled on each retry, capped, with jitter (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3_600_000))]
+    pub retry_backoff_ms: Option<u64>,
+    /// Longest retry delay in milliseconds (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3_600_000))]
+    pub retry_backoff_max_ms: Option<u64>,
+    /// Stop starting new tasks after the first task fails (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<bool>,
+    /// Bytes kept of each captured output stream; the rest is dropped and `truncated` set (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_output_bytes: Option<usize>,
+    /// Circuit breaker settings, one breaker per agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+/// When a breaker opens and how long it stays open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures that open the breaker (default 5; 0 disables it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// Seconds an open breaker waits before letting one probe through (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub recovery_timeout_seconds: Option<f64>,
+}

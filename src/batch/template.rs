@@ -1,0 +1,274 @@
+//! Output passing between tasks: `{{tasks.<task_id>.output.<field>[.<field>...]}}` inside any
+//! string of `input_data`.
+//!
+//! Parsing happens twice: at validation time (to reject malformed references and references to
+//! tasks that are not dependencies) and at run time (to substitute upstream outputs).
+
+use serde_json::Value;
+
+/// One reference found in a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub task_id: String,
+    /// Field path into the upstream output; empty means the whole output.
+    pub fields: Vec<String>,
+}
+
+/// A piece of a parsed string: literal text or a reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Ref(Reference),
+}
+
+const OPEN: &str = "{{";
+const CLOSE: &str = "}}";
+
+/// Splits a string into literal text and references. `is_task` tells which ids exist, so an id
+/// containing dots (`lint.py`) is told apart from a field path. A `{{` that does not start with
+/// `tasks.` is ordinary text (other template languages use `{{` too).
+pub fn parse(s: &str, is_task: &dyn Fn(&str) -> bool) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = s;
+    let mut text = String::new();
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        if !after.trim_start().starts_with("tasks.") {
+            text.push_str(&rest[..start + OPEN.len()]);
+            rest = after;
+            continue;
+        }
+        let Some(end) = after.find(CLOSE) else {
+            return Err(format!(
+                "unterminated reference '{}': missing '}}}}'",
+                truncate(&rest[start..], 60)
+            ));
+        };
+        text.push_str(&rest[..start]);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+        }
+        pieces.push(Piece::Ref(parse_reference(after[..end].trim(), is_task)?));
+        rest = &after[end + CLOSE.len()..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+fn parse_reference(body: &str, is_task: &dyn Fn(&str) -> bool) -> Result<Reference, String> {
+    let shown = format!("{{{{{body}}}}}");
+    let path = body
+        .strip_prefix("tasks.")
+        .expect("caller checked the prefix");
+    // Candidate split points: every ".output" that ends the path or is followed by '.'.
+    let mut candidates = Vec::new();
+    for (pos, _) in path.match_indices(".output") {
+        let tail = &path[pos + ".output".len()..];
+        if tail.is_empty() || tail.starts_with('.') {
+            candidates.push((pos, tail));
+        }
+    }
+    if candidates.is_empty() {
+        return Err(format!(
+            "malformed reference '{shown}': expected {{{{tasks.<task_id>.output.<field>}}}}"
+        ));
+    }
+    let chosen = candidates
+        .iter()
+        .find(|(pos, _)| is_task(&path[..*pos]))
+        .or(candidates.first())
+        .copied()
+        .expect("non-empty");
+    let (pos, tail) = chosen;
+    let task_id = &path[..pos];
+    if task_id.is_empty() {
+        return Err(format!("malformed reference '{shown}': empty task id"));
+    }
+    let fields: Vec<String> = if tail.is_empty() {
+        Vec::new()
+    } else {
+        tail[1..].split('.').map(str::to_string).collect()
+    };
+    if fields.iter().any(String::is_empty) {
+        return Err(format!("malformed reference '{shown}': empty field name"));
+    }
+    Ok(Reference {
+        task_id: task_id.to_string(),
+        fields,
+    })
+}
+
+/// Looks a field path up in an output; numeric segments index arrays.
+pub fn lookup<'v>(output: &'v Value, fields: &[String]) -> Option<&'v Value> {
+    fields.iter().try_fold(output, |v, f| match v {
+        Value::Object(m) => m.get(f),
+        Value::Array(a) => f.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// Renders a substituted value: strings as-is, anything else as compact JSON.
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Calls `f` with the JSON Pointer suffix and text of every string inside `v`.
+pub fn visit_strings(v: &Value, pointer: &mut String, f: &mut dyn FnMut(&str, &str)) {
+    match v {
+        Value::String(s) => f(pointer, s),
+        Value::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&i.to_string());
+                visit_strings(item, pointer, f);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&crate::batch::issue::pointer_token(k));
+                visit_strings(item, pointer, f);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Replaces every reference in every string of `v`, using `resolve` for each. Strings without
+/// references are left untouched (no allocation beyond the walk).
+pub fn substitute(
+    v: &mut Value,
+    is_task: &dyn Fn(&str) -> bool,
+    resolve: &dyn Fn(&Reference) -> Result<String, String>,
+) -> Result<(), String> {
+    match v {
+        Value::String(s) => {
+            if s.contains(OPEN) {
+                let pieces = parse(s, is_task)?;
+                if pieces.iter().any(|p| matches!(p, Piece::Ref(_))) {
+                    let mut out = String::with_capacity(s.len());
+                    for p in pieces {
+                        match p {
+                            Piece::Text(t) => out.push_str(&t),
+                            Piece::Ref(r) => out.push_str(&resolve(&r)?),
+                        }
+                    }
+                    *s = out;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .try_for_each(|x| substitute(x, is_task, resolve)),
+        Value::Object(m) => m
+            .values_mut()
+            .try_for_each(|x| substitute(x, is_task, resolve)),
+        _ => Ok(()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn known(id: &str) -> bool {
+        ["build", "lint.py", "a.output"].contains(&id)
+    }
+
+    fn r(task: &str, fields: &[&str]) -> Piece {
+        Piece::Ref(Reference {
+            task_id: task.into(),
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn parses_text_and_references() {
+        let p = parse(
+            "x {{tasks.build.output.stdout}} y {{ tasks.lint.py.output.a.0 }}",
+            &known,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Piece::Text("x ".into()),
+                r("build", &["stdout"]),
+                Piece::Text(" y ".into()),
+                r("lint.py", &["a", "0"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn ids_with_output_in_them() {
+        let p = parse("{{tasks.a.output.output.x}}", &known).unwrap();
+        assert_eq!(p, vec![r("a.output", &["x"])]);
+        let p = parse("{{tasks.zz.output.x}}", &known).unwrap();
+        assert_eq!(p, vec![r("zz", &["x"])]);
+    }
+
+    #[test]
+    fn other_braces_are_text() {
+        let p = parse("{{.Name}} and {{ other }}", &known).unwrap();
+        assert_eq!(p, vec![Piece::Text("{{.Name}} and {{ other }}".into())]);
+    }
+
+    #[test]
+    fn malformed_references() {
+        for bad in [
+            "{{tasks.build}}",
+            "{{tasks.build.stdout}}",
+            "{{tasks.build.output.}}",
+            "{{tasks.build.output..x}}",
+            "{{tasks..output.x}}",
+            "{{tasks.build.output.stdout",
+        ] {
+            assert!(parse(bad, &known).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn substitutes_strings_and_json() {
+        let out = json!({"stdout": "hi\n", "n": 3, "list": [1, {"k": "v"}]});
+        let mut v = json!({"argv": ["echo", "{{tasks.build.output.stdout}}", "n={{tasks.build.output.n}}",
+                                     "{{tasks.build.output.list.1}}", "{{tasks.build.output.list.1.k}}"]});
+        substitute(&mut v, &known, &|r| {
+            lookup(&out, &r.fields)
+                .map(render)
+                .ok_or_else(|| "missing".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"argv": ["echo", "hi\n", "n=3", "{\"k\":\"v\"}", "v"]})
+        );
+    }
+
+    #[test]
+    fn lookup_misses() {
+        let out = json!({"a": [1]});
+        assert_eq!(lookup(&out, &["b".into()]), None);
+        assert_eq!(lookup(&out, &["a".into(), "x".into()]), None);
+        assert_eq!(lookup(&out, &["a".into(), "0".into()]), Some(&json!(1)));
+    }
+}

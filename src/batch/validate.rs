@@ -1,0 +1,232 @@
+//! Checking a whole batch before anything runs: JSON syntax, the JSON Schema, the dependency graph
+//! and output references. Every problem is reported, not just the first.
+
+use std::collections::HashMap;
+
+use jsonschema::error::ValidationErrorKind;
+use serde_json::Value;
+
+use crate::agents;
+use crate::batch::Batch;
+use crate::batch::issue::Issue;
+use crate::batch::schema::{available_agents, batch_schema, batch_validator};
+use crate::batch::template::{self, Piece};
+use crate::graph::{GraphInput, Plan, natural_path_cmp};
+
+/// A batch that passed every check, with its dependency plan.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatch {
+    pub batch: Batch,
+    pub plan: Plan,
+}
+
+/// Longest message kept from the schema validator: it quotes the offending value, which can be huge.
+const MAX_MESSAGE: usize = 400;
+
+/// Parses and checks a batch given as JSON text.
+pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
+    let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
+    validate_value(value)
+}
+
+/// The error for text that is not JSON, naming line and column.
+pub fn json_syntax_issue(e: &serde_json::Error) -> Issue {
+    let what = match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        _ => "invalid JSON",
+    };
+    let msg = e.to_string();
+    // serde_json appends " at line L column C"; we say it first, in our own words.
+    let detail = msg.split(" at line ").next().unwrap_or(&msg);
+    Issue::new(
+        "",
+        format!(
+            "{what} at line {}, column {}: {detail}",
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+/// Checks a batch already parsed into JSON.
+pub fn validate_value(value: Value) -> Result<ValidatedBatch, Vec<Issue>> {
+    let mut issues = schema_issues(&value);
+    let tasks = value
+        .get("tasks")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let graph_inputs = graph_inputs(tasks);
+    let plan = match Plan::build(&graph_inputs) {
+        Ok(plan) => Some(plan),
+        Err(mut e) => {
+            issues.append(&mut e);
+            None
+        }
+    };
+    issues.extend(reference_issues(tasks, &graph_inputs));
+
+    if issues.is_empty() {
+        match serde_json::from_value::<Batch>(value) {
+            Ok(batch) => {
+                return Ok(ValidatedBatch {
+                    batch,
+                    plan: plan.expect("no graph issues"),
+                });
+            }
+            // The schema is derived from the same types, so this means a schema/type mismatch.
+            Err(e) => issues.push(Issue::new("", format!("invalid batch: {e}"))),
+        }
+    }
+    issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
+    issues.dedup();
+    Err(issues)
+}
+
+fn schema_issues(value: &Value) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for err in batch_validator().iter_errors(value) {
+        let path = err.instance_path().as_str().to_string();
+        match err.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let expected = expected_fields(err.schema_path().as_str());
+                for field in unexpected {
+                    let mut message = format!("unknown field '{field}'");
+                    if !expected.is_empty() {
+                        message.push_str(&format!("; expected one of: {}", expected.join(", ")));
+                    }
+                    issues.push(Issue::new(
+                        format!("{path}/{}", crate::batch::issue::pointer_token(field)),
+                        message,
+                    ));
+                }
+            }
+            ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
+                let given = err.instance().as_str().unwrap_or("").to_string();
+                let valid = available_agents().join(", ");
+                let message = if agents::RESERVED_AGENTS.contains(&given.as_str()) {
+                    format!(
+                        "agent '{given}' is not available in this version; available agents: {valid}"
+                    )
+                } else {
+                    format!("unknown agent {}; valid agents: {valid}", err.instance())
+                };
+                issues.push(Issue::new(path, message));
+            }
+            ValidationErrorKind::Pattern { .. }
+                if path.ends_with("/task_id") || path.contains("/dependencies/") =>
+            {
+                issues.push(Issue::new(
+                    path,
+                    format!(
+                        "task id {} may contain only letters, digits, '_', '-' and '.'",
+                        short(&err.instance().to_string())
+                    ),
+                ));
+            }
+            _ => issues.push(Issue::new(path, short(&err.to_string()))),
+        }
+    }
+    issues
+}
+
+/// The property names allowed where an `additionalProperties: false` failed, read from our schema
+/// at the failing keyword's location.
+fn expected_fields(schema_path: &str) -> Vec<String> {
+    let Some(pointer) = schema_path.strip_suffix("/additionalProperties") else {
+        return Vec::new();
+    };
+    batch_schema()
+        .pointer(&format!("{pointer}/properties"))
+        .and_then(Value::as_object)
+        .map(|props| props.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn short(s: &str) -> String {
+    match s.char_indices().nth(MAX_MESSAGE) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Task ids and dependencies as far as they are well-formed, so graph problems are reported even
+/// when the schema found others.
+fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
+    tasks
+        .iter()
+        .map(|t| GraphInput {
+            id: t.get("task_id").and_then(Value::as_str).map(str::to_string),
+            deps: t
+                .get("dependencies")
+                .and_then(Value::as_array)
+                .map(|ds| {
+                    ds.iter()
+                        .enumerate()
+                        .filter_map(|(j, d)| d.as_str().map(|s| (j, s.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
+    let index: HashMap<&str, usize> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| g.id.as_deref().map(|id| (id, i)))
+        .collect();
+    let is_task = |id: &str| index.contains_key(id);
+    let mut issues = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        let Some(input) = task.get("input_data") else {
+            continue;
+        };
+        let name = inputs[i].id.as_deref().unwrap_or("?");
+        let mut pointer = format!("/tasks/{i}/input_data");
+        template::visit_strings(input, &mut pointer, &mut |path, s| {
+            let pieces = match template::parse(s, &is_task) {
+                Ok(p) => p,
+                Err(e) => {
+                    issues.push(Issue::new(path, e));
+                    return;
+                }
+            };
+            for piece in pieces {
+                let Piece::Ref(r) = piece else { continue };
+                let Some(&up) = index.get(r.task_id.as_str()) else {
+                    issues.push(Issue::new(
+                        path,
+                        format!("reference to unknown task '{}'", r.task_id),
+                    ));
+                    continue;
+                };
+                if !inputs[i].deps.iter().any(|(_, d)| *d == r.task_id) {
+                    issues.push(Issue::new(
+                        path,
+                        format!(
+                            "task '{name}' uses the output of '{}' but does not list it in its dependencies",
+                            r.task_id
+                        ),
+                    ));
+                }
+                let upstream_agent = tasks[up].get("agent").and_then(Value::as_str);
+                if let (Some(agent), Some(field)) = (upstream_agent, r.fields.first())
+                    && let Some(fields) = agents::output_fields(agent)
+                    && !fields.contains(field)
+                {
+                    issues.push(Issue::new(
+                        path,
+                        format!(
+                            "task '{}' ({agent} agent) has no output field '{field}'; its fields are: {}",
+                            r.task_id,
+                            fields.join(", ")
+                        ),
+                    ));
+                }
+            }
+        });
+    }
+    issues
+}

@@ -1,0 +1,190 @@
+//! The public event stream of a run: the single source for the result summary, the trace, and
+//! every other output. A new output is a new [`EventSink`], never a new code path in the runner.
+//!
+//! Events read like a story: run started, task ready, attempt started, attempt finished, retry
+//! scheduled, task finished (success, error, timeout, skipped or cancelled), breaker changed,
+//! run cancelled, run finished.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::policy::breaker::BreakerState;
+use crate::task_error::TaskError;
+
+/// One thing that happened, numbered and time-stamped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the stream, from 0.
+    pub seq: u64,
+    /// Wall-clock time, RFC 3339.
+    pub at: String,
+    /// Milliseconds since the run started (monotonic clock).
+    pub elapsed_ms: f64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted {
+        run_id: String,
+        /// The effective settings of the run.
+        config: Value,
+        tasks: Vec<TaskInfo>,
+    },
+    /// All dependencies succeeded (or there were none): the task may start when a worker is free.
+    TaskReady {
+        task_id: String,
+    },
+    AttemptStarted {
+        task_id: String,
+        /// 1 for the first attempt.
+        attempt: u32,
+        /// Worker lane, from 0 to max_workers - 1 (for timelines).
+        worker: usize,
+    },
+    AttemptFinished {
+        task_id: String,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        duration_ms: f64,
+        error: Option<TaskError>,
+    },
+    RetryScheduled {
+        task_id: String,
+        /// The attempt that will run after the delay.
+        attempt: u32,
+        delay_ms: u64,
+    },
+    /// The task reached its final status.
+    TaskFinished {
+        task_id: String,
+        status: TaskStatus,
+        output: Option<Value>,
+        error: Option<TaskError>,
+        attempts: u32,
+    },
+    BreakerChanged {
+        breaker: String,
+        from: BreakerState,
+        to: BreakerState,
+    },
+    /// No new tasks will start.
+    RunCancelled {
+        reason: CancelReason,
+    },
+    RunFinished {
+        status: RunStatus,
+        summary: Summary,
+    },
+}
+
+/// The static facts about a task, announced when the run starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task_id: String,
+    pub agent: String,
+    pub description: String,
+    pub dependencies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Success,
+    Error,
+    Timeout,
+    Skipped,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Success => "success",
+            TaskStatus::Error => "error",
+            TaskStatus::Timeout => "timeout",
+            TaskStatus::Skipped => "skipped",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Success,
+    Error,
+    Timeout,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every task succeeded.
+    Success,
+    /// Some tasks succeeded, some did not.
+    Partial,
+    /// No task succeeded.
+    Failure,
+}
+
+/// Why a run stopped starting tasks before the batch was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    FailFast,
+    Sigint,
+    Sigterm,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub total_tasks: usize,
+    pub successful: usize,
+    pub failed: usize,
+    pub timed_out: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+    pub total_time_ms: u64,
+}
+
+impl Summary {
+    pub fn count(&mut self, status: TaskStatus) {
+        match status {
+            TaskStatus::Success => self.successful += 1,
+            TaskStatus::Error => self.failed += 1,
+            TaskStatus::Timeout => self.timed_out += 1,
+            TaskStatus::Skipped => self.skipped += 1,
+            TaskStatus::Cancelled => self.cancelled += 1,
+        }
+    }
+
+    pub fn run_status(&self) -> RunStatus {
+        if self.successful == self.total_tasks {
+            RunStatus::Success
+        } else if self.successful == 0 {
+            RunStatus::Failure
+        } else {
+            RunStatus::Partial
+        }
+    }
+}
+
+/// A consumer of the event stream. Delivery is synchronous and in order, which gives back-pressure
+/// for free: a slow sink slows the dispatcher rather than buffering without bound.
+pub trait EventSink: Send {
+    fn on_event(&mut self, event: &Event);
+}
+
+/// Wall-clock time as RFC 3339 with millisecond precision.
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}

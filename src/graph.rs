@@ -1,0 +1,360 @@
+//! The dependency graph of a batch: structural checks (unknown tasks, self-dependencies, cycles),
+//! dependency levels, and each task's critical-path priority.
+//!
+//! This module only knows task indices and ids; it never runs anything. The scheduler consumes the
+//! `Plan` it builds.
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+
+use crate::batch::issue::{Issue, pointer_token};
+
+/// The checked dependency structure of a batch. Task `i` is the `i`-th task of the input.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    ids: Vec<String>,
+    /// `deps[i]`: indices of the tasks task `i` waits for.
+    deps: Vec<Vec<usize>>,
+    /// `dependents[i]`: indices of the tasks waiting for task `i`.
+    dependents: Vec<Vec<usize>>,
+    /// `level[i]`: 0 for tasks without dependencies, else 1 + the highest level among its deps.
+    level: Vec<usize>,
+    /// `chain[i]`: tasks on the longest chain from `i` to the end of the graph, `i` included.
+    chain: Vec<usize>,
+}
+
+/// A task as the graph checker sees it: its id (if it had a usable one) and its dependencies with
+/// their position in the `dependencies` array.
+#[derive(Debug, Clone, Default)]
+pub struct GraphInput {
+    pub id: Option<String>,
+    pub deps: Vec<(usize, String)>,
+}
+
+/// The plan summary printed by `dispatch_runner validate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub task_count: usize,
+    pub dependency_count: usize,
+    /// Tasks that can run together: level 0 has no dependencies, level n waits only on lower levels.
+    pub levels: Vec<Vec<String>>,
+    /// The longest dependency chain, first task first.
+    pub critical_path: Vec<String>,
+}
+
+impl Plan {
+    /// Checks the graph and builds the plan, reporting every problem found rather than the first.
+    pub fn build(tasks: &[GraphInput]) -> Result<Plan, Vec<Issue>> {
+        let mut issues = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
+        for (i, t) in tasks.iter().enumerate() {
+            if let Some(id) = &t.id {
+                if let Some(&first) = index.get(id.as_str()) {
+                    issues.push(Issue::new(
+                        format!("/tasks/{i}/task_id"),
+                        format!("duplicate task_id '{id}' (first used by /tasks/{first})"),
+                    ));
+                } else {
+                    index.insert(id, i);
+                }
+            }
+        }
+
+        let mut graph: DiGraph<usize, usize> = DiGraph::with_capacity(tasks.len(), tasks.len());
+        let nodes: Vec<NodeIndex> = (0..tasks.len()).map(|i| graph.add_node(i)).collect();
+        let mut deps = vec![Vec::new(); tasks.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            let name = t.id.as_deref().unwrap_or("?");
+            for (j, dep) in &t.deps {
+                let path = format!("/tasks/{i}/dependencies/{j}");
+                match index.get(dep.as_str()) {
+                    None => issues.push(Issue::new(
+                        path,
+                        format!("task '{name}' depends on unknown task '{dep}'"),
+                    )),
+                    Some(&d) if d == i => {
+                        issues.push(Issue::new(path, format!("task '{name}' depends on itself")))
+                    }
+                    Some(&d) => {
+                        if deps[i].contains(&d) {
+                            issues.push(Issue::new(
+                                path,
+                                format!("task '{name}' lists dependency '{dep}' more than once"),
+                            ));
+                        } else {
+                            deps[i].push(d);
+                            // Edge from the task to what it depends on, labelled with the
+                            // position in its `dependencies` array for error paths.
+                            graph.add_edge(nodes[i], nodes[d], *j);
+                        }
+                    }
+                }
+            }
+        }
+
+        for scc in tarjan_scc(&graph) {
+            if scc.len() > 1 {
+                issues.push(describe_cycle(&graph, &scc, tasks));
+            }
+        }
+        if !issues.is_empty() {
+            issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
+            return Err(issues);
+        }
+
+        let ids = tasks
+            .iter()
+            .map(|t| t.id.clone().unwrap_or_default())
+            .collect();
+        Ok(Plan::from_deps(ids, deps))
+    }
+
+    /// Builds a plan from dependency lists already known to be acyclic and in range.
+    fn from_deps(ids: Vec<String>, deps: Vec<Vec<usize>>) -> Plan {
+        let n = ids.len();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let order = topological_order(&deps, &dependents);
+        let mut level = vec![0usize; n];
+        for &i in &order {
+            level[i] = deps[i].iter().map(|&d| level[d] + 1).max().unwrap_or(0);
+        }
+        let mut chain = vec![1usize; n];
+        for &i in order.iter().rev() {
+            chain[i] = 1 + dependents[i].iter().map(|&d| chain[d]).max().unwrap_or(0);
+        }
+        Plan {
+            ids,
+            deps,
+            dependents,
+            level,
+            chain,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+
+    pub fn deps(&self, i: usize) -> &[usize] {
+        &self.deps[i]
+    }
+
+    pub fn dependents(&self, i: usize) -> &[usize] {
+        &self.dependents[i]
+    }
+
+    /// Length of the longest chain starting at task `i` (itself included): the scheduler's priority.
+    pub fn chain_len(&self, i: usize) -> usize {
+        self.chain[i]
+    }
+
+    pub fn summary(&self) -> PlanSummary {
+        let depth = self.level.iter().max().map_or(0, |m| m + 1);
+        let mut levels = vec![Vec::new(); depth];
+        for (i, &l) in self.level.iter().enumerate() {
+            levels[l].push(self.ids[i].clone());
+        }
+        let mut critical_path = Vec::new();
+        // Start at the earliest task with the longest chain and follow the longest continuation.
+        let mut cur = (0..self.len()).max_by_key(|&i| (self.chain[i], std::cmp::Reverse(i)));
+        while let Some(i) = cur {
+            critical_path.push(self.ids[i].clone());
+            cur = self.dependents[i]
+                .iter()
+                .copied()
+                .filter(|&d| self.chain[d] + 1 == self.chain[i])
+                .min();
+        }
+        PlanSummary {
+            task_count: self.len(),
+            dependency_count: self.deps.iter().map(Vec::len).sum(),
+            levels,
+            critical_path,
+        }
+    }
+}
+
+/// Kahn's algorithm; ties keep input order so levels and paths are deterministic.
+fn topological_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let mut remaining: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut queue: VecDeque<usize> = (0..deps.len()).filter(|&i| remaining[i] == 0).collect();
+    let mut order = Vec::with_capacity(deps.len());
+    while let Some(i) = queue.pop_front() {
+        order.push(i);
+        for &d in &dependents[i] {
+            remaining[d] -= 1;
+            if remaining[d] == 0 {
+                queue.push_back(d);
+            }
+        }
+    }
+    order
+}
+
+/// Names one cycle through the earliest task of a strongly connected component, found by a
+/// breadth-first search so the reported cycle is a shortest one.
+fn describe_cycle(graph: &DiGraph<usize, usize>, scc: &[NodeIndex], tasks: &[GraphInput]) -> Issue {
+    let start = *scc
+        .iter()
+        .min_by_key(|n| graph[**n])
+        .expect("non-empty scc");
+    let in_scc: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
+    let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    let mut closing = None;
+    'search: while let Some(n) = queue.pop_front() {
+        let mut next: Vec<NodeIndex> = graph.neighbors(n).filter(|m| in_scc.contains(m)).collect();
+        next.sort_by_key(|m| graph[*m]);
+        for m in next {
+            if m == start {
+                closing = Some(n);
+                break 'search;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = prev.entry(m) {
+                e.insert(n);
+                queue.push_back(m);
+            }
+        }
+    }
+    let mut path = vec![start];
+    if let Some(mut n) = closing {
+        let mut back = Vec::new();
+        while n != start {
+            back.push(n);
+            n = prev[&n];
+        }
+        path.extend(back.into_iter().rev());
+    }
+    let name = |n: &NodeIndex| tasks[graph[*n]].id.clone().unwrap_or_default();
+    let mut names: Vec<String> = path.iter().map(name).collect();
+    names.push(name(&start));
+    let first = graph[start];
+    let second = path.get(1).copied().unwrap_or(start);
+    let dep_pos = graph
+        .edges_connecting(start, second)
+        .next()
+        .map(|e| *e.weight())
+        .unwrap_or(0);
+    Issue::new(
+        format!("/tasks/{first}/dependencies/{dep_pos}"),
+        format!(
+            "dependency cycle: {} (each task depends on the next)",
+            names.join(" -> ")
+        ),
+    )
+}
+
+/// Orders JSON Pointers so `/tasks/2` comes before `/tasks/10`.
+pub fn natural_path_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |s: &str| -> Vec<(u64, String)> {
+        s.split('/')
+            .map(|t| match t.parse::<u64>() {
+                Ok(n) => (n, String::new()),
+                Err(_) => (u64::MAX, t.to_string()),
+            })
+            .collect()
+    };
+    key(a).cmp(&key(b))
+}
+
+/// Returns the pointer of task `i`'s field, for callers that build issues.
+pub fn task_pointer(i: usize, field: &str) -> String {
+    format!("/tasks/{i}/{}", pointer_token(field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(spec: &[(&str, &[&str])]) -> Vec<GraphInput> {
+        spec.iter()
+            .map(|(id, deps)| GraphInput {
+                id: Some(id.to_string()),
+                deps: deps
+                    .iter()
+                    .enumerate()
+                    .map(|(j, d)| (j, d.to_string()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn levels_and_critical_path() {
+        let plan = Plan::build(&input(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+            ("e", &[]),
+        ]))
+        .unwrap();
+        let s = plan.summary();
+        assert_eq!(s.levels, vec![vec!["a", "e"], vec!["b", "c"], vec!["d"]]);
+        assert_eq!(s.critical_path, vec!["a", "b", "d"]);
+        assert_eq!(plan.chain_len(0), 3);
+        assert_eq!(plan.chain_len(4), 1);
+        assert_eq!(s.dependency_count, 4);
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let errs = Plan::build(&input(&[
+            ("a", &["b"]),
+            ("b", &["c"]),
+            ("c", &["a"]),
+            ("d", &["d"]),
+            ("e", &["zz"]),
+            ("a", &[]),
+            ("x", &["y"]),
+            ("y", &["x"]),
+        ]))
+        .unwrap_err();
+        let messages: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "/tasks/0/dependencies/0: dependency cycle: a -> b -> c -> a (each task depends on the next)",
+                "/tasks/3/dependencies/0: task 'd' depends on itself",
+                "/tasks/4/dependencies/0: task 'e' depends on unknown task 'zz'",
+                "/tasks/5/task_id: duplicate task_id 'a' (first used by /tasks/0)",
+                "/tasks/6/dependencies/0: dependency cycle: x -> y -> x (each task depends on the next)",
+            ]
+        );
+    }
+
+    #[test]
+    fn cycle_names_a_real_cycle_inside_a_larger_component() {
+        // a->b, b->a, b->c, c->b: one component, the shortest cycle through a is a->b->a.
+        let errs =
+            Plan::build(&input(&[("a", &["b"]), ("b", &["c", "a"]), ("c", &["b"])])).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("a -> b -> a"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn natural_order_of_pointers() {
+        let mut v = vec!["/tasks/10/x", "/tasks/2/x", "", "/tasks/2"];
+        v.sort_by(|a, b| natural_path_cmp(a, b));
+        assert_eq!(v, vec!["", "/tasks/2", "/tasks/2/x", "/tasks/10/x"]);
+    }
+}

@@ -1,0 +1,42 @@
+//! dispatch_runner: check a batch of tasks as a whole, then run it in parallel on typed agents
+//! under a worker limit, with timeouts, retries and circuit breakers, and report one JSON result
+//! plus a per-run trace.
+//!
+//! # Overview
+//! - [`batch`]: the input model, its JSON Schema, `{{tasks...}}` output references, validation.
+//! - [`graph`]: dependency checks, levels, critical path. [`scheduler`]: which task is ready next.
+//! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
+//! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
+//! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
+//! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace).
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use dispatch_runner::{RunOptions, RunSettings, validate_text};
+//!
+//! let batch = validate_text(r#"{"tasks": [
+//!     {"task_id": "hello", "agent": "command", "input_data": {"argv": ["echo", "hi"]}}
+//! ]}"#).map_err(|issues| format!("{issues:?}"))?;
+//! let settings = RunSettings::resolve(&[&batch.batch.config]);
+//! let report = dispatch_runner::run(batch, RunOptions::new(settings)).await?;
+//! assert_eq!(report.result.results[0].output.as_ref().unwrap()["stdout"], "hi\n");
+//! # Ok(()) }
+//! ```
+
+pub mod agents;
+pub mod batch;
+pub mod cli;
+pub mod events;
+pub mod graph;
+pub mod policy;
+pub mod process;
+pub mod reporter;
+pub mod runner;
+pub mod scheduler;
+pub mod settings;
+pub mod task_error;
+
+pub use batch::{Batch, Issue, ValidatedBatch, validate_text, validate_value};
+pub use runner::{Interrupt, RunOptions, RunReport, RunnerError, run};
+pub use settings::RunSettings;

@@ -1,0 +1,128 @@
+//! Child processes in their own process group, so a timeout or an interrupt can take down the
+//! whole tree (TERM, a grace period, then KILL) and no grandchild is left behind.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+
+/// Tracks group terminations still in their grace period, so the run can wait for them before it
+/// exits instead of leaving processes behind.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Reaper {
+    /// Sends TERM to the group now and KILL after `grace` if anything in it is still alive.
+    pub fn terminate_group(&self, pgid: i32, grace: Duration) {
+        if !signal_group(pgid, libc::SIGTERM) {
+            return;
+        }
+        let handle = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if !group_alive(pgid) {
+                    return;
+                }
+            }
+            signal_group(pgid, libc::SIGKILL);
+        });
+        self.pending.lock().expect("reaper lock").push(handle);
+    }
+
+    /// Kills every group still in its grace period at once (a second interrupt).
+    pub fn hurry(&self) {
+        for h in self.pending.lock().expect("reaper lock").iter() {
+            h.abort();
+        }
+    }
+
+    /// Waits until every terminated group is gone or was killed.
+    pub async fn wait(&self) {
+        loop {
+            let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("reaper lock"));
+            if batch.is_empty() {
+                return;
+            }
+            for h in batch {
+                let _ = h.await;
+            }
+        }
+    }
+}
+
+/// Signals every process in a group; false when the group no longer exists.
+fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: killpg has no memory-safety preconditions.
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    signal_group(pgid, 0)
+}
+
+/// Owns a running process group: dropping it (the attempt was cancelled or timed out) terminates
+/// the group through the reaper.
+pub struct GroupGuard {
+    pgid: i32,
+    grace: Duration,
+    reaper: Reaper,
+}
+
+impl GroupGuard {
+    pub fn new(pgid: i32, grace: Duration, reaper: Reaper) -> Self {
+        GroupGuard {
+            pgid,
+            grace,
+            reaper,
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // Also runs after a normal exit: background children the command left in its group are
+        // terminated rather than orphaned.
+        self.reaper.terminate_group(self.pgid, self.grace);
+    }
+}
+
+/// Bytes read from a stream, up to a cap; the rest is read and dropped so the writer never blocks.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Reads `reader` to its end into `sink`, keeping at most `cap` bytes. The sink is shared so a
+/// caller that gives up waiting (a grandchild holding the pipe open) still has what was read.
+pub async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    cap: usize,
+    sink: Arc<Mutex<Capture>>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut c = sink.lock().expect("capture lock");
+        let room = cap.saturating_sub(c.bytes.len());
+        if n > room {
+            c.truncated = true;
+        }
+        let keep = n.min(room);
+        c.bytes.extend_from_slice(&buf[..keep]);
+    }
+}

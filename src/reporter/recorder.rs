@@ -1,0 +1,202 @@
+//! Folds the event stream into a record of the run: every task with its attempts and final state,
+//! plus the events themselves. The result document and the trace are both read off this record.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::events::{AttemptOutcome, Event, EventKind, EventSink, RunStatus, Summary, TaskStatus};
+use crate::task_error::TaskError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker: usize,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub outcome: Option<AttemptOutcome>,
+    pub error: Option<TaskError>,
+    /// Milliseconds since run start; kept for timelines.
+    pub start_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub agent: String,
+    pub description: String,
+    pub dependencies: Vec<String>,
+    /// None only while the run is in progress.
+    pub status: Option<TaskStatus>,
+    pub output: Option<Value>,
+    pub error: Option<TaskError>,
+    pub attempts: Vec<AttemptRecord>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub execution_time_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: Option<RunStatus>,
+    pub config: Value,
+    pub summary: Summary,
+    pub tasks: Vec<TaskRecord>,
+    pub events: Vec<Event>,
+}
+
+/// The subscriber that builds a [`RunRecord`].
+#[derive(Debug, Default)]
+pub struct Recorder {
+    record: Option<RunRecord>,
+    index: HashMap<String, usize>,
+    first_start_ms: Vec<Option<f64>>,
+}
+
+impl Recorder {
+    pub fn into_record(self) -> Option<RunRecord> {
+        self.record
+    }
+
+    pub fn record(&self) -> Option<&RunRecord> {
+        self.record.as_ref()
+    }
+
+    fn task(&mut self, id: &str) -> Option<(usize, &mut TaskRecord)> {
+        let i = *self.index.get(id)?;
+        Some((i, &mut self.record.as_mut()?.tasks[i]))
+    }
+}
+
+impl EventSink for Recorder {
+    fn on_event(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::RunStarted {
+                run_id,
+                config,
+                tasks,
+            } => {
+                self.index = tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.task_id.clone(), i))
+                    .collect();
+                self.first_start_ms = vec![None; tasks.len()];
+                self.record = Some(RunRecord {
+                    run_id: run_id.clone(),
+                    started_at: event.at.clone(),
+                    finished_at: None,
+                    status: None,
+                    config: config.clone(),
+                    summary: Summary {
+                        total_tasks: tasks.len(),
+                        ..Summary::default()
+                    },
+                    tasks: tasks
+                        .iter()
+                        .map(|t| TaskRecord {
+                            task_id: t.task_id.clone(),
+                            agent: t.agent.clone(),
+                            description: t.description.clone(),
+                            dependencies: t.dependencies.clone(),
+                            status: None,
+                            output: None,
+                            error: None,
+                            attempts: Vec::new(),
+                            started_at: None,
+                            finished_at: None,
+                            execution_time_ms: 0,
+                        })
+                        .collect(),
+                    events: Vec::new(),
+                });
+            }
+            EventKind::AttemptStarted {
+                task_id,
+                attempt,
+                worker,
+            } => {
+                let at = event.at.clone();
+                let elapsed = event.elapsed_ms;
+                if let Some((i, t)) = self.task(task_id) {
+                    if t.started_at.is_none() {
+                        t.started_at = Some(at.clone());
+                    }
+                    t.attempts.push(AttemptRecord {
+                        attempt: *attempt,
+                        worker: *worker,
+                        started_at: at,
+                        finished_at: None,
+                        duration_ms: None,
+                        outcome: None,
+                        error: None,
+                        start_ms: elapsed,
+                    });
+                    self.first_start_ms[i].get_or_insert(elapsed);
+                }
+            }
+            EventKind::AttemptFinished {
+                task_id,
+                attempt,
+                outcome,
+                duration_ms,
+                error,
+            } => {
+                let at = event.at.clone();
+                if let Some((_, t)) = self.task(task_id)
+                    && let Some(a) = t.attempts.iter_mut().rev().find(|a| a.attempt == *attempt)
+                {
+                    a.finished_at = Some(at);
+                    a.duration_ms = Some(*duration_ms);
+                    a.outcome = Some(*outcome);
+                    a.error = error.clone();
+                }
+            }
+            EventKind::TaskFinished {
+                task_id,
+                status,
+                output,
+                error,
+                ..
+            } => {
+                let at = event.at.clone();
+                let elapsed = event.elapsed_ms;
+                if let Some((i, t)) = self.task(task_id) {
+                    t.status = Some(*status);
+                    t.output = output.clone();
+                    t.error = error.clone();
+                    if t.started_at.is_some() {
+                        t.finished_at = Some(at);
+                    }
+                    let start = self.first_start_ms[i];
+                    if let Some(t) = self.record.as_mut().map(|r| &mut r.tasks[i]) {
+                        t.execution_time_ms =
+                            start.map_or(0, |s| (elapsed - s).max(0.0).round() as u64);
+                    }
+                    if let Some(r) = self.record.as_mut() {
+                        r.summary.count(*status);
+                    }
+                }
+            }
+            EventKind::RunFinished { status, summary } => {
+                if let Some(r) = self.record.as_mut() {
+                    r.status = Some(*status);
+                    r.summary = summary.clone();
+                    r.finished_at = Some(event.at.clone());
+                }
+            }
+            EventKind::TaskReady { .. }
+            | EventKind::RetryScheduled { .. }
+            | EventKind::BreakerChanged { .. }
+            | EventKind::RunCancelled { .. } => {}
+        }
+        if let Some(r) = self.record.as_mut() {
+            r.events.push(event.clone());
+        }
+    }
+}

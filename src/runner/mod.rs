@@ -1,0 +1,156 @@
+//! Running a validated batch: the dispatcher (run state, scheduling decisions, events) and the
+//! executor (where attempts run), plus the entry point that ties them to the trace file.
+
+pub mod dispatcher;
+pub mod executor;
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use crate::batch::ValidatedBatch;
+use crate::events::{CancelReason, EventSink};
+use crate::reporter::trace::{self, TRACE_FORMAT, Trace};
+use crate::reporter::{RunRecord, RunResult};
+use crate::settings::RunSettings;
+
+/// A request to stop the run, usually from a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    Sigint,
+    Sigterm,
+}
+
+impl Interrupt {
+    pub fn reason(self) -> CancelReason {
+        match self {
+            Interrupt::Sigint => CancelReason::Sigint,
+            Interrupt::Sigterm => CancelReason::Sigterm,
+        }
+    }
+
+    /// The conventional exit code: 128 + the signal number.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Interrupt::Sigint => 130,
+            Interrupt::Sigterm => 143,
+        }
+    }
+}
+
+/// How to run a batch beyond the batch itself.
+pub struct RunOptions {
+    pub settings: RunSettings,
+    /// Fixed run id (tests); a fresh one otherwise.
+    pub run_id: Option<String>,
+    /// Extra subscribers to the event stream.
+    pub sinks: Vec<Box<dyn EventSink>>,
+    /// Interrupt requests; the run stops starting tasks and cancels running ones on the first,
+    /// and skips the kill grace period on the second.
+    pub interrupts: Option<mpsc::Receiver<Interrupt>>,
+}
+
+impl RunOptions {
+    pub fn new(settings: RunSettings) -> Self {
+        RunOptions {
+            settings,
+            run_id: None,
+            sinks: Vec::new(),
+            interrupts: None,
+        }
+    }
+}
+
+/// Everything a finished run produced.
+pub struct RunReport {
+    pub result: RunResult,
+    pub record: RunRecord,
+    pub trace_file: PathBuf,
+    pub interrupted: Option<Interrupt>,
+    /// The extra sinks given in [`RunOptions::sinks`], handed back.
+    pub sinks: Vec<Box<dyn EventSink>>,
+}
+
+/// The runner could not do its job (as opposed to tasks failing).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("cannot use trace directory '{dir}': {source}")]
+    TraceDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write trace file '{path}': {source}")]
+    TraceWrite {
+        path: PathBuf,
+        source: std::io::Error,
+        /// The run happened; its result is still reported.
+        report: Box<RunReport>,
+    },
+}
+
+impl std::fmt::Debug for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunReport")
+            .field("result", &self.result)
+            .field("trace_file", &self.trace_file)
+            .field("interrupted", &self.interrupted)
+            .finish()
+    }
+}
+
+/// Runs a validated batch and writes its trace. Returns once every task has finished, been
+/// skipped or been cancelled, and every process it started is gone.
+pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunReport, RunnerError> {
+    let RunOptions {
+        settings,
+        run_id,
+        sinks,
+        interrupts,
+    } = options;
+    let dir = settings.trace_dir.clone();
+    trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    let run_id = run_id.unwrap_or_else(new_run_id);
+    let trace_file = trace::trace_path(&dir, &run_id);
+    let batch = validated.batch.clone();
+
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, sinks);
+    let (record, sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
+
+    let result = RunResult::from_record(&record, &trace_file);
+    let trace = Trace {
+        format: TRACE_FORMAT,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        batch,
+        run: record,
+    };
+    let written = trace::write_json_atomic(&trace_file, &trace);
+    let report = RunReport {
+        result,
+        record: trace.run,
+        trace_file: trace_file.clone(),
+        interrupted,
+        sinks,
+    };
+    match written {
+        Ok(()) => Ok(report),
+        Err(source) => Err(RunnerError::TraceWrite {
+            path: trace_file,
+            source,
+            report: Box::new(report),
+        }),
+    }
+}
+
+/// A sortable, readable run id: UTC time plus random hex, e.g. `20261122T101500Z-3fa2c1`.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    format!(
+        "{}-{:06x}",
+        now.format(&fmt).unwrap_or_default(),
+        fastrand::u32(..0x100_0000)
+    )
+}

@@ -1,0 +1,194 @@
+//! Which task runs next. Holds the ready set over the dependency graph, ordered critical path
+//! first (the task with the longest chain of dependents still ahead of it), ties in input order.
+//!
+//! It knows nothing about processes, time or workers: the dispatcher tells it what finished and
+//! asks it what is ready. A distributed executor would reuse it unchanged.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::graph::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Ready,
+    Started,
+    Done,
+}
+
+pub struct Scheduler {
+    plan: Plan,
+    /// Dependencies of each task that have not succeeded yet.
+    unmet: Vec<usize>,
+    state: Vec<State>,
+    ready: BinaryHeap<(usize, Reverse<usize>)>,
+}
+
+impl Scheduler {
+    pub fn new(plan: Plan) -> Self {
+        let n = plan.len();
+        let unmet: Vec<usize> = (0..n).map(|i| plan.deps(i).len()).collect();
+        let mut s = Scheduler {
+            plan,
+            unmet,
+            state: vec![State::Waiting; n],
+            ready: BinaryHeap::new(),
+        };
+        for i in 0..n {
+            if s.unmet[i] == 0 {
+                s.make_ready(i);
+            }
+        }
+        s
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Tasks that are ready now, in input order (for announcing them).
+    pub fn ready_tasks(&self) -> Vec<usize> {
+        (0..self.state.len())
+            .filter(|&i| self.state[i] == State::Ready)
+            .collect()
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The ready task to start next.
+    pub fn pop_ready(&mut self) -> Option<usize> {
+        let (_, Reverse(i)) = self.ready.pop()?;
+        self.state[i] = State::Started;
+        Some(i)
+    }
+
+    /// Puts a started task back in the ready set (its retry is due).
+    pub fn requeue(&mut self, i: usize) {
+        debug_assert_eq!(self.state[i], State::Started);
+        self.make_ready(i);
+    }
+
+    /// Records a success; returns the tasks it made ready, in input order.
+    pub fn succeeded(&mut self, i: usize) -> Vec<usize> {
+        self.state[i] = State::Done;
+        let mut newly = Vec::new();
+        for &d in self.plan.dependents(i) {
+            self.unmet[d] -= 1;
+            if self.unmet[d] == 0 && self.state[d] == State::Waiting {
+                newly.push(d);
+            }
+        }
+        newly.sort_unstable();
+        for &d in &newly {
+            self.make_ready(d);
+        }
+        newly
+    }
+
+    /// Records a final failure (or a skip, or a cancel); returns every task that can now never run,
+    /// each with the dependency that blocked it, nearest first, then in input order.
+    pub fn failed(&mut self, i: usize) -> Vec<(usize, usize)> {
+        self.state[i] = State::Done;
+        let mut skipped = Vec::new();
+        let mut frontier = vec![i];
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for &f in &frontier {
+                for &d in self.plan.dependents(f) {
+                    if self.state[d] == State::Waiting {
+                        self.state[d] = State::Done;
+                        next.push((d, f));
+                    }
+                }
+            }
+            next.sort_unstable();
+            frontier = next.iter().map(|&(d, _)| d).collect();
+            skipped.extend(next);
+        }
+        skipped
+    }
+
+    /// Marks a task finished without effect on others (used when cancelling the rest of a run).
+    pub fn finish(&mut self, i: usize) {
+        self.state[i] = State::Done;
+    }
+
+    /// Tasks not finished yet, in input order.
+    pub fn unfinished(&self) -> Vec<usize> {
+        (0..self.state.len())
+            .filter(|&i| self.state[i] != State::Done)
+            .collect()
+    }
+
+    fn make_ready(&mut self, i: usize) {
+        self.state[i] = State::Ready;
+        self.ready.push((self.plan.chain_len(i), Reverse(i)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::GraphInput;
+
+    fn plan(spec: &[&[usize]]) -> Plan {
+        let inputs: Vec<GraphInput> = spec
+            .iter()
+            .enumerate()
+            .map(|(i, deps)| GraphInput {
+                id: Some(format!("t{i}")),
+                deps: deps
+                    .iter()
+                    .enumerate()
+                    .map(|(j, d)| (j, format!("t{d}")))
+                    .collect(),
+            })
+            .collect();
+        Plan::build(&inputs).unwrap()
+    }
+
+    #[test]
+    fn critical_path_first_then_input_order() {
+        // t0, t1 independent; t2 -> t3 -> t4 is a chain listed after them.
+        let mut s = Scheduler::new(plan(&[&[], &[], &[], &[2], &[3]]));
+        assert_eq!(s.ready_tasks(), vec![0, 1, 2]);
+        assert_eq!(s.pop_ready(), Some(2));
+        assert_eq!(s.pop_ready(), Some(0));
+        assert_eq!(s.pop_ready(), Some(1));
+        assert_eq!(s.pop_ready(), None);
+        assert_eq!(s.succeeded(2), vec![3]);
+        assert_eq!(s.pop_ready(), Some(3));
+    }
+
+    #[test]
+    fn join_waits_for_all_dependencies() {
+        let mut s = Scheduler::new(plan(&[&[], &[], &[0, 1]]));
+        s.pop_ready();
+        s.pop_ready();
+        assert!(s.succeeded(0).is_empty());
+        assert_eq!(s.succeeded(1), vec![2]);
+    }
+
+    #[test]
+    fn failure_skips_all_descendants_but_not_other_branches() {
+        // t0 -> t1 -> t2, t3 independent, t4 depends on t1 and t3.
+        let mut s = Scheduler::new(plan(&[&[], &[0], &[1], &[], &[1, 3]]));
+        assert_eq!(s.pop_ready(), Some(0));
+        assert_eq!(s.failed(0), vec![(1, 0), (2, 1), (4, 1)]);
+        assert_eq!(s.unfinished(), vec![3]);
+        assert_eq!(s.pop_ready(), Some(3));
+        assert!(s.succeeded(3).is_empty(), "t4 was skipped, never ready");
+    }
+
+    #[test]
+    fn requeued_task_is_ready_again() {
+        let mut s = Scheduler::new(plan(&[&[]]));
+        assert_eq!(s.pop_ready(), Some(0));
+        assert!(!s.has_ready());
+        s.requeue(0);
+        assert_eq!(s.pop_ready(), Some(0));
+    }
+}

@@ -1,0 +1,177 @@
+//! Effective run settings: the batch's `config` laid over the built-in defaults, with command-line
+//! overrides on top. Every later layer (environment, configuration file) slots in here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::batch::{BatchConfig, BreakerConfig};
+use crate::policy::retry::{Backoff, RetryPolicy};
+
+pub const DEFAULT_MAX_WORKERS: usize = 5;
+pub const DEFAULT_TIMEOUT_SECONDS: f64 = 300.0;
+pub const DEFAULT_TRACE_DIR: &str = "./traces";
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
+pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 30_000;
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+pub const DEFAULT_BREAKER_RECOVERY_SECONDS: f64 = 60.0;
+/// Time between TERM and KILL when a process group is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The settings a run actually uses, recorded in its trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSettings {
+    pub max_workers: usize,
+    pub timeout_seconds: f64,
+    pub trace_dir: PathBuf,
+    pub retries: u32,
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    pub fail_fast: bool,
+    pub max_output_bytes: usize,
+    pub breaker_failure_threshold: u32,
+    pub breaker_recovery_timeout_seconds: f64,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings::resolve(&[])
+    }
+}
+
+impl RunSettings {
+    /// Resolves settings from layers given lowest precedence first; a field set in a later layer
+    /// wins over earlier ones and over the defaults.
+    pub fn resolve(layers: &[&BatchConfig]) -> Self {
+        let mut merged = BatchConfig::default();
+        for layer in layers {
+            merged = merged.overlay(layer);
+        }
+        let breaker = merged.circuit_breaker.clone().unwrap_or_default();
+        RunSettings {
+            max_workers: merged.max_workers.unwrap_or(DEFAULT_MAX_WORKERS).max(1),
+            timeout_seconds: merged.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
+            trace_dir: PathBuf::from(
+                merged
+                    .trace_dir
+                    .unwrap_or_else(|| DEFAULT_TRACE_DIR.to_string()),
+            ),
+            retries: merged.retries.unwrap_or(0),
+            retry_backoff_ms: merged.retry_backoff_ms.unwrap_or(DEFAULT_RETRY_BACKOFF_MS),
+            retry_backoff_max_ms: merged
+                .retry_backoff_max_ms
+                .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX_MS),
+            fail_fast: merged.fail_fast.unwrap_or(false),
+            max_output_bytes: merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+            breaker_failure_threshold: breaker
+                .failure_threshold
+                .unwrap_or(DEFAULT_BREAKER_THRESHOLD),
+            breaker_recovery_timeout_seconds: breaker
+                .recovery_timeout_seconds
+                .unwrap_or(DEFAULT_BREAKER_RECOVERY_SECONDS),
+        }
+    }
+
+    pub fn timeout(&self, task_override: Option<f64>) -> Duration {
+        secs(task_override.unwrap_or(self.timeout_seconds))
+    }
+
+    pub fn retry_policy(&self, task_override: Option<u32>) -> RetryPolicy {
+        RetryPolicy {
+            retries: task_override.unwrap_or(self.retries),
+            backoff: Backoff {
+                base: Duration::from_millis(self.retry_backoff_ms),
+                max: Duration::from_millis(self.retry_backoff_max_ms.max(self.retry_backoff_ms)),
+            },
+        }
+    }
+
+    pub fn breaker_recovery(&self) -> Duration {
+        secs(self.breaker_recovery_timeout_seconds)
+    }
+}
+
+/// Seconds from configuration as a duration; out-of-range values saturate instead of panicking.
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+impl BatchConfig {
+    /// This configuration with every field that `higher` sets replaced by `higher`'s value.
+    pub fn overlay(&self, higher: &BatchConfig) -> BatchConfig {
+        BatchConfig {
+            max_workers: higher.max_workers.or(self.max_workers),
+            timeout_seconds: higher.timeout_seconds.or(self.timeout_seconds),
+            trace_dir: higher.trace_dir.clone().or_else(|| self.trace_dir.clone()),
+            retries: higher.retries.or(self.retries),
+            retry_backoff_ms: higher.retry_backoff_ms.or(self.retry_backoff_ms),
+            retry_backoff_max_ms: higher.retry_backoff_max_ms.or(self.retry_backoff_max_ms),
+            fail_fast: higher.fail_fast.or(self.fail_fast),
+            max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
+            circuit_breaker: match (&self.circuit_breaker, &higher.circuit_breaker) {
+                (Some(low), Some(high)) => Some(BreakerConfig {
+                    failure_threshold: high.failure_threshold.or(low.failure_threshold),
+                    recovery_timeout_seconds: high
+                        .recovery_timeout_seconds
+                        .or(low.recovery_timeout_seconds),
+                }),
+                (low, high) => high.clone().or_else(|| low.clone()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = RunSettings::default();
+        assert_eq!(s.max_workers, 5);
+        assert_eq!(s.timeout_seconds, 300.0);
+        assert_eq!(s.trace_dir, PathBuf::from("./traces"));
+        assert_eq!(s.retries, 0);
+        assert_eq!(s.retry_backoff_ms, 1000);
+        assert!(!s.fail_fast);
+        assert_eq!(s.breaker_failure_threshold, 5);
+        assert_eq!(s.breaker_recovery(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn later_layers_win_field_by_field() {
+        let batch = BatchConfig {
+            max_workers: Some(2),
+            retries: Some(3),
+            circuit_breaker: Some(BreakerConfig {
+                failure_threshold: Some(9),
+                recovery_timeout_seconds: Some(5.0),
+            }),
+            ..Default::default()
+        };
+        let cli = BatchConfig {
+            max_workers: Some(8),
+            circuit_breaker: Some(BreakerConfig {
+                failure_threshold: Some(1),
+                recovery_timeout_seconds: None,
+            }),
+            ..Default::default()
+        };
+        let s = RunSettings::resolve(&[&batch, &cli]);
+        assert_eq!(s.max_workers, 8);
+        assert_eq!(s.retries, 3);
+        assert_eq!(s.breaker_failure_threshold, 1);
+        assert_eq!(s.breaker_recovery_timeout_seconds, 5.0);
+    }
+
+    #[test]
+    fn task_overrides() {
+        let s = RunSettings::default();
+        assert_eq!(s.timeout(Some(1.5)), Duration::from_millis(1500));
+        assert_eq!(s.timeout(None), Duration::from_secs(300));
+        assert_eq!(s.retry_policy(Some(4)).retries, 4);
+        assert_eq!(s.timeout(Some(1e300)), Duration::MAX);
+    }
+}

@@ -1,0 +1,98 @@
+//! How a task or an attempt failed: a stable, machine-readable kind plus a human message.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Stable error kinds. Scripts and agents match on these strings; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The command ran and exited non-zero (or was killed by a signal).
+    ExitStatus,
+    /// The attempt ran past its timeout and was abandoned.
+    Timeout,
+    /// The agent's circuit breaker was open; the task was not attempted.
+    CircuitOpen,
+    /// A dependency did not succeed, so the task was skipped.
+    DependencyFailed,
+    /// The program could not be started.
+    SpawnFailed,
+    /// The input was unusable in a way only visible at run time (e.g. a missing `cwd`).
+    InvalidInput,
+    /// A `{{tasks...}}` reference could not be resolved against the upstream output.
+    ReferenceUnresolved,
+    /// The run was interrupted or stopped by `fail_fast` before the task finished.
+    Cancelled,
+    /// Reading or writing failed.
+    Io,
+    /// A bug in the runner or an agent (a panic); reported against the task, never retried.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ExitStatus => "exit_status",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::DependencyFailed => "dependency_failed",
+            ErrorKind::SpawnFailed => "spawn_failed",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::ReferenceUnresolved => "reference_unresolved",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// A task's error as shown in results and traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Whether another attempt might succeed. Decides retries and breaker counting.
+    #[serde(skip)]
+    pub transient: bool,
+}
+
+impl TaskError {
+    pub fn transient(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    pub fn permanent(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// A failed attempt: the error, and whatever output the agent produced before failing (a command's
+/// stderr is the most useful part of its failure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub error: TaskError,
+    pub output: Option<Value>,
+}
+
+impl From<TaskError> for Failure {
+    fn from(error: TaskError) -> Self {
+        Failure {
+            error,
+            output: None,
+        }
+    }
+}
