@@ -82,7 +82,11 @@ fn read_input(input: &InputArgs) -> Result<String, Issue> {
     }
 }
 
-fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Issue> {
+fn utf8(mut bytes: Vec<u8>, what: &str) -> Result<String, Issue> {
+    // Some editors start UTF-8 files with a byte-order mark; it is not part of the JSON.
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
     String::from_utf8(bytes).map_err(|e| {
         Issue::new(
             "",

@@ -49,7 +49,7 @@ impl RunSettings {
         for layer in layers {
             merged = merged.overlay(layer);
         }
-        let breaker = merged.circuit_breaker.clone().unwrap_or_default();
+        let breaker = &merged.circuit_breaker;
         RunSettings {
             max_workers: merged.max_workers.unwrap_or(DEFAULT_MAX_WORKERS).max(1),
             timeout_seconds: merged.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
@@ -110,14 +110,15 @@ impl BatchConfig {
             retry_backoff_max_ms: higher.retry_backoff_max_ms.or(self.retry_backoff_max_ms),
             fail_fast: higher.fail_fast.or(self.fail_fast),
             max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
-            circuit_breaker: match (&self.circuit_breaker, &higher.circuit_breaker) {
-                (Some(low), Some(high)) => Some(BreakerConfig {
-                    failure_threshold: high.failure_threshold.or(low.failure_threshold),
-                    recovery_timeout_seconds: high
-                        .recovery_timeout_seconds
-                        .or(low.recovery_timeout_seconds),
-                }),
-                (low, high) => high.clone().or_else(|| low.clone()),
+            circuit_breaker: BreakerConfig {
+                failure_threshold: higher
+                    .circuit_breaker
+                    .failure_threshold
+                    .or(self.circuit_breaker.failure_threshold),
+                recovery_timeout_seconds: higher
+                    .circuit_breaker
+                    .recovery_timeout_seconds
+                    .or(self.circuit_breaker.recovery_timeout_seconds),
             },
         }
     }
@@ -145,18 +146,18 @@ mod tests {
         let batch = BatchConfig {
             max_workers: Some(2),
             retries: Some(3),
-            circuit_breaker: Some(BreakerConfig {
+            circuit_breaker: BreakerConfig {
                 failure_threshold: Some(9),
                 recovery_timeout_seconds: Some(5.0),
-            }),
+            },
             ..Default::default()
         };
         let cli = BatchConfig {
             max_workers: Some(8),
-            circuit_breaker: Some(BreakerConfig {
+            circuit_breaker: BreakerConfig {
                 failure_threshold: Some(1),
                 recovery_timeout_seconds: None,
-            }),
+            },
             ..Default::default()
         };
         let s = RunSettings::resolve(&[&batch, &cli]);

@@ -82,8 +82,14 @@ pub struct BatchConfig {
     #[schemars(range(min = 1))]
     pub max_output_bytes: Option<usize>,
     /// Circuit breaker settings, one breaker per agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<BreakerConfig>,
+    #[serde(default, skip_serializing_if = "BreakerConfig::is_empty")]
+    pub circuit_breaker: BreakerConfig,
+}
+
+impl BreakerConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == BreakerConfig::default()
+    }
 }
 
 /// When a breaker opens and how long it stays open.

@@ -1,0 +1,215 @@
+//! Helpers for driving the real `dispatch_runner` binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dispatch_runner"))
+}
+
+/// A scratch folder that tests run the binary in; traces land in `<dir>/traces`.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    /// Where the binary ran; relative paths in its output are relative to this.
+    pub cwd: PathBuf,
+    pub code: i32,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn result(&self, task_id: &str) -> &Value {
+        self.json["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .find(|r| r["task_id"] == task_id)
+            .unwrap_or_else(|| panic!("no result for {task_id}: {}", self.stdout))
+    }
+
+    pub fn status(&self, task_id: &str) -> &str {
+        self.result(task_id)["status"].as_str().unwrap()
+    }
+
+    pub fn trace(&self) -> Value {
+        let path = self.json["trace_file"].as_str().expect("trace_file");
+        read_json(&self.cwd.join(path))
+    }
+
+    pub fn error_messages(&self) -> Vec<(String, String)> {
+        self.json["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| {
+                (
+                    e["path"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args).current_dir(self.path()).env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs the binary with `stdin` as input and waits (at most two minutes).
+    pub fn run(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dispatch_runner");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = wait_with_deadline(child, Duration::from_secs(120));
+        self.to_run(out)
+    }
+
+    pub fn run_json(&self, args: &[&str], batch: &Value) -> Run {
+        self.run(args, &batch.to_string())
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Sandbox {
+    pub fn to_run(&self, out: Output) -> Run {
+        let mut run = to_run(out);
+        run.cwd = self.path().to_path_buf();
+        run
+    }
+}
+
+pub fn to_run(out: Output) -> Run {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    Run {
+        cwd: PathBuf::from("."),
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stdout,
+        stderr,
+    }
+}
+
+pub fn wait_with_deadline(child: Child, deadline: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            send_signal(pid, libc::SIGKILL);
+            panic!("dispatch_runner did not finish within {deadline:?}");
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?} is not JSON: {e}"))
+}
+
+/// Processes whose command line contains `pattern` (from /proc, so no pgrep needed).
+pub fn processes_matching(pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        // Zombies have an empty cmdline; they are not running.
+        if cmdline.contains(pattern) {
+            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            if !state.contains(") Z") {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// Waits until `cond` holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Events of a trace with the given `event` name.
+pub fn events<'a>(trace: &'a Value, name: &str) -> Vec<&'a Value> {
+    trace["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"] == name)
+        .collect()
+}
+
+/// A command task.
+pub fn cmd_task(id: &str, argv: &[&str], deps: &[&str]) -> Value {
+    serde_json::json!({"task_id": id, "agent": "command", "input_data": {"argv": argv}, "dependencies": deps})
+}
+
+pub fn sh_task(id: &str, script: &str, deps: &[&str]) -> Value {
+    cmd_task(id, &["sh", "-c", script], deps)
+}

@@ -1,0 +1,153 @@
+//! Documentation cannot drift from the code: every JSON batch shown in the README and docs/ is
+//! validated by the real binary, and every example in examples/ validates and runs as described.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The ```json blocks of a Markdown file.
+fn json_blocks(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```json") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(current.take().unwrap()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+fn markdown_files() -> Vec<std::path::PathBuf> {
+    let mut files = vec![root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+#[test]
+fn every_batch_in_the_docs_is_valid() {
+    let mut checked = 0;
+    for file in markdown_files() {
+        for block in json_blocks(&file) {
+            let value: Value = serde_json::from_str(&block).unwrap_or_else(|e| {
+                panic!(
+                    "{}: a json block does not parse: {e}\n{block}",
+                    file.display()
+                )
+            });
+            if value.get("tasks").is_none() {
+                continue; // a result document, not a batch
+            }
+            let sb = Sandbox::new();
+            let run = sb.run(&["validate"], &block);
+            assert_eq!(
+                run.code,
+                0,
+                "{}: invalid batch in docs:\n{block}\n{}",
+                file.display(),
+                run.stdout
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected batches in the docs, found {checked}"
+    );
+}
+
+#[test]
+fn ci_pipeline_example_runs_and_passes_outputs() {
+    let sb = Sandbox::new();
+    let example = root().join("examples/ci_pipeline.json");
+    let run = sb.to_run(
+        sb.cmd(&["run", "-f", example.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json["summary"]["successful"], 6);
+    let package = run.result("package")["output"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(package.starts_with("packaging build/app.c"), "{package}");
+    let report = run.result("report")["output"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        report.contains("tests: 12 passed") && report.contains("package: packaging"),
+        "{report}"
+    );
+    // Fan-out: lint, build and unit_tests overlap in time.
+    let trace = run.trace();
+    let levels = run_levels(&sb, &example);
+    assert_eq!(levels[1].as_array().unwrap().len(), 3);
+    assert_eq!(events(&trace, "attempt_started").len(), 6);
+}
+
+fn run_levels(sb: &Sandbox, example: &Path) -> Vec<Value> {
+    let run = to_run(
+        sb.cmd(&["validate", "-f", example.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    run.json["levels"].as_array().unwrap().clone()
+}
+
+#[test]
+fn failing_example_skips_dependents_and_runs_the_other_branch() {
+    let sb = Sandbox::new();
+    let example = root().join("examples/failing_task.json");
+    let run = sb.to_run(
+        sb.cmd(&["run", "-f", example.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(run.json["status"], "partial");
+    assert_eq!(run.status("compile"), "error");
+    assert_eq!(run.status("test"), "skipped");
+    assert_eq!(run.status("deploy"), "skipped");
+    assert_eq!(run.status("docs"), "success");
+}
+
+#[test]
+fn every_example_validates() {
+    for entry in std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let out = std::process::Command::new(bin())
+                .args(["validate", "-f", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
