@@ -34,9 +34,11 @@ pub mod process;
 pub mod reporter;
 pub mod runner;
 pub mod scheduler;
+pub mod services;
 pub mod settings;
 pub mod task_error;
 
 pub use batch::{Batch, Issue, ValidatedBatch, validate_text, validate_value};
 pub use runner::{Interrupt, RunOptions, RunReport, RunnerError, run};
+pub use services::Services;
 pub use settings::RunSettings;

@@ -6,6 +6,7 @@
 
 pub mod command;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::process::Reaper;
+use crate::services::Services;
 use crate::task_error::Failure;
 
 pub use command::{CommandInput, CommandOutput};
@@ -37,6 +39,8 @@ pub struct AgentContext {
     /// Time between TERM and KILL when a process group is stopped.
     pub kill_grace: Duration,
     pub reaper: Reaper,
+    /// Run-wide shared state (configuration, sessions, clients).
+    pub services: Arc<Services>,
 }
 
 impl AgentInput {

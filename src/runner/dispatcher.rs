@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -23,6 +24,7 @@ use crate::reporter::{Recorder, RunRecord};
 use crate::runner::Interrupt;
 use crate::runner::executor::{AttemptDone, AttemptEnd, AttemptSpec, LocalExecutor};
 use crate::scheduler::Scheduler;
+use crate::services::Services;
 use crate::settings::{KILL_GRACE, RunSettings};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
@@ -76,6 +78,7 @@ struct Running {
 pub struct Dispatcher {
     tasks: Vec<Task>,
     settings: RunSettings,
+    services: Arc<Services>,
     scheduler: Scheduler,
     executor: LocalExecutor,
     reaper: Reaper,
@@ -99,6 +102,7 @@ impl Dispatcher {
     pub fn new(
         validated: ValidatedBatch,
         settings: RunSettings,
+        services: Arc<Services>,
         sinks: Vec<Box<dyn EventSink>>,
     ) -> Self {
         let n = validated.batch.tasks.len();
@@ -107,6 +111,7 @@ impl Dispatcher {
             workers: WorkerLimit::new(settings.max_workers),
             lanes: vec![false; settings.max_workers],
             settings,
+            services,
             scheduler: Scheduler::new(validated.plan),
             executor: LocalExecutor::default(),
             reaper: Reaper::default(),
@@ -269,6 +274,7 @@ impl Dispatcher {
                 max_output_bytes: self.settings.max_output_bytes,
                 kill_grace: KILL_GRACE,
                 reaper: self.reaper.clone(),
+                services: self.services.clone(),
             },
         });
     }

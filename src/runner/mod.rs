@@ -5,6 +5,7 @@ pub mod dispatcher;
 pub mod executor;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -12,6 +13,7 @@ use crate::batch::ValidatedBatch;
 use crate::events::{CancelReason, EventSink};
 use crate::reporter::trace::{self, TRACE_FORMAT, Trace};
 use crate::reporter::{RunRecord, RunResult};
+use crate::services::Services;
 use crate::settings::RunSettings;
 
 /// A request to stop the run, usually from a signal.
@@ -48,6 +50,8 @@ pub struct RunOptions {
     /// Interrupt requests; the run stops starting tasks and cancels running ones on the first,
     /// and skips the kill grace period on the second.
     pub interrupts: Option<mpsc::Receiver<Interrupt>>,
+    /// Shared state for agents.
+    pub services: Arc<Services>,
 }
 
 impl RunOptions {
@@ -57,6 +61,7 @@ impl RunOptions {
             run_id: None,
             sinks: Vec::new(),
             interrupts: None,
+            services: Arc::new(Services::default()),
         }
     }
 }
@@ -106,6 +111,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         run_id,
         sinks,
         interrupts,
+        services,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -116,7 +122,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let trace_file = trace::trace_path(&dir, &run_id);
     let batch = validated.batch.clone();
 
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, sinks);
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services, sinks);
     let (record, sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
 
     let result = RunResult::from_record(&record, &trace_file);

@@ -1,0 +1,20 @@
+//! Long-lived things that agents share during a run: configuration sections and, later,
+//! connection pools and sessions (one MCP session per server, model clients). Built once per run
+//! (or once per server process) and handed to every attempt through `AgentContext`.
+
+use std::path::PathBuf;
+
+/// Shared state for agents. Each agent that needs run-wide state adds a field here.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Root that file paths given to agents must stay inside.
+    pub workspace: PathBuf,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+}
