@@ -29,6 +29,7 @@ pub mod batch;
 pub mod cli;
 pub mod events;
 pub mod graph;
+pub mod http;
 pub mod policy;
 pub mod process;
 pub mod reporter;
