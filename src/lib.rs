@@ -32,6 +32,7 @@ pub mod graph;
 pub mod http;
 pub mod policy;
 pub mod process;
+pub mod redact;
 pub mod reporter;
 pub mod runner;
 pub mod scheduler;

@@ -44,8 +44,10 @@ fn init_logging() {
         .init();
 }
 
+/// Prints the one JSON document of this invocation, with secrets redacted.
 fn print_json(value: &impl serde::Serialize) {
-    let text = serde_json::to_string_pretty(value).expect("serializable");
+    let value = dispatch_runner::redact::redacted(value);
+    let text = serde_json::to_string_pretty(&value).expect("serializable");
     println!("{text}");
 }
 
@@ -159,7 +161,7 @@ fn run(args: RunArgs) -> ExitCode {
 fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
     let result = &report.result;
     if let Some(path) = &args.output_file
-        && let Err(e) = write_json_atomic(path, result)
+        && let Err(e) = write_json_atomic(path, &dispatch_runner::redact::redacted(result))
     {
         print_json(result);
         eprintln!(

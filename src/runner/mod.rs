@@ -132,7 +132,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         batch,
         run: record,
     };
-    let written = trace::write_json_atomic(&trace_file, &trace);
+    let written = trace::write_json_atomic(&trace_file, &crate::redact::redacted(&trace));
     let report = RunReport {
         result,
         record: trace.run,
