@@ -23,10 +23,13 @@ Exit codes:
     long_about = "Check a batch of tasks (JSON on stdin), run it in parallel on typed agents, print one JSON result.\n\n\
         Without a subcommand, `dispatch_runner` is `dispatch_runner run`. stdout carries only the JSON \
         document; logs and messages go to stderr (RUST_LOG sets the log level).",
-    after_help = EXIT_CODES,
-    args_conflicts_with_subcommands = true
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
+    /// Configuration file (YAML). Default: $PARALLEL_DISPATCH_CONFIG, else ./dispatch.yaml, else
+    /// /etc/parallel-dispatch/config.yaml, else none.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -44,6 +47,9 @@ pub enum Command {
     Validate(InputArgs),
     /// Print the JSON Schema of the batch format.
     Schema,
+    /// Print the effective configuration as JSON, with where each value came from.
+    #[command(after_help = EXIT_CODES)]
+    Config(RunArgs),
 }
 
 #[derive(Debug, Args, Clone, Default)]

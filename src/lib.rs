@@ -27,9 +27,11 @@
 pub mod agents;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod graph;
 pub mod http;
+pub mod mcp;
 pub mod policy;
 pub mod process;
 pub mod redact;

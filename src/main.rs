@@ -8,11 +8,17 @@ use clap::Parser;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use dispatch_runner::batch::BatchConfig;
 use dispatch_runner::batch::schema::batch_schema;
 use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs};
+use dispatch_runner::config::{Config, ConfigError, Layer, LogFormat, explain};
 use dispatch_runner::events::RunStatus;
 use dispatch_runner::reporter::trace::write_json_atomic;
-use dispatch_runner::{Interrupt, Issue, RunOptions, RunSettings, RunnerError, ValidatedBatch};
+use dispatch_runner::{
+    Interrupt, Issue, RunOptions, RunSettings, RunnerError, Services, ValidatedBatch,
+};
 
 const EXIT_OK: u8 = 0;
 const EXIT_TASKS_FAILED: u8 = 1;
@@ -21,27 +27,136 @@ const EXIT_RUNNER: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Some(Command::Schema) = cli.command {
+        print_json(batch_schema());
+        return ExitCode::from(EXIT_OK);
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => return config_error(&errors),
+    };
+    init_logging(&config);
     match cli.command {
-        Some(Command::Schema) => {
-            print_json(batch_schema());
-            ExitCode::from(EXIT_OK)
-        }
+        Some(Command::Schema) => unreachable!("handled above"),
         Some(Command::Validate(input)) => validate(&input),
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Config(args)) => show_config(&config, &args),
+        Some(Command::Run(args)) => run(&config, args),
+        None => run(&config, cli.run),
     }
 }
 
-fn init_logging() {
+fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_new(config.log_directive()).unwrap_or_else(|_| EnvFilter::new("warn"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_ansi(ansi);
+    match config.file.logging.format.unwrap_or_default() {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config_error(errors: &[ConfigError]) -> ExitCode {
+    for e in errors {
+        eprintln!("dispatch_runner: configuration error: {e}");
+    }
+    let errors: Vec<_> = errors
+        .iter()
+        .map(|e| json!({"path": e.path, "message": e.message}))
+        .collect();
+    print_json(&json!({"status": "error", "errors": errors}));
+    ExitCode::from(EXIT_RUNNER)
+}
+
+/// The configuration layers below the batch, lowest first.
+fn base_layers(config: &Config) -> (BatchConfig, BatchConfig) {
+    (config.file_layer(), config.env.clone())
+}
+
+fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
+    let (file, env) = base_layers(config);
+    let batch = match &args.input.input_file {
+        Some(_) => match load(&args.input) {
+            Ok(v) => Some(v.batch.config),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let flags = args.overrides();
+    let file_source = match &config.file_path {
+        Some(p) => format!("file:{}", p.display()),
+        None => "file".into(),
+    };
+    let mut layers = vec![Layer {
+        source: file_source,
+        config: &file,
+    }];
+    let env_source = |field: &str| {
+        config
+            .env_sources
+            .get(field)
+            .map(|v| format!("env:{v}"))
+            .unwrap_or_else(|| "env".into())
+    };
+    // Each environment variable sets one field; name it as the source of that field.
+    let env_layers: Vec<(String, BatchConfig)> = config
+        .env_sources
+        .keys()
+        .map(|field| {
+            let mut one = BatchConfig::default();
+            match *field {
+                "max_workers" => one.max_workers = env.max_workers,
+                "timeout_seconds" => one.timeout_seconds = env.timeout_seconds,
+                "trace_dir" => one.trace_dir = env.trace_dir.clone(),
+                _ => {}
+            }
+            (env_source(field), one)
+        })
+        .collect();
+    for (source, layer) in &env_layers {
+        layers.push(Layer {
+            source: source.clone(),
+            config: layer,
+        });
+    }
+    if let Some(batch) = &batch {
+        layers.push(Layer {
+            source: "batch".into(),
+            config: batch,
+        });
+    }
+    layers.push(Layer {
+        source: "flag".into(),
+        config: &flags,
+    });
+    let doc = json!({
+        "config_file": config.file_path.as_ref().map(|p| p.display().to_string()),
+        "dispatcher": explain(&layers),
+        "workspace": config.workspace().map(|p| p.display().to_string()),
+        "agents": config.file.agents,
+        "mcp": {"servers": services(config).mcp.servers},
+        "logging": {
+            "level": config.log_directive(),
+            "format": config.file.logging.format.unwrap_or_default(),
+        },
+    });
+    print_json(&doc);
+    ExitCode::from(EXIT_OK)
+}
+
+fn services(config: &Config) -> Services {
+    let mut services = Services {
+        mcp: config.file.mcp.clone().with_defaults(),
+        ..Services::default()
+    };
+    if let Some(ws) = config.workspace() {
+        services.workspace = ws;
+    }
+    services
 }
 
 /// Prints the one JSON document of this invocation, with secrets redacted.
@@ -123,12 +238,16 @@ fn validate(input: &InputArgs) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(config: &Config, args: RunArgs) -> ExitCode {
     let validated = match load(&args.input) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let settings = RunSettings::resolve(&[&validated.batch.config, &args.overrides()]);
+    let (file, env) = base_layers(config);
+    let mut settings =
+        RunSettings::resolve(&[&file, &env, &validated.batch.config, &args.overrides()]);
+    settings.agents = config.file.agents.clone();
+    let services = Arc::new(services(config));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,6 +262,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);
+        options.services = services;
         match dispatch_runner::run(validated, options).await {
             Ok(report) => finish(&args, &report),
             Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),

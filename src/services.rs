@@ -4,17 +4,22 @@
 
 use std::path::PathBuf;
 
+use crate::mcp::McpConfig;
+
 /// Shared state for agents. Each agent that needs run-wide state adds a field here.
 #[derive(Debug, Clone)]
 pub struct Services {
     /// Root that file paths given to agents must stay inside.
     pub workspace: PathBuf,
+    /// Configured MCP servers, the built-in `archon` included.
+    pub mcp: McpConfig,
 }
 
 impl Default for Services {
     fn default() -> Self {
         Services {
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            mcp: McpConfig::default().with_defaults(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Effective run settings: the batch's `config` laid over the built-in defaults, with command-line
 //! overrides on top. Every later layer (environment, configuration file) slots in here.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::batch::{BatchConfig, BreakerConfig};
+use crate::config::AgentSection;
 use crate::policy::retry::{Backoff, RetryPolicy};
 
 pub const DEFAULT_MAX_WORKERS: usize = 5;
@@ -33,6 +35,9 @@ pub struct RunSettings {
     pub max_output_bytes: usize,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_timeout_seconds: f64,
+    /// Per-agent overrides from the configuration file.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, AgentSection>,
 }
 
 impl Default for RunSettings {
@@ -45,42 +50,47 @@ impl RunSettings {
     /// Resolves settings from layers given lowest precedence first; a field set in a later layer
     /// wins over earlier ones and over the defaults.
     pub fn resolve(layers: &[&BatchConfig]) -> Self {
-        let mut merged = BatchConfig::default();
+        let mut merged = BatchConfig::defaults();
         for layer in layers {
             merged = merged.overlay(layer);
         }
         let breaker = &merged.circuit_breaker;
+        // Every field is set: `defaults()` is the lowest layer.
         RunSettings {
             max_workers: merged.max_workers.unwrap_or(DEFAULT_MAX_WORKERS).max(1),
             timeout_seconds: merged.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
-            trace_dir: PathBuf::from(
-                merged
-                    .trace_dir
-                    .unwrap_or_else(|| DEFAULT_TRACE_DIR.to_string()),
-            ),
-            retries: merged.retries.unwrap_or(0),
-            retry_backoff_ms: merged.retry_backoff_ms.unwrap_or(DEFAULT_RETRY_BACKOFF_MS),
-            retry_backoff_max_ms: merged
-                .retry_backoff_max_ms
-                .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX_MS),
-            fail_fast: merged.fail_fast.unwrap_or(false),
+            trace_dir: PathBuf::from(merged.trace_dir.unwrap_or_default()),
+            retries: merged.retries.unwrap_or_default(),
+            retry_backoff_ms: merged.retry_backoff_ms.unwrap_or_default(),
+            retry_backoff_max_ms: merged.retry_backoff_max_ms.unwrap_or_default(),
+            fail_fast: merged.fail_fast.unwrap_or_default(),
             max_output_bytes: merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-            breaker_failure_threshold: breaker
-                .failure_threshold
-                .unwrap_or(DEFAULT_BREAKER_THRESHOLD),
-            breaker_recovery_timeout_seconds: breaker
-                .recovery_timeout_seconds
-                .unwrap_or(DEFAULT_BREAKER_RECOVERY_SECONDS),
+            breaker_failure_threshold: breaker.failure_threshold.unwrap_or_default(),
+            breaker_recovery_timeout_seconds: breaker.recovery_timeout_seconds.unwrap_or_default(),
+            agents: BTreeMap::new(),
         }
     }
 
-    pub fn timeout(&self, task_override: Option<f64>) -> Duration {
-        secs(task_override.unwrap_or(self.timeout_seconds))
+    /// Per-attempt timeout of a task: the task's own, else its agent's, else the run's.
+    pub fn timeout(&self, agent: &str, task_override: Option<f64>) -> Duration {
+        let agent_value = self.agents.get(agent).and_then(|a| a.timeout_seconds);
+        secs(
+            task_override
+                .or(agent_value)
+                .unwrap_or(self.timeout_seconds),
+        )
     }
 
-    pub fn retry_policy(&self, task_override: Option<u32>) -> RetryPolicy {
+    /// Most tasks of `agent` running at once, if capped.
+    pub fn agent_concurrency(&self, agent: &str) -> Option<usize> {
+        self.agents.get(agent).and_then(|a| a.max_concurrency)
+    }
+
+    /// Retry policy of a task: the task's retries, else its agent's, else the run's.
+    pub fn retry_policy(&self, agent: &str, task_override: Option<u32>) -> RetryPolicy {
+        let agent_value = self.agents.get(agent).and_then(|a| a.retries);
         RetryPolicy {
-            retries: task_override.unwrap_or(self.retries),
+            retries: task_override.or(agent_value).unwrap_or(self.retries),
             backoff: Backoff {
                 base: Duration::from_millis(self.retry_backoff_ms),
                 max: Duration::from_millis(self.retry_backoff_max_ms.max(self.retry_backoff_ms)),
@@ -99,6 +109,24 @@ fn secs(s: f64) -> Duration {
 }
 
 impl BatchConfig {
+    /// The built-in defaults as a fully set configuration layer.
+    pub fn defaults() -> BatchConfig {
+        BatchConfig {
+            max_workers: Some(DEFAULT_MAX_WORKERS),
+            timeout_seconds: Some(DEFAULT_TIMEOUT_SECONDS),
+            trace_dir: Some(DEFAULT_TRACE_DIR.to_string()),
+            retries: Some(0),
+            retry_backoff_ms: Some(DEFAULT_RETRY_BACKOFF_MS),
+            retry_backoff_max_ms: Some(DEFAULT_RETRY_BACKOFF_MAX_MS),
+            fail_fast: Some(false),
+            max_output_bytes: Some(DEFAULT_MAX_OUTPUT_BYTES),
+            circuit_breaker: BreakerConfig {
+                failure_threshold: Some(DEFAULT_BREAKER_THRESHOLD),
+                recovery_timeout_seconds: Some(DEFAULT_BREAKER_RECOVERY_SECONDS),
+            },
+        }
+    }
+
     /// This configuration with every field that `higher` sets replaced by `higher`'s value.
     pub fn overlay(&self, higher: &BatchConfig) -> BatchConfig {
         BatchConfig {
@@ -168,11 +196,22 @@ mod tests {
     }
 
     #[test]
-    fn task_overrides() {
-        let s = RunSettings::default();
-        assert_eq!(s.timeout(Some(1.5)), Duration::from_millis(1500));
-        assert_eq!(s.timeout(None), Duration::from_secs(300));
-        assert_eq!(s.retry_policy(Some(4)).retries, 4);
-        assert_eq!(s.timeout(Some(1e300)), Duration::MAX);
+    fn task_beats_agent_beats_run() {
+        let mut s = RunSettings::default();
+        s.agents.insert(
+            "command".into(),
+            AgentSection {
+                timeout_seconds: Some(7.0),
+                retries: Some(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.timeout("command", Some(1.5)), Duration::from_millis(1500));
+        assert_eq!(s.timeout("command", None), Duration::from_secs(7));
+        assert_eq!(s.timeout("mcp", None), Duration::from_secs(300));
+        assert_eq!(s.retry_policy("command", Some(4)).retries, 4);
+        assert_eq!(s.retry_policy("command", None).retries, 2);
+        assert_eq!(s.retry_policy("mcp", None).retries, 0);
+        assert_eq!(s.timeout("command", Some(1e300)), Duration::MAX);
     }
 }

@@ -19,8 +19,15 @@ use crate::task_error::Failure;
 
 pub use command::{CommandInput, CommandOutput};
 
+/// Every agent name of the batch format, built or not.
+pub const ALL_AGENTS: &[&str] = &["command", "coder", "debug", "mcp"];
+
 /// Agent names the batch format keeps for agents that are not in this build yet.
 pub const RESERVED_AGENTS: &[&str] = &["coder", "debug", "mcp"];
+
+pub fn is_agent_name(name: &str) -> bool {
+    ALL_AGENTS.contains(&name)
+}
 
 /// An agent with its input, tagged by `agent` with the input under `input_data`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

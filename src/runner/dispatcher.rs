@@ -268,7 +268,9 @@ impl Dispatcher {
         self.executor.start(AttemptSpec {
             task: i,
             input,
-            timeout: self.settings.timeout(task.timeout_seconds),
+            timeout: self
+                .settings
+                .timeout(task.agent.name(), task.timeout_seconds),
             ctx: AgentContext {
                 task_id: task.task_id.clone(),
                 max_output_bytes: self.settings.max_output_bytes,
@@ -391,7 +393,8 @@ impl Dispatcher {
                 }
             }
             Some(Err(failure)) => {
-                let policy = self.settings.retry_policy(self.tasks[i].retries);
+                let task = &self.tasks[i];
+                let policy = self.settings.retry_policy(task.agent.name(), task.retries);
                 let delay = if self.stop.is_none() {
                     policy.next_delay(running.attempt, &failure.error, fastrand::f64())
                 } else {

@@ -1,0 +1,404 @@
+//! The configuration file and environment: where settings come from below the batch and the
+//! command line.
+//!
+//! The file is YAML, found at `--config PATH`, else `$PARALLEL_DISPATCH_CONFIG`, else
+//! `./dispatch.yaml`, else `/etc/parallel-dispatch/config.yaml`; having none is fine. Precedence,
+//! highest first: command-line flag, the batch's `config`, environment, configuration file,
+//! built-in default. Per-task settings beat per-agent ones, which beat the dispatcher's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::batch::{BatchConfig, BreakerConfig};
+use crate::mcp::McpConfig;
+
+pub const CONFIG_ENV: &str = "PARALLEL_DISPATCH_CONFIG";
+pub const LOCAL_CONFIG: &str = "dispatch.yaml";
+pub const SYSTEM_CONFIG: &str = "/etc/parallel-dispatch/config.yaml";
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub dispatcher: DispatcherSection,
+    /// Settings per agent name (`command`, `coder`, `debug`, `mcp`).
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentSection>,
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
+    #[serde(default)]
+    pub mcp: McpConfig,
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSection {
+    pub max_workers: Option<usize>,
+    pub timeout_seconds: Option<f64>,
+    pub trace_dir: Option<String>,
+    pub retries: Option<u32>,
+    pub retry_backoff_ms: Option<u64>,
+    pub retry_backoff_max_ms: Option<u64>,
+    pub fail_fast: Option<bool>,
+    pub max_output_bytes: Option<usize>,
+    /// Root that agents' file paths must stay inside (default: the current directory).
+    pub workspace: Option<String>,
+}
+
+/// Per-agent settings; they override the dispatcher's and are overridden by the task's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub timeout_seconds: Option<f64>,
+    pub retries: Option<u32>,
+    /// Most tasks of this agent running at once, inside the global worker limit.
+    pub max_concurrency: Option<usize>,
+    /// Backend for agents that have several (`coder`, `debug`).
+    pub backend: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `error`, `warn`, `info`, `debug` or `trace` (default `warn`); RUST_LOG wins over it.
+    pub level: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A configuration problem: bad file, bad value, bad environment variable. Exit code 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Where: a file path with a key path, or an environment variable.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The loaded configuration: the file (if any) and the environment layer.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub file_path: Option<PathBuf>,
+    pub file: FileConfig,
+    pub env: BatchConfig,
+    /// Which variable set each environment-layer field, for `dispatch_runner config`.
+    pub env_sources: BTreeMap<&'static str, &'static str>,
+    pub debug: bool,
+}
+
+impl Config {
+    /// Finds and reads the configuration file and the environment.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        let path = locate(explicit)?;
+        let file = match &path {
+            Some(p) => parse_file(p)?,
+            None => FileConfig::default(),
+        };
+        let (env, env_sources) = env_layer()?;
+        Ok(Config {
+            file_path: path,
+            file,
+            env,
+            env_sources,
+            debug: std::env::var("DISPATCH_DEBUG").is_ok_and(|v| v == "1" || v == "true"),
+        })
+    }
+
+    /// The file's dispatcher and breaker settings as a configuration layer.
+    pub fn file_layer(&self) -> BatchConfig {
+        let d = &self.file.dispatcher;
+        BatchConfig {
+            max_workers: d.max_workers,
+            timeout_seconds: d.timeout_seconds,
+            trace_dir: d.trace_dir.clone(),
+            retries: d.retries,
+            retry_backoff_ms: d.retry_backoff_ms,
+            retry_backoff_max_ms: d.retry_backoff_max_ms,
+            fail_fast: d.fail_fast,
+            max_output_bytes: d.max_output_bytes,
+            circuit_breaker: self.file.circuit_breaker.clone(),
+        }
+    }
+
+    /// The log filter directive: RUST_LOG, else DISPATCH_DEBUG=1, else the file, else `warn`.
+    pub fn log_directive(&self) -> String {
+        if let Ok(v) = std::env::var("RUST_LOG")
+            && !v.is_empty()
+        {
+            return v;
+        }
+        if self.debug {
+            return "debug".into();
+        }
+        self.file
+            .logging
+            .level
+            .clone()
+            .unwrap_or_else(|| "warn".into())
+    }
+
+    pub fn workspace(&self) -> Option<PathBuf> {
+        self.file.dispatcher.workspace.as_ref().map(PathBuf::from)
+    }
+}
+
+fn locate(explicit: Option<&Path>) -> Result<Option<PathBuf>, Vec<ConfigError>> {
+    let must_exist = |p: PathBuf, how: &str| {
+        if p.is_file() {
+            Ok(Some(p))
+        } else {
+            Err(vec![ConfigError {
+                path: p.display().to_string(),
+                message: format!("configuration file given by {how} does not exist"),
+            }])
+        }
+    };
+    if let Some(p) = explicit {
+        return must_exist(p.to_path_buf(), "--config");
+    }
+    if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return must_exist(PathBuf::from(p), CONFIG_ENV);
+    }
+    Ok([LOCAL_CONFIG, SYSTEM_CONFIG]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file()))
+}
+
+/// Parses a configuration file, reporting the key path and line of a problem.
+pub fn parse_file(path: &Path) -> Result<FileConfig, Vec<ConfigError>> {
+    let err = |message: String| {
+        vec![ConfigError {
+            path: path.display().to_string(),
+            message,
+        }]
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    let de = yaml_serde::Deserializer::from_str(&text);
+    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // The YAML error repeats the parent key ("dispatcher: unknown field ..."); we already
+        // give the full key path.
+        let inner = match inner.split_once(": ") {
+            Some((head, tail)) if !head.contains(' ') => tail.to_string(),
+            _ => inner,
+        };
+        vec![ConfigError {
+            path: if key == "." {
+                path.display().to_string()
+            } else {
+                format!("{}: {key}", path.display())
+            },
+            message: inner,
+        }]
+    })?;
+    let mut problems: Vec<ConfigError> = file
+        .mcp
+        .check()
+        .into_iter()
+        .map(|(key, message)| ConfigError {
+            path: format!("{}: {key}", path.display()),
+            message,
+        })
+        .collect();
+    for name in file.agents.keys() {
+        if !crate::agents::is_agent_name(name) {
+            problems.push(ConfigError {
+                path: format!("{}: agents.{name}", path.display()),
+                message: format!(
+                    "unknown agent '{name}'; agents are: {}",
+                    crate::agents::ALL_AGENTS.join(", ")
+                ),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(file)
+    } else {
+        Err(problems)
+    }
+}
+
+/// `PARALLEL_DISPATCH_MAX_WORKERS`, `PARALLEL_DISPATCH_TIMEOUT`, `PARALLEL_DISPATCH_TRACE_DIR`.
+fn env_layer() -> Result<(BatchConfig, BTreeMap<&'static str, &'static str>), Vec<ConfigError>> {
+    let mut layer = BatchConfig::default();
+    let mut sources = BTreeMap::new();
+    let mut problems = Vec::new();
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(v) = get("PARALLEL_DISPATCH_MAX_WORKERS") {
+        match v.trim().parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => {
+                layer.max_workers = Some(n);
+                sources.insert("max_workers", "PARALLEL_DISPATCH_MAX_WORKERS");
+            }
+            _ => problems.push(ConfigError {
+                path: "PARALLEL_DISPATCH_MAX_WORKERS".into(),
+                message: format!("'{v}' is not a whole number from 1 to 4096"),
+            }),
+        }
+    }
+    if let Some(v) = get("PARALLEL_DISPATCH_TIMEOUT") {
+        match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 => {
+                layer.timeout_seconds = Some(s);
+                sources.insert("timeout_seconds", "PARALLEL_DISPATCH_TIMEOUT");
+            }
+            _ => problems.push(ConfigError {
+                path: "PARALLEL_DISPATCH_TIMEOUT".into(),
+                message: format!("'{v}' is not a positive number of seconds"),
+            }),
+        }
+    }
+    if let Some(v) = get("PARALLEL_DISPATCH_TRACE_DIR") {
+        layer.trace_dir = Some(v);
+        sources.insert("trace_dir", "PARALLEL_DISPATCH_TRACE_DIR");
+    }
+    if problems.is_empty() {
+        Ok((layer, sources))
+    } else {
+        Err(problems)
+    }
+}
+
+/// A named configuration layer, lowest precedence first when listed.
+pub struct Layer<'a> {
+    pub source: String,
+    pub config: &'a BatchConfig,
+}
+
+/// The effective dispatcher settings with the source of each value, for `dispatch_runner config`.
+pub fn explain(layers: &[Layer<'_>]) -> Value {
+    let defaults = serde_json::to_value(BatchConfig::defaults()).expect("serializable");
+    let mut out = serde_json::Map::new();
+    for (key, default) in flatten(&defaults) {
+        let mut value = default;
+        let mut source = "default".to_string();
+        for layer in layers {
+            let v = serde_json::to_value(layer.config).expect("serializable");
+            if let Some((_, set)) = flatten(&v).into_iter().find(|(k, _)| *k == key) {
+                value = set;
+                source = layer.source.clone();
+            }
+        }
+        out.insert(key, json!({"value": value, "source": source}));
+    }
+    Value::Object(out)
+}
+
+/// `{"a": {"b": 1}}` as `[("a.b", 1)]`; nulls are unset and left out.
+fn flatten(v: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    if let Value::Object(map) = v {
+        for (k, v) in map {
+            match v {
+                Value::Object(_) => out.extend(
+                    flatten(v)
+                        .into_iter()
+                        .map(|(sub, v)| (format!("{k}.{sub}"), v)),
+                ),
+                Value::Null => {}
+                other => out.push((k.clone(), other.clone())),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, text).unwrap();
+        parse_file(&p)
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "dispatcher:\n  max_workers: 3\n  workspace: /tmp\nagents:\n  command:\n    max_concurrency: 2\n    retries: 1\ncircuit_breaker:\n  failure_threshold: 2\nmcp:\n  servers:\n    fs:\n      command: npx\n      args: [x]\nlogging:\n  level: info\n  format: json\n",
+        )
+        .unwrap();
+        assert_eq!(c.dispatcher.max_workers, Some(3));
+        assert_eq!(c.agents["command"].max_concurrency, Some(2));
+        assert_eq!(c.circuit_breaker.failure_threshold, Some(2));
+        assert_eq!(c.mcp.servers["fs"].command.as_deref(), Some("npx"));
+        assert_eq!(c.logging.format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_their_path() {
+        let e = parse("dispatcher:\n  max_worker: 3\n").unwrap_err();
+        assert!(e[0].path.ends_with("dispatcher.max_worker"), "{e:?}");
+        assert!(
+            e[0].message
+                .starts_with("unknown field `max_worker`, expected one of `max_workers`"),
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("line 2 column 3"), "{e:?}");
+        let e = parse("dispatcher:\n  max_workers: lots\n").unwrap_err();
+        assert!(e[0].path.ends_with("dispatcher.max_workers"), "{e:?}");
+        let e = parse("agents:\n  shell: {}\n").unwrap_err();
+        assert!(e[0].path.ends_with("agents.shell"), "{e:?}");
+        let e = parse("mcp:\n  servers:\n    x: {}\n").unwrap_err();
+        assert!(e[0].path.ends_with("mcp.servers.x"), "{e:?}");
+    }
+
+    #[test]
+    fn explain_names_the_winning_layer() {
+        let file = BatchConfig {
+            max_workers: Some(2),
+            retries: Some(1),
+            ..Default::default()
+        };
+        let flags = BatchConfig {
+            max_workers: Some(9),
+            ..Default::default()
+        };
+        let e = explain(&[
+            Layer {
+                source: "file".into(),
+                config: &file,
+            },
+            Layer {
+                source: "flag".into(),
+                config: &flags,
+            },
+        ]);
+        assert_eq!(e["max_workers"], json!({"value": 9, "source": "flag"}));
+        assert_eq!(e["retries"], json!({"value": 1, "source": "file"}));
+        assert_eq!(
+            e["timeout_seconds"],
+            json!({"value": 300.0, "source": "default"})
+        );
+        assert_eq!(
+            e["circuit_breaker.failure_threshold"],
+            json!({"value": 5, "source": "default"})
+        );
+    }
+}
