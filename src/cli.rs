@@ -81,6 +81,12 @@ pub struct RunArgs {
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Run again only the tasks of a previous run (given by its trace file) that did not succeed,
+    /// and their dependents, reusing the outputs of the tasks that succeeded. The batch is the
+    /// one recorded in the trace; with -f, that batch is used instead after checking that the
+    /// tasks being reused have not changed.
+    #[arg(long, value_name = "TRACE_FILE")]
+    pub rerun_failed: Option<PathBuf>,
     /// No summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

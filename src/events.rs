@@ -29,6 +29,9 @@ pub struct Event {
 pub enum EventKind {
     RunStarted {
         run_id: String,
+        /// Set on `--rerun-failed`: the run whose successful outputs are reused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_run_id: Option<String>,
         /// The effective settings of the run.
         config: Value,
         tasks: Vec<TaskInfo>,
@@ -64,6 +67,9 @@ pub enum EventKind {
         output: Option<Value>,
         error: Option<TaskError>,
         attempts: u32,
+        /// The output was reused from the previous run (`--rerun-failed`), not produced now.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reused: bool,
     },
     BreakerChanged {
         breaker: String,

@@ -36,6 +36,7 @@ pub mod policy;
 pub mod process;
 pub mod redact;
 pub mod reporter;
+pub mod rerun;
 pub mod runner;
 pub mod scheduler;
 pub mod services;

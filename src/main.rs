@@ -239,9 +239,34 @@ fn validate(input: &InputArgs) -> ExitCode {
 }
 
 fn run(config: &Config, args: RunArgs) -> ExitCode {
-    let validated = match load(&args.input) {
-        Ok(v) => v,
-        Err(code) => return code,
+    let (validated, reuse) = match &args.rerun_failed {
+        None => match load(&args.input) {
+            Ok(v) => (v, None),
+            Err(code) => return code,
+        },
+        Some(trace) => {
+            let new_batch = match &args.input.input_file {
+                Some(_) => match load(&args.input) {
+                    Ok(v) => Some(v),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            match dispatch_runner::rerun::prepare(trace, new_batch) {
+                Ok((v, reuse)) => {
+                    if !args.quiet {
+                        eprintln!(
+                            "dispatch_runner: rerunning {} of {} tasks from run {}",
+                            v.batch.tasks.len() - reuse.kept(),
+                            v.batch.tasks.len(),
+                            reuse.previous_run_id
+                        );
+                    }
+                    (v, Some(reuse))
+                }
+                Err(issues) => return invalid(issues),
+            }
+        }
     };
     let (file, env) = base_layers(config);
     let mut settings =
@@ -263,6 +288,7 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);
         options.services = services;
+        options.reuse = reuse;
         match dispatch_runner::run(validated, options).await {
             Ok(report) => finish(&args, &report),
             Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),

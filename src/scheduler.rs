@@ -55,12 +55,35 @@ impl Scheduler {
     }
 
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        self.ready
+            .iter()
+            .any(|(_, Reverse(i))| self.state[*i] == State::Ready)
     }
 
     /// The ready task to start next.
     pub fn pop_ready(&mut self) -> Option<usize> {
-        let (_, Reverse(i)) = self.ready.pop()?;
+        self.pop_ready_where(|_| true)
+    }
+
+    /// The best ready task that `allowed` accepts (e.g. its agent is under its concurrency cap);
+    /// the others stay ready in their places.
+    pub fn pop_ready_where(&mut self, mut allowed: impl FnMut(usize) -> bool) -> Option<usize> {
+        let mut passed_over = Vec::new();
+        let mut found = None;
+        while let Some(entry) = self.ready.pop() {
+            let i = entry.1.0;
+            // Entries of tasks finished while waiting (e.g. reused from an earlier run) are stale.
+            if self.state[i] != State::Ready {
+                continue;
+            }
+            if allowed(i) {
+                found = Some(i);
+                break;
+            }
+            passed_over.push(entry);
+        }
+        self.ready.extend(passed_over);
+        let i = found?;
         self.state[i] = State::Started;
         Some(i)
     }
@@ -181,6 +204,17 @@ mod tests {
         assert_eq!(s.unfinished(), vec![3]);
         assert_eq!(s.pop_ready(), Some(3));
         assert!(s.succeeded(3).is_empty(), "t4 was skipped, never ready");
+    }
+
+    #[test]
+    fn pop_where_skips_refused_tasks_without_losing_them() {
+        let mut s = Scheduler::new(plan(&[&[], &[], &[]]));
+        assert_eq!(s.pop_ready_where(|i| i != 0), Some(1));
+        assert_eq!(s.pop_ready_where(|i| i != 0), Some(2));
+        assert_eq!(s.pop_ready_where(|i| i != 0), None);
+        assert!(s.has_ready());
+        assert_eq!(s.pop_ready(), Some(0));
+        assert!(!s.has_ready());
     }
 
     #[test]

@@ -36,11 +36,15 @@ pub struct TaskRecord {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub execution_time_ms: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_run_id: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub status: Option<RunStatus>,
@@ -78,6 +82,7 @@ impl EventSink for Recorder {
         match &event.kind {
             EventKind::RunStarted {
                 run_id,
+                previous_run_id,
                 config,
                 tasks,
             } => {
@@ -89,6 +94,7 @@ impl EventSink for Recorder {
                 self.first_start_ms = vec![None; tasks.len()];
                 self.record = Some(RunRecord {
                     run_id: run_id.clone(),
+                    previous_run_id: previous_run_id.clone(),
                     started_at: event.at.clone(),
                     finished_at: None,
                     status: None,
@@ -111,6 +117,7 @@ impl EventSink for Recorder {
                             started_at: None,
                             finished_at: None,
                             execution_time_ms: 0,
+                            reused: false,
                         })
                         .collect(),
                     events: Vec::new(),
@@ -162,12 +169,14 @@ impl EventSink for Recorder {
                 status,
                 output,
                 error,
+                reused,
                 ..
             } => {
                 let at = event.at.clone();
                 let elapsed = event.elapsed_ms;
                 if let Some((i, t)) = self.task(task_id) {
                     t.status = Some(*status);
+                    t.reused = *reused;
                     t.output = output.clone();
                     t.error = error.clone();
                     if t.started_at.is_some() {

@@ -14,6 +14,9 @@ use crate::task_error::TaskError;
 pub struct RunResult {
     pub status: RunStatus,
     pub run_id: String,
+    /// Set on `--rerun-failed`: the run whose successful outputs were reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_run_id: Option<String>,
     pub trace_file: String,
     pub summary: Summary,
     pub results: Vec<TaskResult>,
@@ -30,6 +33,9 @@ pub struct TaskResult {
     pub execution_time_ms: u64,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The output was reused from the previous run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }
 
 impl RunResult {
@@ -37,6 +43,7 @@ impl RunResult {
         RunResult {
             status: record.status.unwrap_or(RunStatus::Failure),
             run_id: record.run_id.clone(),
+            previous_run_id: record.previous_run_id.clone(),
             trace_file: trace_file.display().to_string(),
             summary: record.summary.clone(),
             results: record
@@ -52,6 +59,7 @@ impl RunResult {
                     execution_time_ms: t.execution_time_ms,
                     started_at: t.started_at.clone(),
                     finished_at: t.finished_at.clone(),
+                    reused: t.reused,
                 })
                 .collect(),
         }

@@ -21,6 +21,7 @@ use crate::policy::breaker::{CircuitBreaker, Permit, Transition};
 use crate::policy::concurrency::WorkerLimit;
 use crate::process::Reaper;
 use crate::reporter::{Recorder, RunRecord};
+use crate::rerun::Reuse;
 use crate::runner::Interrupt;
 use crate::runner::executor::{AttemptDone, AttemptEnd, AttemptSpec, LocalExecutor};
 use crate::scheduler::Scheduler;
@@ -84,6 +85,8 @@ pub struct Dispatcher {
     reaper: Reaper,
     bus: EventBus,
     workers: WorkerLimit,
+    /// Per-agent caps inside the global limit (`agents.<name>.max_concurrency`).
+    agent_limits: HashMap<&'static str, WorkerLimit>,
     lanes: Vec<bool>,
     breakers: HashMap<String, CircuitBreaker>,
     running: HashMap<usize, Running>,
@@ -96,6 +99,7 @@ pub struct Dispatcher {
     stop: Option<CancelReason>,
     interrupted: Option<Interrupt>,
     counts: Summary,
+    reuse: Option<Reuse>,
 }
 
 impl Dispatcher {
@@ -109,6 +113,14 @@ impl Dispatcher {
         Dispatcher {
             tasks: validated.batch.tasks,
             workers: WorkerLimit::new(settings.max_workers),
+            agent_limits: crate::agents::ALL_AGENTS
+                .iter()
+                .filter_map(|a| {
+                    settings
+                        .agent_concurrency(a)
+                        .map(|n| (*a, WorkerLimit::new(n)))
+                })
+                .collect(),
             lanes: vec![false; settings.max_workers],
             settings,
             services,
@@ -128,7 +140,14 @@ impl Dispatcher {
                 total_tasks: n,
                 ..Summary::default()
             },
+            reuse: None,
         }
+    }
+
+    /// Starts from the outputs a previous run produced (`--rerun-failed`).
+    pub fn reusing(mut self, reuse: Reuse) -> Self {
+        self.reuse = Some(reuse);
+        self
     }
 
     /// Runs the batch to the end and returns the record of the run, the sinks (with what they
@@ -151,9 +170,26 @@ impl Dispatcher {
         let config = serde_json::to_value(&self.settings).expect("settings serialize");
         self.bus.emit(EventKind::RunStarted {
             run_id,
+            previous_run_id: self.reuse.as_ref().map(|r| r.previous_run_id.clone()),
             config,
             tasks,
         });
+        if let Some(reuse) = self.reuse.take() {
+            for (i, output) in reuse.outputs.into_iter().enumerate() {
+                let Some(output) = output else { continue };
+                self.scheduler.succeeded(i);
+                self.outputs[i] = Some(output.clone());
+                self.counts.count(TaskStatus::Success);
+                self.bus.emit(EventKind::TaskFinished {
+                    task_id: self.id(i),
+                    status: TaskStatus::Success,
+                    output: Some(output),
+                    error: None,
+                    attempts: 0,
+                    reused: true,
+                });
+            }
+        }
         for i in self.scheduler.ready_tasks() {
             self.bus.emit(EventKind::TaskReady {
                 task_id: self.id(i),
@@ -210,7 +246,13 @@ impl Dispatcher {
 
     fn start_ready(&mut self) {
         while self.stop.is_none() && self.workers.has_room() {
-            let Some(i) = self.scheduler.pop_ready() else {
+            let (tasks, limits) = (&self.tasks, &self.agent_limits);
+            let agent_has_room = |i: usize| {
+                limits
+                    .get(tasks[i].agent.name())
+                    .is_none_or(WorkerLimit::has_room)
+            };
+            let Some(i) = self.scheduler.pop_ready_where(agent_has_room) else {
                 return;
             };
             self.start_attempt(i);
@@ -245,6 +287,9 @@ impl Dispatcher {
 
         let acquired = self.workers.try_acquire();
         debug_assert!(acquired, "start_ready checked for room");
+        if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
+            limit.try_acquire();
+        }
         let worker = self.lanes.iter().position(|busy| !busy).unwrap_or(0);
         self.lanes[worker] = true;
         self.attempts[i] += 1;
@@ -328,6 +373,9 @@ impl Dispatcher {
         let i = done.task;
         let running = self.running.remove(&i).expect("attempt was running");
         self.workers.release();
+        if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
+            limit.release();
+        }
         self.lanes[running.worker] = false;
         let duration_ms = running.started.elapsed().as_secs_f64() * 1000.0;
         let breaker = self
@@ -505,6 +553,7 @@ impl Dispatcher {
             output,
             error,
             attempts: self.attempts[i],
+            reused: false,
         });
     }
 

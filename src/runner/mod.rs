@@ -13,6 +13,7 @@ use crate::batch::ValidatedBatch;
 use crate::events::{CancelReason, EventSink};
 use crate::reporter::trace::{self, TRACE_FORMAT, Trace};
 use crate::reporter::{RunRecord, RunResult};
+use crate::rerun::Reuse;
 use crate::services::Services;
 use crate::settings::RunSettings;
 
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub interrupts: Option<mpsc::Receiver<Interrupt>>,
     /// Shared state for agents.
     pub services: Arc<Services>,
+    /// Outputs kept from a previous run (`--rerun-failed`).
+    pub reuse: Option<Reuse>,
 }
 
 impl RunOptions {
@@ -62,6 +65,7 @@ impl RunOptions {
             sinks: Vec::new(),
             interrupts: None,
             services: Arc::new(Services::default()),
+            reuse: None,
         }
     }
 }
@@ -112,6 +116,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         sinks,
         interrupts,
         services,
+        reuse,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -122,8 +127,15 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let trace_file = trace::trace_path(&dir, &run_id);
     let batch = validated.batch.clone();
 
+    let mut sinks = sinks;
+    sinks.insert(0, Box::new(crate::reporter::log::LogSink));
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services, sinks);
-    let (record, sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
+    let dispatcher = match reuse {
+        Some(reuse) => dispatcher.reusing(reuse),
+        None => dispatcher,
+    };
+    let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
+    sinks.remove(0);
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {

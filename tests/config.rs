@@ -1,0 +1,299 @@
+//! The configuration file and environment through the binary: discovery, precedence (flag >
+//! batch > environment > file > default), per-agent settings, errors (exit 3), `config`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn one_task() -> Value {
+    json!({"tasks": [sh_task("t", "true", &[])]})
+}
+
+fn effective(run: &Run) -> Value {
+    run.trace()["config"].clone()
+}
+
+#[test]
+fn precedence_flag_batch_env_file_default() {
+    let sb = Sandbox::new();
+    sb.write(
+        "dispatch.yaml",
+        "dispatcher:\n  max_workers: 2\n  retries: 4\n  timeout_seconds: 50\n  retry_backoff_ms: 7\n",
+    );
+    // File only (found as ./dispatch.yaml).
+    let run = sb.run_json(&[], &one_task());
+    let c = effective(&run);
+    assert_eq!(
+        (c["max_workers"].as_u64(), c["retries"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(c["retry_backoff_ms"], 7);
+    assert_eq!(c["fail_fast"], false, "default");
+
+    // Environment beats the file.
+    let mut cmd = sb.cmd(&[]);
+    cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3")
+        .env("PARALLEL_DISPATCH_TIMEOUT", "40");
+    let run = run_cmd(&sb, cmd, &one_task());
+    let c = effective(&run);
+    assert_eq!(
+        (c["max_workers"].as_u64(), c["timeout_seconds"].as_f64()),
+        (Some(3), Some(40.0))
+    );
+
+    // The batch beats the environment.
+    let mut batch = one_task();
+    batch["config"] = json!({"max_workers": 4});
+    let mut cmd = sb.cmd(&[]);
+    cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3");
+    let c = effective(&run_cmd(&sb, cmd, &batch));
+    assert_eq!(c["max_workers"], 4);
+    assert_eq!(c["retries"], 4, "still from the file");
+
+    // The flag beats the batch.
+    let mut cmd = sb.cmd(&["--max-workers", "5"]);
+    cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3");
+    let c = effective(&run_cmd(&sb, cmd, &batch));
+    assert_eq!(c["max_workers"], 5);
+}
+
+fn run_cmd(sb: &Sandbox, mut cmd: std::process::Command, batch: &Value) -> Run {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.to_string().as_bytes())
+        .unwrap();
+    sb.to_run(wait_with_deadline(child, Duration::from_secs(60)))
+}
+
+#[test]
+fn config_file_discovery_order() {
+    let sb = Sandbox::new();
+    sb.write("dispatch.yaml", "dispatcher:\n  max_workers: 2\n");
+    sb.write("other.yaml", "dispatcher:\n  max_workers: 6\n");
+    sb.write("env.yaml", "dispatcher:\n  max_workers: 7\n");
+    let mut cmd = sb.cmd(&["--config", "other.yaml"]);
+    cmd.env("PARALLEL_DISPATCH_CONFIG", "env.yaml");
+    assert_eq!(
+        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        6,
+        "--config first"
+    );
+    let mut cmd = sb.cmd(&[]);
+    cmd.env("PARALLEL_DISPATCH_CONFIG", "env.yaml");
+    assert_eq!(
+        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        7,
+        "then the variable"
+    );
+    let cmd = sb.cmd(&[]);
+    assert_eq!(
+        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        2,
+        "then ./dispatch.yaml"
+    );
+}
+
+#[test]
+fn per_agent_settings_sit_between_task_and_dispatcher() {
+    let sb = Sandbox::new();
+    sb.write(
+        "dispatch.yaml",
+        "dispatcher:\n  timeout_seconds: 100\nagents:\n  command:\n    timeout_seconds: 0.3\n",
+    );
+    let batch = json!({"tasks": [
+        sh_task("agent_timeout", "sleep 5", &[]),
+        {"task_id": "task_timeout", "agent": "command", "timeout_seconds": 10,
+         "input_data": {"argv": ["sh", "-c", "sleep 0.5; echo fine"]}}
+    ]});
+    let run = sb.run_json(&[], &batch);
+    assert_eq!(run.status("agent_timeout"), "timeout");
+    assert_eq!(
+        run.result("agent_timeout")["error"]["message"],
+        "attempt timed out after 0.300s"
+    );
+    assert_eq!(run.status("task_timeout"), "success");
+}
+
+#[test]
+fn agent_max_concurrency_caps_inside_the_worker_limit() {
+    let sb = Sandbox::new();
+    sb.write(
+        "dispatch.yaml",
+        "dispatcher:\n  max_workers: 8\nagents:\n  command:\n    max_concurrency: 2\n",
+    );
+    std::fs::create_dir(sb.path().join("running")).unwrap();
+    let tasks: Vec<Value> = (0..12)
+        .map(|i| {
+            sh_task(
+                &format!("t{i}"),
+                &format!(
+                    "touch running/t{i}; ls running | wc -l >> counts; sleep 0.05; rm running/t{i}"
+                ),
+                &[],
+            )
+        })
+        .collect();
+    let run = sb.run_json(&[], &json!({"tasks": tasks}));
+    assert_eq!(run.code, 0);
+    let counts: Vec<usize> = std::fs::read_to_string(sb.path().join("counts"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(counts.iter().all(|&c| c <= 2), "{counts:?}");
+    let mut live = 0;
+    let mut peak = 0;
+    for e in run.trace()["events"].as_array().unwrap() {
+        match e["event"].as_str().unwrap() {
+            "attempt_started" => {
+                live += 1;
+                peak = peak.max(live);
+            }
+            "attempt_finished" => live -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(peak, 2);
+}
+
+#[test]
+fn bad_configuration_is_exit_3_with_its_path() {
+    let sb = Sandbox::new();
+    for (text, path, fragment) in [
+        (
+            "dispatcher:\n  max_wrkers: 3\n",
+            "dispatcher.max_wrkers",
+            "unknown field `max_wrkers`",
+        ),
+        (
+            "dispatcher:\n  max_workers: many\n",
+            "dispatcher.max_workers",
+            "invalid type",
+        ),
+        (
+            "agents:\n  shell:\n    retries: 1\n",
+            "agents.shell",
+            "unknown agent 'shell'",
+        ),
+        (
+            "mcp:\n  servers:\n    broken: {}\n",
+            "mcp.servers.broken",
+            "set `url`",
+        ),
+        (
+            "logging:\n  format: xml\n",
+            "logging.format",
+            "unknown variant `xml`",
+        ),
+        ("dispatcher: [1, 2\n", "", "line"),
+    ] {
+        sb.write("bad.yaml", text);
+        let run = sb.run_json(&["--config", "bad.yaml"], &one_task());
+        assert_eq!(run.code, 3, "{text}: {}", run.stdout);
+        assert_eq!(run.json["status"], "error");
+        let (p, m) = &run.error_messages()[0];
+        assert!(
+            p.starts_with("bad.yaml") && p.ends_with(path),
+            "{text}: {p}"
+        );
+        assert!(m.contains(fragment), "{text}: {m}");
+        assert!(!sb.path().join("traces").exists(), "nothing ran");
+    }
+    let run = sb.run_json(&["--config", "missing.yaml"], &one_task());
+    assert_eq!(run.code, 3);
+    let mut cmd = sb.cmd(&[]);
+    cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "zero");
+    let run = run_cmd(&sb, cmd, &one_task());
+    assert_eq!(run.code, 3);
+    assert_eq!(run.error_messages()[0].0, "PARALLEL_DISPATCH_MAX_WORKERS");
+}
+
+#[test]
+fn config_subcommand_shows_values_sources_and_redacts_secrets() {
+    let sb = Sandbox::new();
+    sb.write(
+        "dispatch.yaml",
+        "dispatcher:\n  retries: 2\nmcp:\n  servers:\n    kb:\n      url: http://127.0.0.1:9/mcp\n      headers:\n        Authorization: Bearer literal-secret-value\n",
+    );
+    let batch = sb.write(
+        "b.json",
+        &json!({"tasks": [], "config": {"fail_fast": true}}).to_string(),
+    );
+    let mut cmd = sb.cmd(&[
+        "config",
+        "-f",
+        batch.to_str().unwrap(),
+        "--max-workers",
+        "9",
+    ]);
+    cmd.env("PARALLEL_DISPATCH_TRACE_DIR", "env_traces")
+        .env("ARCHON_MCP_URL", "http://127.0.0.1:8/mcp");
+    let out = cmd.output().unwrap();
+    let run = sb.to_run(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let d = &run.json["dispatcher"];
+    assert_eq!(d["max_workers"], json!({"value": 9, "source": "flag"}));
+    assert_eq!(d["fail_fast"], json!({"value": true, "source": "batch"}));
+    assert_eq!(
+        d["trace_dir"],
+        json!({"value": "env_traces", "source": "env:PARALLEL_DISPATCH_TRACE_DIR"})
+    );
+    assert_eq!(
+        d["retries"],
+        json!({"value": 2, "source": "file:dispatch.yaml"})
+    );
+    assert_eq!(d["timeout_seconds"]["source"], "default");
+    assert_eq!(run.json["config_file"], "dispatch.yaml");
+    assert_eq!(
+        run.json["mcp"]["servers"]["archon"]["url"],
+        "http://127.0.0.1:8/mcp"
+    );
+    assert_eq!(
+        run.json["mcp"]["servers"]["kb"]["headers"]["Authorization"],
+        "[REDACTED]"
+    );
+    assert!(!run.stdout.contains("literal-secret-value"));
+}
+
+#[test]
+fn dispatch_debug_turns_on_debug_logs_on_stderr_only() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.cmd(&[]);
+    cmd.env("DISPATCH_DEBUG", "1").env_remove("RUST_LOG");
+    let quiet = run_cmd(&sb, sb.cmd(&["-q"]), &one_task());
+    assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
+    let run = run_cmd(&sb, cmd, &one_task());
+    assert!(run.stderr.contains("DEBUG"), "{}", run.stderr);
+    assert_eq!(
+        run.json["status"], "success",
+        "stdout is still only the document"
+    );
+
+    sb.write(
+        "dispatch.yaml",
+        "logging:\n  level: debug\n  format: json\n",
+    );
+    let mut cmd = sb.cmd(&[]);
+    cmd.env_remove("RUST_LOG");
+    let run = run_cmd(&sb, cmd, &one_task());
+    let first = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON log line");
+    let line: Value = serde_json::from_str(first).unwrap();
+    assert_eq!(line["level"], "DEBUG");
+}
