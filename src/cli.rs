@@ -50,6 +50,49 @@ pub enum Command {
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
+    /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+}
+
+pub const SERVE_HELP: &str = "\
+Endpoints:
+  POST /v1/dispatch       a batch in; 200 with the result document, 400 with the invalid document,
+                          413 body too large, 429 too many runs (Retry-After), 401 bad token
+  GET  /v1/runs/{run_id}  that run's trace
+  GET  /health            {\"status\": \"healthy\", \"version\", \"agents_available\", \"mcp\"}
+
+With DISPATCH_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`;
+without it the server only listens on loopback addresses. SIGTERM or SIGINT: stop accepting,
+let in-flight runs finish for the grace period, then cancel them (their traces are written).
+
+Exit codes: 0 clean shutdown; 3 cannot start (address in use, unprotected non-loopback address,
+bad configuration).";
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stderr).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Folder for every run's trace (overrides configuration; batches cannot change it here).
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+    /// Largest accepted request body.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most runs in progress at once; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_concurrent_runs: u64,
+    /// Seconds in-flight runs may continue after SIGTERM before they are cancelled.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds_or_zero)]
+    pub shutdown_grace_seconds: f64,
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{s}' must be a number of seconds, 0 or more")),
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -39,6 +39,7 @@ pub mod reporter;
 pub mod rerun;
 pub mod runner;
 pub mod scheduler;
+pub mod server;
 pub mod services;
 pub mod settings;
 pub mod task_error;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dispatch_runner::batch::BatchConfig;
 use dispatch_runner::batch::schema::batch_schema;
-use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs};
+use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs, ServeArgs};
 use dispatch_runner::config::{Config, ConfigError, Layer, LogFormat, explain};
 use dispatch_runner::events::RunStatus;
 use dispatch_runner::reporter::trace::write_json_atomic;
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Some(Command::Schema) => unreachable!("handled above"),
         Some(Command::Validate(input)) => validate(&input),
         Some(Command::Config(args)) => show_config(&config, &args),
+        Some(Command::Serve(args)) => serve(&config, args),
         Some(Command::Run(args)) => run(&config, args),
         None => run(&config, cli.run),
     }
@@ -349,6 +350,52 @@ fn runner_error(message: &str, result: Option<&dispatch_runner::reporter::RunRes
     }
     print_json(&doc);
     ExitCode::from(EXIT_RUNNER)
+}
+
+fn serve(config: &Config, args: ServeArgs) -> ExitCode {
+    use dispatch_runner::server::{ServerOptions, TOKEN_ENV};
+    let (file, env) = base_layers(config);
+    let trace_dir = args
+        .trace_dir
+        .clone()
+        .unwrap_or_else(|| RunSettings::resolve(&[&file, &env]).trace_dir);
+    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        dispatch_runner::redact::register_secret(t);
+    }
+    let options = ServerOptions {
+        listen: args.listen,
+        token,
+        max_body_bytes: args.max_body_bytes,
+        max_concurrent_runs: args.max_concurrent_runs as usize,
+        shutdown_grace: std::time::Duration::from_secs_f64(args.shutdown_grace_seconds),
+        base_layers: vec![file, env],
+        agents: config.file.agents.clone(),
+        trace_dir,
+        services: Arc::new(services(config)),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    runtime.block_on(async move {
+        let (tx, mut rx) = mpsc::channel(4);
+        if let Err(e) = forward_signals(tx) {
+            return runner_error(&format!("cannot install signal handlers: {e}"), None);
+        }
+        let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };
+        let announce = |addr| eprintln!("dispatch_runner: listening on http://{addr}");
+        match dispatch_runner::server::serve(options, shutdown, announce).await {
+            Ok(()) => {
+                eprintln!("dispatch_runner: server stopped");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => runner_error(&e.to_string(), None),
+        }
+    })
 }
 
 /// Turns SIGINT and SIGTERM into interrupt messages for the dispatcher.

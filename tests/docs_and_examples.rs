@@ -32,7 +32,10 @@ fn json_blocks(path: &Path) -> Vec<String> {
 }
 
 fn markdown_files() -> Vec<std::path::PathBuf> {
-    let mut files = vec![root().join("README.md")];
+    let mut files = vec![
+        root().join("README.md"),
+        root().join(".claude/agents/parallel-dispatcher.md"),
+    ];
     for entry in std::fs::read_dir(root().join("docs")).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "md") {
             files.push(entry.path());
@@ -128,6 +131,33 @@ fn failing_example_skips_dependents_and_runs_the_other_branch() {
     assert_eq!(run.status("test"), "skipped");
     assert_eq!(run.status("deploy"), "skipped");
     assert_eq!(run.status("docs"), "success");
+}
+
+#[test]
+fn claude_code_agent_definition_has_front_matter() {
+    let text =
+        std::fs::read_to_string(root().join(".claude/agents/parallel-dispatcher.md")).unwrap();
+    let rest = text
+        .strip_prefix("---\n")
+        .expect("front matter opens the file");
+    let (front, body) = rest.split_once("\n---\n").expect("front matter closes");
+    let field = |name: &str| {
+        front
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("front matter lacks {name}"))
+    };
+    assert_eq!(field("name"), "parallel-dispatcher");
+    assert!(field("description").len() > 40);
+    assert!(field("tools").contains("Bash"));
+    for must in [
+        "dispatch_runner validate",
+        "dispatch_runner schema",
+        "--rerun-failed",
+        "Exit code",
+    ] {
+        assert!(body.contains(must), "the agent prompt must cover {must}");
+    }
 }
 
 #[test]
