@@ -69,12 +69,12 @@ fn run_cmd(sb: &Sandbox, mut cmd: std::process::Command, batch: &Value) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
+    // The binary may exit before reading its input (e.g. a configuration error).
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(batch.to_string().as_bytes())
-        .unwrap();
+        .write_all(batch.to_string().as_bytes());
     sb.to_run(wait_with_deadline(child, Duration::from_secs(60)))
 }
 

@@ -86,12 +86,8 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn dispatch_runner");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        // The binary may exit before reading its input (e.g. a configuration error).
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         let out = wait_with_deadline(child, Duration::from_secs(120));
         self.to_run(out)
     }
