@@ -274,18 +274,7 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         RunSettings::resolve(&[&file, &env, &validated.batch.config, &args.overrides()]);
     settings.agents = config.file.agents.clone();
     let services = Arc::new(services(config));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
-    };
-    runtime.block_on(async move {
-        let (tx, rx) = mpsc::channel(4);
-        if let Err(e) = forward_signals(tx) {
-            return runner_error(&format!("cannot install signal handlers: {e}"), None);
-        }
+    with_runtime(|rx| async move {
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);
         options.services = services;
@@ -374,18 +363,7 @@ fn serve(config: &Config, args: ServeArgs) -> ExitCode {
         trace_dir,
         services: Arc::new(services(config)),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
-    };
-    runtime.block_on(async move {
-        let (tx, mut rx) = mpsc::channel(4);
-        if let Err(e) = forward_signals(tx) {
-            return runner_error(&format!("cannot install signal handlers: {e}"), None);
-        }
+    with_runtime(|mut rx| async move {
         let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };
         let announce = |addr| eprintln!("dispatch_runner: listening on http://{addr}");
         match dispatch_runner::server::serve(options, shutdown, announce).await {
@@ -395,6 +373,26 @@ fn serve(config: &Config, args: ServeArgs) -> ExitCode {
             }
             Err(e) => runner_error(&e.to_string(), None),
         }
+    })
+}
+
+/// Runs `body` on a multi-threaded runtime with SIGINT and SIGTERM arriving as interrupts.
+fn with_runtime<F: Future<Output = ExitCode>>(
+    body: impl FnOnce(mpsc::Receiver<Interrupt>) -> F,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    runtime.block_on(async move {
+        let (tx, rx) = mpsc::channel(4);
+        if let Err(e) = forward_signals(tx) {
+            return runner_error(&format!("cannot install signal handlers: {e}"), None);
+        }
+        body(rx).await
     })
 }
 

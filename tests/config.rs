@@ -134,39 +134,12 @@ fn agent_max_concurrency_caps_inside_the_worker_limit() {
         "dispatch.yaml",
         "dispatcher:\n  max_workers: 8\nagents:\n  command:\n    max_concurrency: 2\n",
     );
-    std::fs::create_dir(sb.path().join("running")).unwrap();
-    let tasks: Vec<Value> = (0..12)
-        .map(|i| {
-            sh_task(
-                &format!("t{i}"),
-                &format!(
-                    "touch running/t{i}; ls running | wc -l >> counts; sleep 0.05; rm running/t{i}"
-                ),
-                &[],
-            )
-        })
-        .collect();
+    let tasks = concurrency_probe_tasks(&sb, 12);
     let run = sb.run_json(&[], &json!({"tasks": tasks}));
     assert_eq!(run.code, 0);
-    let counts: Vec<usize> = std::fs::read_to_string(sb.path().join("counts"))
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    let counts = probe_counts(&sb);
     assert!(counts.iter().all(|&c| c <= 2), "{counts:?}");
-    let mut live = 0;
-    let mut peak = 0;
-    for e in run.trace()["events"].as_array().unwrap() {
-        match e["event"].as_str().unwrap() {
-            "attempt_started" => {
-                live += 1;
-                peak = peak.max(live);
-            }
-            "attempt_finished" => live -= 1,
-            _ => {}
-        }
-    }
-    assert_eq!(peak, 2);
+    assert_eq!(peak_concurrency(&run.trace()), 2);
 }
 
 #[test]

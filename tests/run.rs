@@ -330,29 +330,13 @@ fn timeouts_are_retried_too() {
 #[test]
 fn worker_limit_holds_under_load() {
     let sb = Sandbox::new();
-    std::fs::create_dir(sb.path().join("running")).unwrap();
-    // Each task registers itself, counts who else is running, and leaves.
-    let tasks: Vec<Value> = (0..40)
-        .map(|i| {
-            sh_task(
-                &format!("t{i}"),
-                &format!(
-                    "touch running/t{i}; ls running | wc -l >> counts; sleep 0.05; rm running/t{i}"
-                ),
-                &[],
-            )
-        })
-        .collect();
+    let tasks = concurrency_probe_tasks(&sb, 40);
     let run = sb.run_json(
         &["--max-workers", "3"],
         &json!({"tasks": tasks, "config": {"max_workers": 20}}),
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let counts: Vec<usize> = std::fs::read_to_string(sb.path().join("counts"))
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    let counts = probe_counts(&sb);
     assert_eq!(counts.len(), 40);
     assert!(
         counts.iter().all(|&c| c <= 3),
@@ -365,20 +349,10 @@ fn worker_limit_holds_under_load() {
 
     // The trace agrees: at most 3 attempts between their start and finish events, on lanes 0..3.
     let trace = run.trace();
-    let mut live = 0i32;
-    let mut peak = 0;
-    for e in trace["events"].as_array().unwrap() {
-        match e["event"].as_str().unwrap() {
-            "attempt_started" => {
-                live += 1;
-                peak = peak.max(live);
-                assert!(e["worker"].as_u64().unwrap() < 3);
-            }
-            "attempt_finished" => live -= 1,
-            _ => {}
-        }
+    assert_eq!(peak_concurrency(&trace), 3);
+    for e in events(&trace, "attempt_started") {
+        assert!(e["worker"].as_u64().unwrap() < 3);
     }
-    assert_eq!(peak, 3);
     assert_eq!(
         trace["config"]["max_workers"], 3,
         "the flag wins over the batch"

@@ -209,3 +209,46 @@ pub fn cmd_task(id: &str, argv: &[&str], deps: &[&str]) -> Value {
 pub fn sh_task(id: &str, script: &str, deps: &[&str]) -> Value {
     cmd_task(id, &["sh", "-c", script], deps)
 }
+
+/// Tasks that each record how many of them run at the same moment (into `counts`), using the
+/// folder `running/` (created here) as a register.
+pub fn concurrency_probe_tasks(sb: &Sandbox, n: usize) -> Vec<Value> {
+    std::fs::create_dir_all(sb.path().join("running")).unwrap();
+    (0..n)
+        .map(|i| {
+            sh_task(
+                &format!("t{i}"),
+                &format!(
+                    "touch running/t{i}; ls running | wc -l >> counts; sleep 0.05; rm running/t{i}"
+                ),
+                &[],
+            )
+        })
+        .collect()
+}
+
+/// What the probe tasks counted.
+pub fn probe_counts(sb: &Sandbox) -> Vec<usize> {
+    std::fs::read_to_string(sb.path().join("counts"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+/// Most attempts between their start and finish events at once, per the trace.
+pub fn peak_concurrency(trace: &Value) -> i32 {
+    let mut live = 0;
+    let mut peak = 0;
+    for e in trace["events"].as_array().unwrap() {
+        match e["event"].as_str().unwrap() {
+            "attempt_started" => {
+                live += 1;
+                peak = peak.max(live);
+            }
+            "attempt_finished" => live -= 1,
+            _ => {}
+        }
+    }
+    peak
+}
