@@ -9,8 +9,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use dispatch_runner::batch::schema::batch_schema;
-use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs};
+use dispatch_runner::cli::{Cli, Command, InputArgs, ReportArgs, RunArgs};
 use dispatch_runner::events::RunStatus;
+use dispatch_runner::reporter::outputs::Delivery;
 use dispatch_runner::reporter::trace::write_json_atomic;
 use dispatch_runner::{Interrupt, Issue, RunOptions, RunSettings, RunnerError, ValidatedBatch};
 
@@ -21,6 +22,7 @@ const EXIT_RUNNER: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    dispatch_runner::redact::register_env_secrets();
     init_logging();
     match cli.command {
         Some(Command::Schema) => {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Validate(input)) => validate(&input),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Report(args)) => report(&args),
         None => run(cli.run),
     }
 }
@@ -39,7 +42,7 @@ fn init_logging() {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| dispatch_runner::redact::RedactingWriter::new(std::io::stderr()))
         .with_ansi(ansi)
         .init();
 }
@@ -129,6 +132,10 @@ fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let settings = RunSettings::resolve(&[&validated.batch.config, &args.overrides()]);
+    let plan = args.plan();
+    if let Err(errors) = plan.check() {
+        return runner_error(&errors.join("; "), None);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,16 +148,26 @@ fn run(args: RunArgs) -> ExitCode {
         if let Err(e) = forward_signals(tx) {
             return runner_error(&format!("cannot install signal handlers: {e}"), None);
         }
+        let mut outputs = match plan.build() {
+            Ok(o) => o,
+            Err(e) => return runner_error(&e, None),
+        };
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);
+        options.sinks = std::mem::take(&mut outputs.sinks);
         match dispatch_runner::run(validated, options).await {
-            Ok(report) => finish(&args, &report),
+            Ok(mut report) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                finish(&args, &report, &delivery)
+            }
             Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),
             Err(RunnerError::TraceWrite {
                 path,
                 source,
-                report,
+                mut report,
             }) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                warn(&delivery);
                 let message = format!("cannot write trace file '{}': {source}", path.display());
                 runner_error(&message, Some(&report.result))
             }
@@ -158,8 +175,18 @@ fn run(args: RunArgs) -> ExitCode {
     })
 }
 
-fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
+fn warn(delivery: &Delivery) {
+    for w in &delivery.warnings {
+        eprintln!("dispatch_runner: warning: {w}");
+    }
+    for e in &delivery.errors {
+        eprintln!("dispatch_runner: error: {e}");
+    }
+}
+
+fn finish(args: &RunArgs, report: &dispatch_runner::RunReport, delivery: &Delivery) -> ExitCode {
     let result = &report.result;
+    warn(delivery);
     if let Some(path) = &args.output_file
         && let Err(e) = write_json_atomic(path, &dispatch_runner::redact::redacted(result))
     {
@@ -185,6 +212,9 @@ fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
             result.trace_file
         );
     }
+    if !delivery.errors.is_empty() {
+        return ExitCode::from(EXIT_RUNNER);
+    }
     if let Some(interrupt) = report.interrupted {
         return ExitCode::from(interrupt.exit_code() as u8);
     }
@@ -192,6 +222,48 @@ fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
         ExitCode::from(EXIT_OK)
     } else {
         ExitCode::from(EXIT_TASKS_FAILED)
+    }
+}
+
+fn report(args: &ReportArgs) -> ExitCode {
+    let plan = args.plan();
+    let bad_input = |message: String| {
+        eprintln!("dispatch_runner: {message}");
+        print_json(&json!({"status": "invalid", "errors": [{"path": "", "message": message}]}));
+        ExitCode::from(EXIT_INVALID)
+    };
+    if !plan.has_files() {
+        return bad_input("nothing to write: give --html, --chrome-trace and/or --junit".into());
+    }
+    if let Err(errors) = plan.check() {
+        return runner_error(&errors.join("; "), None);
+    }
+    let delivery = match plan.replay_trace(&args.trace_file) {
+        Ok(d) => d,
+        Err(e) => return bad_input(e),
+    };
+    warn(&delivery);
+    let written: serde_json::Map<String, serde_json::Value> = delivery
+        .written
+        .iter()
+        .map(|(flag, p)| {
+            (
+                flag.trim_start_matches('-').replace('-', "_"),
+                json!(p.display().to_string()),
+            )
+        })
+        .collect();
+    if delivery.errors.is_empty() {
+        print_json(&json!({"status": "written", "files": written}));
+        ExitCode::from(EXIT_OK)
+    } else {
+        let errors: Vec<_> = delivery
+            .errors
+            .iter()
+            .map(|m| json!({"path": "", "message": m}))
+            .collect();
+        print_json(&json!({"status": "error", "errors": errors, "files": written}));
+        ExitCode::from(EXIT_RUNNER)
     }
 }
 
