@@ -175,6 +175,17 @@ fn timeline(h: &mut String, r: &RunRecord) {
                 a.attempt,
                 esc(&attempt_tooltip(t, a, dur))
             );
+            // Wide bars carry their task id; the tooltip has it for the rest.
+            let fits = ((w - 6.0) / 6.5).floor() as usize;
+            if fits >= 4 {
+                let _ = write!(
+                    h,
+                    "<text class=\"bar-label\" x=\"{:.1}\" y=\"{}\">{}</text>",
+                    x + 3.0,
+                    y + 13.0,
+                    esc(&short(&t.task_id, fits))
+                );
+            }
         }
     }
     h.push_str("</svg></div></section>\n");
@@ -223,7 +234,7 @@ fn graph(h: &mut String, r: &RunRecord) {
         }
     );
     if edges <= MAX_EDGES {
-        h.push_str("<g class=\"edges\">");
+        h.push_str("<defs><marker id=\"arrow\" viewBox=\"0 0 8 8\" refX=\"8\" refY=\"4\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\" fill=\"#9aa3ad\"/></marker></defs><g class=\"edges\">");
         for (i, t) in r.tasks.iter().enumerate() {
             for d in &t.dependencies {
                 if let Some(&j) = index.get(d.as_str()) {
@@ -471,7 +482,7 @@ table{border-collapse:collapse}.kv{margin-top:8px}.kv th{text-align:left;color:v
 svg text{font-size:11px;fill:var(--fg)}.axis{fill:var(--mut)!important;text-anchor:middle}.tick{stroke:var(--line)}.lane{fill:#f5f7f9}.lane-label{fill:var(--mut)!important}
 .bar{cursor:pointer;stroke:#fff;stroke-width:.5}.bar:hover{stroke:#000;stroke-width:1}
 .o-success{fill:var(--ok);background:var(--ok)}.o-error{fill:var(--err);background:var(--err)}.o-timeout{fill:var(--to);background:var(--to)}.o-cancelled,.o-unfinished{fill:var(--can);background:var(--can)}
-.edges path{fill:none;stroke:#b6bec6;stroke-width:1}.node{cursor:pointer}.node rect{fill:#fff;stroke-width:2;stroke:var(--can)}
+.edges path{fill:none;stroke:#b6bec6;stroke-width:1;marker-end:url(#arrow)}.bar-label{fill:#fff!important;pointer-events:none;font-size:10px}.node{cursor:pointer}.node rect{fill:#fff;stroke-width:2;stroke:var(--can)}
 .node.s-success rect{stroke:var(--ok)}.node.s-error rect{stroke:var(--err)}.node.s-timeout rect{stroke:var(--to)}.node.s-skipped rect{stroke:var(--skip);stroke-dasharray:3 2}
 .filters{display:flex;gap:10px;align-items:center;flex-wrap:wrap;margin-bottom:8px}#filter{padding:4px 8px;min-width:260px}#shown{color:var(--mut)}
 .task{border-bottom:1px solid var(--line)}.task summary{display:grid;grid-template-columns:minmax(160px,2fr) 80px 90px 90px 80px 4fr;gap:8px;align-items:center;padding:3px 4px;cursor:pointer}
