@@ -97,7 +97,7 @@ fn summary(h: &mut String, r: &RunRecord) {
     }
     for key in ["max_workers", "timeout_seconds", "retries", "fail_fast"] {
         if let Some(v) = r.config.get(key) {
-            row(key, &v.to_string());
+            row(&format!("config.{key}"), &v.to_string());
         }
     }
     h.push_str("</table></section>\n");

@@ -30,6 +30,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .suffix(".tmp")
         .tempfile_in(parent(path))?;
     tmp.as_file_mut().write_all(bytes)?;
+    // Temporary files are private (0600); reports and metrics files are meant to be read by
+    // others (a CI server, node_exporter's textfile collector), like any file the user creates.
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -145,6 +149,9 @@ mod tests {
         check_writable("--junit", &p).unwrap();
         write_atomic(&p, b"hello").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "hello");
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644);
         let err = check_writable("--junit", &dir.path().join("nope/out.xml")).unwrap_err();
         assert!(
             err.contains("--junit") && err.contains("does not exist"),

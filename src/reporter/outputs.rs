@@ -83,6 +83,15 @@ impl OutputPlan {
     /// Builds the sinks. The events file is created now, so that a follower can open it at once.
     pub fn build(&self) -> Result<Outputs, String> {
         let problems = Problems::default();
+        if let Some(password) = self
+            .pushgateway
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .and_then(|u| u.password().map(str::to_string))
+        {
+            // Basic-auth credentials in the URL must not show up in a warning or a log line.
+            crate::redact::register_secret(&password);
+        }
         let mut sinks: Vec<Box<dyn EventSink>> = Vec::new();
         let mut written = Vec::new();
         let target =
