@@ -91,7 +91,8 @@ impl PlainProgress {
             state: Arc::default(),
             stop: None,
             ticker: None,
-            interval,
+            // A floor, so a zero interval cannot turn into a busy loop flooding the log.
+            interval: interval.max(Duration::from_millis(100)),
         }
     }
 
