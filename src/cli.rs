@@ -1,10 +1,12 @@
 //! Command-line arguments (raw, as clap parses them) and their conversion to run settings.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::batch::BatchConfig;
+use crate::reporter::outputs::OutputPlan;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -47,10 +49,13 @@ pub enum Command {
     Validate(InputArgs),
     /// Print the JSON Schema of the batch format.
     Schema,
+    /// Turn a trace file into a self-contained HTML report, a Chrome trace or JUnit XML.
+    #[command(after_help = REPORT_EXIT_CODES)]
+    Report(ReportArgs),
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
-    /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health.
+    /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health, GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 }
@@ -61,6 +66,7 @@ Endpoints:
                           413 body too large, 429 too many runs (Retry-After), 401 bad token
   GET  /v1/runs/{run_id}  that run's trace
   GET  /health            {\"status\": \"healthy\", \"version\", \"agents_available\", \"mcp\"}
+  GET  /metrics           Prometheus text format, cumulative across the runs served
 
 With DISPATCH_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`;
 without it the server only listens on loopback addresses. SIGTERM or SIGINT: stop accepting,
@@ -92,6 +98,39 @@ fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("'{s}' must be a number of seconds, 0 or more")),
+    }
+}
+
+pub const REPORT_EXIT_CODES: &str = "\
+Exit codes:
+  0    every output was written
+  2    the trace file cannot be read, or no output was asked for
+  3    an output could not be written";
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    /// A trace file written by `dispatch_runner run` (`<trace_dir>/dispatch-<run_id>.json`).
+    #[arg(value_name = "TRACE_FILE")]
+    pub trace_file: PathBuf,
+    /// Write the HTML report (one self-contained file) here.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Write the run in Trace Event Format (Perfetto, chrome://tracing) here.
+    #[arg(long, value_name = "PATH")]
+    pub chrome_trace: Option<PathBuf>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    pub fn plan(&self) -> OutputPlan {
+        OutputPlan {
+            html: self.html.clone(),
+            chrome_trace: self.chrome_trace.clone(),
+            junit: self.junit.clone(),
+            ..OutputPlan::default()
+        }
     }
 }
 
@@ -130,12 +169,47 @@ pub struct RunArgs {
     /// tasks being reused have not changed.
     #[arg(long, value_name = "TRACE_FILE")]
     pub rerun_failed: Option<PathBuf>,
-    /// No summary line on stderr.
+    /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Seconds between plain status lines when stderr is not a terminal.
+    #[arg(long, value_name = "S", value_parser = parse_seconds, default_value = "5")]
+    pub status_interval: f64,
+    /// Write every event as it happens to this file, one JSON object per line (NDJSON).
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// Write JUnit XML (one test case per task) here when the run ends.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Write the self-contained HTML report here when the run ends.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Write the run in Trace Event Format (Perfetto, chrome://tracing) here when it ends.
+    #[arg(long, value_name = "PATH")]
+    pub chrome_trace: Option<PathBuf>,
+    /// Write Prometheus metrics (text format, atomically) here when the run ends.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Push Prometheus metrics to this Pushgateway (job `dispatch_runner`) when the run ends; a
+    /// failed push is a warning, not a failed run.
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub pushgateway: Option<String>,
 }
 
 impl RunArgs {
+    /// The outputs these flags ask for.
+    pub fn plan(&self) -> OutputPlan {
+        OutputPlan {
+            events: self.events.clone(),
+            junit: self.junit.clone(),
+            html: self.html.clone(),
+            chrome_trace: self.chrome_trace.clone(),
+            metrics_file: self.metrics_file.clone(),
+            pushgateway: self.pushgateway.clone(),
+            progress: (!self.quiet).then(|| Duration::from_secs_f64(self.status_interval)),
+        }
+    }
+
     /// The overrides these flags make, as a configuration layer above the batch's own.
     pub fn overrides(&self) -> BatchConfig {
         BatchConfig {
@@ -149,6 +223,14 @@ impl RunArgs {
             fail_fast: self.fail_fast.then_some(true),
             ..BatchConfig::default()
         }
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_string()),
+        Ok(_) => Err(format!("'{s}' is not an http:// or https:// URL")),
+        Err(e) => Err(format!("'{s}' is not a URL: {e}")),
     }
 }
 

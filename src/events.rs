@@ -46,6 +46,9 @@ pub enum EventKind {
         attempt: u32,
         /// Worker lane, from 0 to max_workers - 1 (for timelines).
         worker: usize,
+        /// The circuit breaker this attempt counts against (metrics, reports).
+        #[serde(default)]
+        breaker: String,
     },
     AttemptFinished {
         task_id: String,
@@ -93,6 +96,10 @@ pub struct TaskInfo {
     pub agent: String,
     pub description: String,
     pub dependencies: Vec<String>,
+    /// The task's `input_data` as given (before output substitution), so consumers can label by
+    /// fields such as an `mcp` task's server and tool. Redacted like everything else on output.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub input: Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -8,7 +8,8 @@
 //! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
 //! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
-//! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace).
+//! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace, progress,
+//!   NDJSON events, metrics, JUnit, HTML report, Chrome trace). [`redact`]: secrets out of all of it.
 //!
 //! # Example
 //! ```no_run

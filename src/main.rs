@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use dispatch_runner::batch::BatchConfig;
 use dispatch_runner::batch::schema::batch_schema;
-use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs, ServeArgs};
+use dispatch_runner::cli::{Cli, Command, InputArgs, ReportArgs, RunArgs, ServeArgs};
 use dispatch_runner::config::{Config, ConfigError, Layer, LogFormat, explain};
 use dispatch_runner::events::RunStatus;
+use dispatch_runner::reporter::outputs::Delivery;
 use dispatch_runner::reporter::trace::write_json_atomic;
 use dispatch_runner::{
     Interrupt, Issue, RunOptions, RunSettings, RunnerError, Services, ValidatedBatch,
@@ -27,6 +28,7 @@ const EXIT_RUNNER: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    dispatch_runner::redact::register_env_secrets();
     if let Some(Command::Schema) = cli.command {
         print_json(batch_schema());
         return ExitCode::from(EXIT_OK);
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Config(args)) => show_config(&config, &args),
         Some(Command::Serve(args)) => serve(&config, args),
         Some(Command::Run(args)) => run(&config, args),
+        Some(Command::Report(args)) => report(&args),
         None => run(&config, cli.run),
     }
 }
@@ -53,7 +56,7 @@ fn init_logging(config: &Config) {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| dispatch_runner::redact::RedactingWriter::new(std::io::stderr()))
         .with_ansi(ansi);
     match config.file.logging.format.unwrap_or_default() {
         LogFormat::Json => builder.json().init(),
@@ -274,19 +277,33 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         RunSettings::resolve(&[&file, &env, &validated.batch.config, &args.overrides()]);
     settings.agents = config.file.agents.clone();
     let services = Arc::new(services(config));
+    let plan = args.plan();
+    if let Err(errors) = plan.check() {
+        return runner_error(&errors.join("; "), None);
+    }
     with_runtime(|rx| async move {
+        let mut outputs = match plan.build() {
+            Ok(o) => o,
+            Err(e) => return runner_error(&e, None),
+        };
         let mut options = RunOptions::new(settings);
+        options.sinks = std::mem::take(&mut outputs.sinks);
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
         match dispatch_runner::run(validated, options).await {
-            Ok(report) => finish(&args, &report),
+            Ok(mut report) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                finish(&args, &report, &delivery)
+            }
             Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),
             Err(RunnerError::TraceWrite {
                 path,
                 source,
-                report,
+                mut report,
             }) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                warn(&delivery);
                 let message = format!("cannot write trace file '{}': {source}", path.display());
                 runner_error(&message, Some(&report.result))
             }
@@ -294,8 +311,18 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
     })
 }
 
-fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
+fn warn(delivery: &Delivery) {
+    for w in &delivery.warnings {
+        eprintln!("dispatch_runner: warning: {w}");
+    }
+    for e in &delivery.errors {
+        eprintln!("dispatch_runner: error: {e}");
+    }
+}
+
+fn finish(args: &RunArgs, report: &dispatch_runner::RunReport, delivery: &Delivery) -> ExitCode {
     let result = &report.result;
+    warn(delivery);
     if let Some(path) = &args.output_file
         && let Err(e) = write_json_atomic(path, &dispatch_runner::redact::redacted(result))
     {
@@ -321,6 +348,9 @@ fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
             result.trace_file
         );
     }
+    if !delivery.errors.is_empty() {
+        return ExitCode::from(EXIT_RUNNER);
+    }
     if let Some(interrupt) = report.interrupted {
         return ExitCode::from(interrupt.exit_code() as u8);
     }
@@ -328,6 +358,48 @@ fn finish(args: &RunArgs, report: &dispatch_runner::RunReport) -> ExitCode {
         ExitCode::from(EXIT_OK)
     } else {
         ExitCode::from(EXIT_TASKS_FAILED)
+    }
+}
+
+fn report(args: &ReportArgs) -> ExitCode {
+    let plan = args.plan();
+    let bad_input = |message: String| {
+        eprintln!("dispatch_runner: {message}");
+        print_json(&json!({"status": "invalid", "errors": [{"path": "", "message": message}]}));
+        ExitCode::from(EXIT_INVALID)
+    };
+    if !plan.has_files() {
+        return bad_input("nothing to write: give --html, --chrome-trace and/or --junit".into());
+    }
+    if let Err(errors) = plan.check() {
+        return runner_error(&errors.join("; "), None);
+    }
+    let delivery = match plan.replay_trace(&args.trace_file) {
+        Ok(d) => d,
+        Err(e) => return bad_input(e),
+    };
+    warn(&delivery);
+    let written: serde_json::Map<String, serde_json::Value> = delivery
+        .written
+        .iter()
+        .map(|(flag, p)| {
+            (
+                flag.trim_start_matches('-').replace('-', "_"),
+                json!(p.display().to_string()),
+            )
+        })
+        .collect();
+    if delivery.errors.is_empty() {
+        print_json(&json!({"status": "written", "files": written}));
+        ExitCode::from(EXIT_OK)
+    } else {
+        let errors: Vec<_> = delivery
+            .errors
+            .iter()
+            .map(|m| json!({"path": "", "message": m}))
+            .collect();
+        print_json(&json!({"status": "error", "errors": errors, "files": written}));
+        ExitCode::from(EXIT_RUNNER)
     }
 }
 

@@ -112,6 +112,85 @@ pub fn redact_json(value: &mut Value) {
     }
 }
 
+/// Registers every string found under a secret-looking key anywhere in `value` (for example an
+/// `API_KEY` in a command task's `env`), so that it is also scrubbed where a program echoes it.
+pub fn register_secrets_in(value: &Value) {
+    match value {
+        Value::Array(items) => items.iter().for_each(register_secrets_in),
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::String(s) if is_secret_key(k) => register_secret(s),
+                    _ => register_secrets_in(v),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Registers the values of this process's environment variables whose names look secret
+/// (`GITHUB_TOKEN`, `OPENAI_API_KEY`, ...): a task that expands one (`sh -c 'echo $GITHUB_TOKEN'`)
+/// must not carry it into what we write.
+pub fn register_env_secrets() {
+    for (k, v) in std::env::vars_os() {
+        if let (Some(k), Some(v)) = (k.to_str(), v.to_str())
+            && is_secret_key(k)
+        {
+            register_secret(v);
+        }
+    }
+}
+
+/// A writer that scrubs registered secrets from what passes through it, line by line; for logs
+/// and messages on stderr.
+pub struct RedactingWriter<W: std::io::Write> {
+    inner: W,
+    pending: Vec<u8>,
+}
+
+impl<W: std::io::Write> RedactingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        RedactingWriter {
+            inner,
+            pending: Vec::new(),
+        }
+    }
+
+    fn write_lines(&mut self, all: bool) -> std::io::Result<()> {
+        let end = if all {
+            self.pending.len()
+        } else {
+            match self.pending.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => return Ok(()),
+            }
+        };
+        let chunk: Vec<u8> = self.pending.drain(..end).collect();
+        let text = String::from_utf8_lossy(&chunk);
+        self.inner.write_all(redact_text(&text).as_bytes())
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        self.write_lines(false)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_lines(true)?;
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
 /// A redacted copy of any serializable value, ready to write.
 pub fn redacted<T: serde::Serialize>(value: &T) -> Value {
     let mut v = serde_json::to_value(value).expect("serializable");
@@ -150,6 +229,26 @@ mod tests {
         assert_eq!(v["stdout"], "key is [REDACTED]!");
         // Structured values under secret-looking keys are walked, not erased.
         assert_eq!(v["token_count"]["input"], 3);
+    }
+
+    #[test]
+    fn secrets_under_secret_keys_are_registered() {
+        register_secrets_in(
+            &json!({"tasks": [{"input_data": {"env": {"MY_API_KEY": "val-under-key-77"}}}]}),
+        );
+        assert_eq!(redact_text("echo val-under-key-77"), "echo [REDACTED]");
+    }
+
+    #[test]
+    fn redacting_writer_scrubs_lines() {
+        register_secret("writer-secret-42");
+        let mut out = Vec::new();
+        {
+            let mut w = RedactingWriter::new(&mut out);
+            std::io::Write::write_all(&mut w, b"a writer-").unwrap();
+            std::io::Write::write_all(&mut w, b"secret-42 b\nc").unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "a [REDACTED] b\nc");
     }
 
     #[test]

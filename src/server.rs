@@ -3,7 +3,8 @@
 //! - `POST /v1/dispatch`: a batch in, the result document out (200), or the `invalid` document
 //!   (400). Runs are bounded (429 with `Retry-After` beyond the limit) and so are bodies (413).
 //! - `GET /v1/runs/{run_id}`: that run's trace. `GET /health`: liveness, version, agents, MCP
-//!   reachability.
+//!   reachability. `GET /metrics`: Prometheus text, cumulative across the runs this instance
+//!   served.
 //! - With `DISPATCH_API_TOKEN` set, everything but `/health` needs `Authorization: Bearer <token>`;
 //!   without it the server refuses to listen on anything but loopback.
 //! - On SIGTERM/SIGINT it stops accepting, gives in-flight runs a grace period, then cancels them;
@@ -33,6 +34,7 @@ use crate::batch::{BatchConfig, validate_text};
 use crate::config::AgentSection;
 use crate::mcp::Transport;
 use crate::redact::redacted;
+use crate::reporter::metrics::{Metrics, MetricsSink};
 use crate::runner::{Interrupt, RunOptions, RunnerError, run};
 use crate::services::Services;
 use crate::settings::RunSettings;
@@ -74,6 +76,8 @@ pub enum ServeError {
 
 struct AppState {
     options: ServerOptions,
+    /// Cumulative across every run this instance served.
+    metrics: Metrics,
     runs: Semaphore,
     in_flight: Mutex<HashMap<u64, mpsc::Sender<Interrupt>>>,
     next_run: AtomicU64,
@@ -97,6 +101,7 @@ pub async fn serve(
     on_listening(listener.local_addr()?);
     let max_body = options.max_body_bytes;
     let state = Arc::new(AppState {
+        metrics: Metrics::new(),
         runs: Semaphore::new(options.max_concurrent_runs.max(1)),
         options,
         in_flight: Mutex::new(HashMap::new()),
@@ -106,6 +111,7 @@ pub async fn serve(
         .route("/v1/dispatch", post(dispatch))
         .route("/v1/runs/{run_id}", get(get_run))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state.clone());
@@ -220,6 +226,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         .expect("in-flight lock")
         .insert(id, tx);
     let mut run_options = RunOptions::new(settings);
+    run_options.sinks = vec![Box::new(MetricsSink::new(state.metrics.clone(), None))];
     run_options.interrupts = Some(rx);
     run_options.services = options.services.clone();
     let outcome = run(validated, run_options).await;
@@ -266,6 +273,17 @@ async fn get_run(State(state): State<Arc<AppState>>, Path(run_id): Path<String>)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::redact::redact_text(&state.metrics.encode()).into_owned(),
+    )
+        .into_response()
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

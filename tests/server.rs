@@ -159,6 +159,47 @@ async fn dispatch_then_fetch_the_trace() {
 }
 
 #[tokio::test]
+async fn metrics_are_cumulative_across_runs() {
+    let server = Server::start(&[], &[("DISPATCH_API_TOKEN", "metrics-token-1")]);
+    let batch = json!({"tasks": [sh_task("ok", "true", &[]), sh_task("bad", "exit 1", &[])]});
+    for _ in 0..2 {
+        let (status, _, _) = post(
+            &server.url("/v1/dispatch"),
+            batch.to_string(),
+            Some("metrics-token-1"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let unauthorized = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    let resp = client()
+        .get(server.url("/metrics"))
+        .bearer_auth("metrics-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    let samples = dispatch_runner::reporter::metrics::parse_text(&text).unwrap();
+    let count = |status: &str| {
+        dispatch_runner::reporter::metrics::sample(
+            &samples,
+            "dispatch_tasks_total",
+            &[("agent", "command"), ("status", status)],
+        )
+    };
+    assert_eq!(count("success"), Some(2.0), "{text}");
+    assert_eq!(count("error"), Some(2.0), "{text}");
+}
+
+#[tokio::test]
 async fn health_reports_agents_and_mcp_reachability() {
     let sb = Sandbox::new();
     // A configured server that points at a port that is listening (a throwaway listener).

@@ -1,7 +1,17 @@
 //! Consumers of the event stream: the recorder (which the result document and the trace are read
-//! from) and, one file each, every other output.
+//! from) and, one file each, every other output: live progress, the NDJSON event stream,
+//! Prometheus metrics, JUnit XML, the HTML report and the Chrome trace. [`outputs`] turns the
+//! command-line flags into these sinks.
 
+pub mod chrome_trace;
+pub mod html;
+pub mod junit;
 pub mod log;
+pub mod metrics;
+pub mod ndjson;
+pub mod output;
+pub mod outputs;
+pub mod progress;
 pub mod recorder;
 pub mod result;
 pub mod trace;

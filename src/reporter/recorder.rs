@@ -127,6 +127,7 @@ impl EventSink for Recorder {
                 task_id,
                 attempt,
                 worker,
+                ..
             } => {
                 let at = event.at.clone();
                 let elapsed = event.elapsed_ms;

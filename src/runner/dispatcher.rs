@@ -165,6 +165,7 @@ impl Dispatcher {
                 agent: t.agent.name().to_string(),
                 description: t.description.clone(),
                 dependencies: t.dependencies.clone(),
+                input: t.agent.input_value(),
             })
             .collect();
         let config = serde_json::to_value(&self.settings).expect("settings serialize");
@@ -304,10 +305,12 @@ impl Dispatcher {
                 started: now,
             },
         );
+        let breaker = self.running[&i].breaker.clone();
         self.bus.emit(EventKind::AttemptStarted {
             task_id: self.id(i),
             attempt,
             worker,
+            breaker,
         });
         let task = &self.tasks[i];
         self.executor.start(AttemptSpec {

@@ -126,6 +126,9 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let run_id = run_id.unwrap_or_else(new_run_id);
     let trace_file = trace::trace_path(&dir, &run_id);
     let batch = validated.batch.clone();
+    // Values under secret-looking keys (a command's `API_KEY` env) are scrubbed everywhere,
+    // including from output that echoes them.
+    crate::redact::register_secrets_in(&serde_json::to_value(&batch).unwrap_or_default());
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));

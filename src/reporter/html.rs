@@ -1,0 +1,542 @@
+//! The run report: ONE self-contained HTML file (inline CSS, SVG and a little JS; a Content
+//! Security Policy forbids every network request) with the summary, a timeline of every attempt
+//! on its worker lane coloured by outcome, the dependency graph, and each task's details.
+//!
+//! Everything is rendered here, server-side, as static markup: the page reads without JS, opens
+//! instantly for 1,000 tasks (no layout work in script), and the script only filters and jumps.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::events::{EventKind, TaskStatus};
+use crate::reporter::recorder::{AttemptRecord, RunRecord, TaskRecord};
+
+/// At most this much of a task's input or output is shown; the trace has all of it.
+const MAX_SHOWN: usize = 16 * 1024;
+/// Above this many edges the graph shows nodes only; thousands of crossing lines help nobody.
+const MAX_EDGES: usize = 10_000;
+
+const LANE_H: f64 = 18.0;
+const LANE_GAP: f64 = 4.0;
+const LEFT: f64 = 70.0;
+const TOP: f64 = 24.0;
+const NODE_W: f64 = 170.0;
+const NODE_H: f64 = 20.0;
+const COL_W: f64 = 220.0;
+const ROW_H: f64 = 26.0;
+
+/// Renders the record (already redacted) as one HTML document.
+pub fn render(record: &RunRecord) -> Vec<u8> {
+    let mut h = String::with_capacity(64 * 1024 + record.tasks.len() * 2048);
+    let title = format!("dispatch_runner run {}", record.run_id);
+    let status = record
+        .status
+        .map(|s| format!("{s:?}").to_lowercase())
+        .unwrap_or_else(|| "unfinished".into());
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>{CSS}</style></head><body>\n",
+        esc(&title)
+    );
+    let _ = writeln!(
+        h,
+        "<header><h1>{}</h1><span class=\"badge s-{status}\">{status}</span></header>",
+        esc(&title)
+    );
+    summary(&mut h, record);
+    timeline(&mut h, record);
+    graph(&mut h, record);
+    tasks(&mut h, record);
+    let _ = write!(h, "<script>{JS}</script>\n</body></html>\n");
+    h.into_bytes()
+}
+
+fn summary(h: &mut String, r: &RunRecord) {
+    let s = &r.summary;
+    let attempts: usize = r.tasks.iter().map(|t| t.attempts.len()).sum();
+    let retries = r
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::RetryScheduled { .. }))
+        .count();
+    let cancelled = r.events.iter().find_map(|e| match &e.kind {
+        EventKind::RunCancelled { reason } => Some(format!("{reason:?}")),
+        _ => None,
+    });
+    h.push_str("<section id=\"summary\"><h2>Summary</h2><div class=\"cards\">");
+    let card = |h: &mut String, class: &str, label: &str, value: String| {
+        let _ = write!(
+            h,
+            "<div class=\"card {class}\"><div class=\"v\">{}</div><div class=\"l\">{label}</div></div>",
+            esc(&value)
+        );
+    };
+    card(h, "", "tasks", s.total_tasks.to_string());
+    card(h, "s-success", "succeeded", s.successful.to_string());
+    card(h, "s-error", "failed", s.failed.to_string());
+    card(h, "s-timeout", "timed out", s.timed_out.to_string());
+    card(h, "s-skipped", "skipped", s.skipped.to_string());
+    card(h, "s-cancelled", "cancelled", s.cancelled.to_string());
+    card(h, "", "attempts", attempts.to_string());
+    card(h, "", "retries", retries.to_string());
+    card(h, "", "wall time", human_ms(s.total_time_ms as f64));
+    h.push_str("</div><table class=\"kv\">");
+    let mut row = |k: &str, v: &str| {
+        let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(v));
+    };
+    row("run id", &r.run_id);
+    row("started", &r.started_at);
+    row("finished", r.finished_at.as_deref().unwrap_or("-"));
+    if let Some(c) = &cancelled {
+        row("cancelled", &c.to_lowercase());
+    }
+    for key in ["max_workers", "timeout_seconds", "retries", "fail_fast"] {
+        if let Some(v) = r.config.get(key) {
+            row(&format!("config.{key}"), &v.to_string());
+        }
+    }
+    h.push_str("</table></section>\n");
+}
+
+fn timeline(h: &mut String, r: &RunRecord) {
+    let end_ms = r
+        .events
+        .last()
+        .map_or(r.summary.total_time_ms as f64, |e| e.elapsed_ms)
+        .max(1.0);
+    let lanes = r
+        .tasks
+        .iter()
+        .flat_map(|t| t.attempts.iter().map(|a| a.worker + 1))
+        .max()
+        .unwrap_or(0)
+        .max(
+            r.config
+                .get("max_workers")
+                .and_then(Value::as_u64)
+                .unwrap_or(1) as usize,
+        )
+        .max(1);
+    let mut per_lane = vec![0usize; lanes];
+    for a in r.tasks.iter().flat_map(|t| &t.attempts) {
+        per_lane[a.worker.min(lanes - 1)] += 1;
+    }
+    let busiest = per_lane.iter().copied().max().unwrap_or(0);
+    // Wide enough that the busiest lane gets ~14 px per bar, within what a browser scrolls well.
+    let width = (busiest as f64 * 14.0).clamp(1000.0, 16000.0);
+    let px = width / end_ms;
+    let height = TOP + lanes as f64 * (LANE_H + LANE_GAP) + 8.0;
+    let _ = write!(
+        h,
+        "<section id=\"timeline\"><h2>Timeline</h2><p class=\"legend\">One bar per attempt, on the worker lane it ran on: \
+         <i class=\"o-success\"></i>success <i class=\"o-error\"></i>error <i class=\"o-timeout\"></i>timeout \
+         <i class=\"o-cancelled\"></i>cancelled. Hover for details, click to open the task.</p>\
+         <div class=\"scroll\"><svg id=\"timeline-svg\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\">",
+        (LEFT + width + 20.0).round(),
+        height.round()
+    );
+    // Axis: about ten ticks at round numbers.
+    let step = nice_step(end_ms / 10.0);
+    let mut t = 0.0;
+    while t <= end_ms + 0.5 {
+        let x = LEFT + t * px;
+        let _ = write!(
+            h,
+            "<line class=\"tick\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{height:.0}\"/><text class=\"axis\" x=\"{x:.1}\" y=\"14\">{}</text>",
+            TOP - 4.0,
+            human_ms(t)
+        );
+        t += step;
+    }
+    for lane in 0..lanes {
+        let y = TOP + lane as f64 * (LANE_H + LANE_GAP);
+        let _ = write!(
+            h,
+            "<rect class=\"lane\" x=\"{LEFT}\" y=\"{y}\" width=\"{width:.0}\" height=\"{LANE_H}\"/><text class=\"lane-label\" x=\"4\" y=\"{}\">worker {lane}</text>",
+            y + 13.0
+        );
+    }
+    for t in &r.tasks {
+        for a in &t.attempts {
+            let dur = a.duration_ms.unwrap_or((end_ms - a.start_ms).max(0.0));
+            let x = LEFT + a.start_ms * px;
+            let w = (dur * px).max(1.5);
+            let y = TOP + a.worker as f64 * (LANE_H + LANE_GAP);
+            let outcome = outcome(a);
+            let _ = write!(
+                h,
+                "<rect class=\"bar o-{outcome}\" data-task=\"{}\" data-attempt=\"{}\" x=\"{x:.1}\" y=\"{y}\" width=\"{w:.1}\" height=\"{LANE_H}\"><title>{}</title></rect>",
+                esc(&t.task_id),
+                a.attempt,
+                esc(&attempt_tooltip(t, a, dur))
+            );
+            // Wide bars carry their task id; the tooltip has it for the rest.
+            let fits = ((w - 6.0) / 6.5).floor() as usize;
+            if fits >= 4 {
+                let _ = write!(
+                    h,
+                    "<text class=\"bar-label\" x=\"{:.1}\" y=\"{}\">{}</text>",
+                    x + 3.0,
+                    y + 13.0,
+                    esc(&short(&t.task_id, fits))
+                );
+            }
+        }
+    }
+    h.push_str("</svg></div></section>\n");
+}
+
+fn attempt_tooltip(t: &TaskRecord, a: &AttemptRecord, dur: f64) -> String {
+    let mut s = format!(
+        "{} ({}) attempt {}: {} in {}",
+        t.task_id,
+        t.agent,
+        a.attempt,
+        outcome(a),
+        human_ms(dur)
+    );
+    if let Some(e) = &a.error {
+        let _ = write!(s, "\n{}", short(&e.message, 300));
+    }
+    s
+}
+
+fn graph(h: &mut String, r: &RunRecord) {
+    let index: HashMap<&str, usize> = r
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.task_id.as_str(), i))
+        .collect();
+    let levels = levels(r, &index);
+    let mut rows = vec![0usize; levels.iter().copied().max().map_or(0, |m| m + 1)];
+    let mut pos = vec![(0.0, 0.0); r.tasks.len()];
+    for (i, &l) in levels.iter().enumerate() {
+        pos[i] = (10.0 + l as f64 * COL_W, 10.0 + rows[l] as f64 * ROW_H);
+        rows[l] += 1;
+    }
+    let width = 20.0 + rows.len() as f64 * COL_W;
+    let height = 20.0 + rows.iter().copied().max().unwrap_or(0) as f64 * ROW_H;
+    let edges: usize = r.tasks.iter().map(|t| t.dependencies.len()).sum();
+    let _ = write!(
+        h,
+        "<section id=\"graph\"><h2>Dependency graph</h2><p class=\"legend\">Columns are dependency levels; an arrow runs from a dependency to the task that waits for it.{}</p>\
+         <div class=\"scroll tall\"><svg id=\"graph-svg\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\">",
+        if edges > MAX_EDGES {
+            format!(" {edges} dependencies are too many to draw; see each task's details.")
+        } else {
+            String::new()
+        }
+    );
+    if edges <= MAX_EDGES {
+        h.push_str("<defs><marker id=\"arrow\" viewBox=\"0 0 8 8\" refX=\"8\" refY=\"4\" markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\" fill=\"#9aa3ad\"/></marker></defs><g class=\"edges\">");
+        for (i, t) in r.tasks.iter().enumerate() {
+            for d in &t.dependencies {
+                if let Some(&j) = index.get(d.as_str()) {
+                    let (x1, y1) = (pos[j].0 + NODE_W, pos[j].1 + NODE_H / 2.0);
+                    let (x2, y2) = (pos[i].0, pos[i].1 + NODE_H / 2.0);
+                    let mx = (x1 + x2) / 2.0;
+                    let _ = write!(
+                        h,
+                        "<path d=\"M{x1:.0},{y1:.0} C{mx:.0},{y1:.0} {mx:.0},{y2:.0} {x2:.0},{y2:.0}\"/>"
+                    );
+                }
+            }
+        }
+        h.push_str("</g>");
+    }
+    for (i, t) in r.tasks.iter().enumerate() {
+        let (x, y) = pos[i];
+        let status = t.status.map_or("unfinished", TaskStatus::as_str);
+        let _ = write!(
+            h,
+            "<g class=\"node s-{status}\" data-task=\"{id}\"><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{NODE_W}\" height=\"{NODE_H}\" rx=\"4\"/><text x=\"{:.0}\" y=\"{:.0}\">{}</text><title>{id} ({}): {status}</title></g>",
+            x + 6.0,
+            y + 14.0,
+            esc(&short(&t.task_id, 24)),
+            esc(&t.agent),
+            id = esc(&t.task_id),
+        );
+    }
+    h.push_str("</svg></div></section>\n");
+}
+
+/// Dependency level of each task: 0 for no dependencies, else one more than its deepest one.
+fn levels(r: &RunRecord, index: &HashMap<&str, usize>) -> Vec<usize> {
+    let n = r.tasks.len();
+    let mut level = vec![usize::MAX; n];
+    // Iterative depth-first search; validated batches are acyclic, but a hand-edited trace
+    // may not be, so a task on a cycle is placed at level 0 instead of looping.
+    let mut on_stack = vec![false; n];
+    for start in 0..n {
+        let mut stack = vec![(start, 0usize)];
+        while let Some(top) = stack.last_mut() {
+            let i = top.0;
+            if level[i] != usize::MAX {
+                stack.pop();
+                continue;
+            }
+            on_stack[i] = true;
+            let deps = &r.tasks[i].dependencies;
+            if top.1 < deps.len() {
+                let d = &deps[top.1];
+                top.1 += 1;
+                if let Some(&j) = index.get(d.as_str())
+                    && level[j] == usize::MAX
+                    && !on_stack[j]
+                {
+                    stack.push((j, 0));
+                }
+                continue;
+            }
+            level[i] = deps
+                .iter()
+                .filter_map(|d| index.get(d.as_str()))
+                .filter(|&&j| level[j] != usize::MAX)
+                .map(|&j| level[j] + 1)
+                .max()
+                .unwrap_or(0);
+            on_stack[i] = false;
+            stack.pop();
+        }
+    }
+    level
+}
+
+fn tasks(h: &mut String, r: &RunRecord) {
+    let inputs: HashMap<&str, &Value> = r
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::RunStarted { tasks, .. } => Some(tasks),
+            _ => None,
+        })
+        .map(|ts| ts.iter().map(|t| (t.task_id.as_str(), &t.input)).collect())
+        .unwrap_or_default();
+    h.push_str(
+        "<section id=\"tasks\"><h2>Tasks</h2><div class=\"filters\"><input id=\"filter\" type=\"search\" placeholder=\"filter by id, agent or error\">",
+    );
+    for s in ["all", "success", "error", "timeout", "skipped", "cancelled"] {
+        let _ = write!(
+            h,
+            "<label><input type=\"radio\" name=\"status\" value=\"{s}\"{}> {s}</label>",
+            if s == "all" { " checked" } else { "" }
+        );
+    }
+    h.push_str("<span id=\"shown\"></span></div><div id=\"task-list\">\n");
+    for t in &r.tasks {
+        let status = t.status.map_or("unfinished", TaskStatus::as_str);
+        let err = t
+            .error
+            .as_ref()
+            .map(|e| short(&e.message, 160))
+            .unwrap_or_default();
+        let _ = write!(
+            h,
+            "<details class=\"task\" id=\"task-{id}\" data-status=\"{status}\" data-text=\"{text}\"><summary><span class=\"id\">{id}</span><span class=\"agent\">{agent}</span><span class=\"badge s-{status}\">{status}</span><span class=\"n\">{n} attempt{pl}</span><span class=\"n\">{time}</span><span class=\"err\">{err}</span></summary><div class=\"body\">",
+            id = esc(&t.task_id),
+            text = esc(&format!("{} {} {}", t.task_id, t.agent, err).to_lowercase()),
+            agent = esc(&t.agent),
+            n = t.attempts.len(),
+            pl = if t.attempts.len() == 1 { "" } else { "s" },
+            time = human_ms(t.execution_time_ms as f64),
+            err = esc(&err),
+        );
+        if !t.description.is_empty() {
+            let _ = write!(h, "<p>{}</p>", esc(&t.description));
+        }
+        if !t.dependencies.is_empty() {
+            h.push_str("<p>depends on: ");
+            for d in &t.dependencies {
+                let _ = write!(
+                    h,
+                    "<a href=\"#task-{0}\" data-task=\"{0}\">{0}</a> ",
+                    esc(d)
+                );
+            }
+            h.push_str("</p>");
+        }
+        if let Some(e) = &t.error {
+            let kind = serde_json::to_value(e.kind).unwrap_or_default();
+            let _ = write!(
+                h,
+                "<p class=\"error\"><b>{}</b> {}</p>",
+                esc(kind.as_str().unwrap_or("error")),
+                esc(&e.message)
+            );
+        }
+        if !t.attempts.is_empty() {
+            h.push_str("<table class=\"attempts\"><tr><th>#</th><th>worker</th><th>started</th><th>duration</th><th>outcome</th><th>error</th></tr>");
+            for a in &t.attempts {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"o-text-{o}\">{o}</td><td>{}</td></tr>",
+                    a.attempt,
+                    a.worker,
+                    esc(&a.started_at),
+                    a.duration_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+                    esc(&a
+                        .error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default()),
+                    o = outcome(a),
+                );
+            }
+            h.push_str("</table>");
+        }
+        if let Some(input) = inputs.get(t.task_id.as_str()).filter(|v| !v.is_null()) {
+            let _ = write!(h, "<h4>input</h4><pre>{}</pre>", esc(&shown(input)));
+        }
+        if let Some(output) = &t.output {
+            let _ = write!(h, "<h4>output</h4><pre>{}</pre>", esc(&shown(output)));
+        }
+        h.push_str("</div></details>\n");
+    }
+    h.push_str("</div></section>\n");
+}
+
+fn shown(v: &Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    if text.len() <= MAX_SHOWN {
+        return text;
+    }
+    let mut end = MAX_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n[... {} more bytes; the trace file has everything]",
+        &text[..end],
+        text.len() - end
+    )
+}
+
+fn outcome(a: &AttemptRecord) -> String {
+    a.outcome
+        .map(|o| format!("{o:?}").to_lowercase())
+        .unwrap_or_else(|| "unfinished".into())
+}
+
+fn short(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() <= max && line.len() == s.len() {
+        return line.to_string();
+    }
+    let cut: String = line.chars().take(max).collect();
+    format!("{cut}…")
+}
+
+fn human_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else if ms < 120_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{:.1} min", ms / 60_000.0)
+    }
+}
+
+/// A round step (1, 2 or 5 times a power of ten) at least `raw`.
+fn nice_step(raw: f64) -> f64 {
+    let raw = raw.max(1.0);
+    let pow = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * pow)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * pow)
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = r#"
+:root{--ok:#2e9e44;--err:#d63b3b;--to:#e8890c;--skip:#9aa3ad;--can:#5f6b76;--bg:#fff;--fg:#1d232a;--mut:#66707a;--line:#e3e7eb}
+*{box-sizing:border-box}body{margin:0;padding:16px 24px;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg)}
+header{display:flex;align-items:center;gap:12px}h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}h4{margin:10px 0 4px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;background:var(--can)}
+.s-success .v,.o-text-success{color:var(--ok)}.s-error .v,.o-text-error{color:var(--err)}.s-timeout .v,.o-text-timeout{color:var(--to)}.s-skipped .v{color:var(--skip)}.s-cancelled .v{color:var(--can)}
+.badge.s-success{background:var(--ok)}.badge.s-error,.badge.s-failure{background:var(--err)}.badge.s-timeout{background:var(--to)}.badge.s-skipped{background:var(--skip)}.badge.s-partial{background:var(--to)}
+.cards{display:flex;flex-wrap:wrap;gap:8px}.card{border:1px solid var(--line);border-radius:6px;padding:6px 12px;min-width:90px}.card .v{font-size:20px;font-weight:600}.card .l{color:var(--mut);font-size:12px}
+table{border-collapse:collapse}.kv{margin-top:8px}.kv th{text-align:left;color:var(--mut);font-weight:normal;padding:1px 12px 1px 0}
+.legend{color:var(--mut);margin:4px 0}.legend i{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;border-radius:2px}
+.scroll{overflow:auto;border:1px solid var(--line);border-radius:6px;max-height:520px}.scroll.tall{max-height:600px}
+svg text{font-size:11px;fill:var(--fg)}.axis{fill:var(--mut)!important;text-anchor:middle}.tick{stroke:var(--line)}.lane{fill:#f5f7f9}.lane-label{fill:var(--mut)!important}
+.bar{cursor:pointer;stroke:#fff;stroke-width:.5}.bar:hover{stroke:#000;stroke-width:1}
+.o-success{fill:var(--ok);background:var(--ok)}.o-error{fill:var(--err);background:var(--err)}.o-timeout{fill:var(--to);background:var(--to)}.o-cancelled,.o-unfinished{fill:var(--can);background:var(--can)}
+.edges path{fill:none;stroke:#b6bec6;stroke-width:1;marker-end:url(#arrow)}.bar-label{fill:#fff!important;pointer-events:none;font-size:10px}.node{cursor:pointer}.node rect{fill:#fff;stroke-width:2;stroke:var(--can)}
+.node.s-success rect{stroke:var(--ok)}.node.s-error rect{stroke:var(--err)}.node.s-timeout rect{stroke:var(--to)}.node.s-skipped rect{stroke:var(--skip);stroke-dasharray:3 2}
+.filters{display:flex;gap:10px;align-items:center;flex-wrap:wrap;margin-bottom:8px}#filter{padding:4px 8px;min-width:260px}#shown{color:var(--mut)}
+.task{border-bottom:1px solid var(--line)}.task summary{display:grid;grid-template-columns:minmax(160px,2fr) 80px 90px 90px 80px 4fr;gap:8px;align-items:center;padding:3px 4px;cursor:pointer}
+.task summary:hover{background:#f5f7f9}.task .id{font-family:ui-monospace,monospace;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.task .agent,.task .n{color:var(--mut)}
+.task .err{color:var(--err);overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.task .body{padding:4px 12px 12px}
+.attempts td,.attempts th{border:1px solid var(--line);padding:2px 6px;text-align:left;vertical-align:top}
+pre{background:#f5f7f9;padding:8px;border-radius:4px;max-height:320px;overflow:auto;white-space:pre-wrap;word-break:break-word}.error{color:var(--err)}
+.hl{outline:2px solid #2a7de1}
+"#;
+
+const JS: &str = r#"
+(function(){
+  var list=document.getElementById('task-list');
+  var rows=Array.prototype.slice.call(list.querySelectorAll('details.task'));
+  var input=document.getElementById('filter');
+  var shown=document.getElementById('shown');
+  function apply(){
+    var q=input.value.trim().toLowerCase();
+    var s=document.querySelector('input[name=status]:checked').value;
+    var n=0;
+    rows.forEach(function(r){
+      var ok=(s==='all'||r.dataset.status===s)&&(!q||r.dataset.text.indexOf(q)>=0);
+      r.hidden=!ok; if(ok){n++;}
+    });
+    shown.textContent=n+' of '+rows.length+' tasks';
+  }
+  input.addEventListener('input',apply);
+  document.querySelectorAll('input[name=status]').forEach(function(r){r.addEventListener('change',apply);});
+  document.addEventListener('click',function(e){
+    var el=e.target.closest('[data-task]');
+    if(!el||el.tagName==='DETAILS'){return;}
+    var d=document.getElementById('task-'+el.dataset.task);
+    if(!d){return;}
+    e.preventDefault();
+    d.hidden=false; d.open=true; d.scrollIntoView({block:'center'});
+    d.classList.add('hl'); setTimeout(function(){d.classList.remove('hl');},1200);
+  });
+  apply();
+})();
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_round() {
+        assert_eq!(nice_step(130.0), 200.0);
+        assert_eq!(nice_step(0.2), 1.0);
+        assert_eq!(nice_step(4000.0), 5000.0);
+    }
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(esc("<script>'&\""), "&lt;script&gt;&#39;&amp;&quot;");
+    }
+}

@@ -1,0 +1,325 @@
+//! The HTML report in real headless Chromium (Debian `chromium` + `chromium-driver`), driven
+//! over WebDriver: one timeline bar per attempt, no console errors, no network requests, and a
+//! screenshot saved under target/test-artifacts/. Also loads the report of a 1,000-task run and
+//! records how long that takes.
+
+mod common;
+mod observe;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+use observe::{Server, attempt_count, free_port, mixed_batch, wait_http};
+use serde_json::{Value, json};
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    _driver: Server,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (run scripts/install-test-deps)");
+        let mut driver = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        wait_http(
+            &format!("{}/status", driver.base),
+            Duration::from_secs(30),
+            &mut driver,
+        )
+        .await;
+        let profile = tempfile::tempdir().unwrap();
+        let http = dispatch_runner::http::client_builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // Without the background-networking flags Chromium keeps calling home, which on
+                // a closed network only produces noise and delays.
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1400,1800",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let resp: Value = http
+            .post(format!("{}/session", driver.base))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
+            .to_string();
+        Browser {
+            http,
+            base: driver.base.clone(),
+            session,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp: Value = req.send().await.unwrap().json().await.unwrap();
+        if resp["value"]["error"].is_string() {
+            panic!("WebDriver {path}: {resp}");
+        }
+        resp["value"].clone()
+    }
+
+    async fn open(&self, file: &Path) {
+        let url = format!("file://{}", file.canonicalize().unwrap().display());
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Browser console entries since the last call.
+    async fn logs(&self) -> Vec<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/se/log",
+            Some(json!({"type": "browser"})),
+        )
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    }
+
+    async fn screenshot(&self, to: &Path) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64_decode(b64.as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(to, png).unwrap();
+    }
+
+    async fn close(self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 byte {c}"),
+    } as u32;
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && c != b'\n').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | val(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn severe(logs: &[Value]) -> Vec<&Value> {
+    logs.iter().filter(|l| l["level"] == "SEVERE").collect()
+}
+
+/// Runs a batch with `--html`, returns the sandbox, the report path and the trace.
+fn run_with_report(batch: &Value, args: &[&str]) -> (Sandbox, PathBuf, Value) {
+    let sb = Sandbox::new();
+    let mut all = vec!["run", "--html", "report.html", "--quiet"];
+    all.extend_from_slice(args);
+    let run = sb.run_json(&all, batch);
+    assert!(run.code == 0 || run.code == 1, "{}", run.stderr);
+    let trace = run.trace();
+    let path = sb.path().join("report.html");
+    (sb, path, trace)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_renders_in_chromium() {
+    let batch = mixed_batch();
+    let (_sb, report, trace) = tokio::task::spawn_blocking(move || run_with_report(&batch, &[]))
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+
+    // The console check can fail: a page that logs an error is caught.
+    let bad = tempfile::Builder::new().suffix(".html").tempfile().unwrap();
+    std::fs::write(
+        bad.path(),
+        "<script>console.error('planted failure')</script>",
+    )
+    .unwrap();
+    browser.open(bad.path()).await;
+    let logs = browser.logs().await;
+    assert_eq!(severe(&logs).len(), 1, "{logs:?}");
+
+    browser.open(&report).await;
+    let bars = browser
+        .js("return document.querySelectorAll('#timeline-svg rect.bar').length")
+        .await;
+    assert_eq!(bars, json!(attempt_count(&trace)), "one bar per attempt");
+    // Bars per outcome match the trace: broken failed twice, slow timed out once, flaky failed
+    // once then passed.
+    let count = |sel: &str| format!("return document.querySelectorAll('{sel}').length");
+    assert_eq!(browser.js(&count("rect.bar.o-error")).await, json!(3));
+    assert_eq!(browser.js(&count("rect.bar.o-timeout")).await, json!(1));
+    assert_eq!(
+        browser.js(&count("rect.bar[data-task=flaky]")).await,
+        json!(2)
+    );
+    assert_eq!(browser.js(&count("#graph-svg g.node")).await, json!(6));
+    assert_eq!(browser.js(&count("details.task")).await, json!(6));
+    // Every bar lies inside the drawing, on a lane.
+    let outside = browser
+        .js("var s=document.getElementById('timeline-svg').getBoundingClientRect();\
+             return Array.from(document.querySelectorAll('rect.bar')).filter(function(b){\
+               var r=b.getBoundingClientRect(); return r.width<1||r.left<s.left||r.right>s.right+1;}).length")
+        .await;
+    assert_eq!(outside, json!(0));
+    // The filter works: only the error task is left.
+    let shown = browser
+        .js("document.querySelector('input[name=status][value=error]').click();\
+             return Array.from(document.querySelectorAll('details.task')).filter(function(d){return !d.hidden;}).map(function(d){return d.id;})")
+        .await;
+    assert_eq!(shown, json!(["task-broken"]));
+    // Clicking a bar opens that task's details.
+    let opened = browser
+        .js("document.querySelector('input[name=status][value=all]').click();\
+             document.querySelector('rect.bar[data-task=slow]').dispatchEvent(new MouseEvent('click',{bubbles:true}));\
+             return document.getElementById('task-slow').open")
+        .await;
+    assert_eq!(opened, json!(true));
+    // Self-contained: nothing was fetched.
+    let fetched = browser
+        .js("return performance.getEntriesByType('resource').length")
+        .await;
+    assert_eq!(fetched, json!(0));
+    let logs = browser.logs().await;
+    assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
+    browser
+        .js("document.getElementById('task-slow').open=false; window.scrollTo(0,0); return 0")
+        .await;
+    browser.screenshot(&artifacts().join("report.png")).await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_of_1000_tasks_loads_fast() {
+    // 1,000 real tasks: chains of dependencies, some failing (and their dependants skipped),
+    // some failing once and passing on retry.
+    let tasks: Vec<Value> = (0..1000)
+        .map(|i| {
+            let argv = if i % 97 == 5 {
+                json!(["false"])
+            } else if i % 50 == 7 {
+                json!([
+                    "sh",
+                    "-c",
+                    format!("[ -e m{i} ] || {{ touch m{i}; exit 1; }}")
+                ])
+            } else {
+                json!(["true"])
+            };
+            let mut t = json!({"task_id": format!("task-{i:04}"), "agent": "command",
+                               "input_data": {"argv": argv}, "retries": 1});
+            if i >= 20 && i % 3 == 0 {
+                t["dependencies"] = json!([format!("task-{:04}", i - 20)]);
+            }
+            t
+        })
+        .collect();
+    let batch = json!({"tasks": tasks, "config": {"max_workers": 16, "retry_backoff_ms": 20}});
+    let (_sb, report, trace) = tokio::task::spawn_blocking(move || run_with_report(&batch, &[]))
+        .await
+        .unwrap();
+    let attempts = attempt_count(&trace);
+    assert!(attempts > 1000, "retries happened: {attempts}");
+    let size = std::fs::metadata(&report).unwrap().len();
+
+    let browser = Browser::start().await;
+    let started = Instant::now();
+    browser.open(&report).await;
+    let wall = started.elapsed();
+    let timing = browser
+        .js("var n=performance.getEntriesByType('navigation')[0];\
+             return {dcl:n.domContentLoadedEventEnd, load:n.loadEventEnd}")
+        .await;
+    let bars = browser
+        .js("return document.querySelectorAll('#timeline-svg rect.bar').length")
+        .await;
+    assert_eq!(bars, json!(attempts));
+    let logs = browser.logs().await;
+    assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
+    let load_ms = timing["load"].as_f64().unwrap();
+    let line = format!(
+        "1000-task report: {size} bytes, {attempts} attempts; DOMContentLoaded {:.0} ms, load {load_ms:.0} ms (navigation {:.0} ms wall)",
+        timing["dcl"].as_f64().unwrap(),
+        wall.as_secs_f64() * 1000.0
+    );
+    println!("{line}");
+    std::fs::write(artifacts().join("report-1000-load.txt"), &line).unwrap();
+    browser
+        .screenshot(&artifacts().join("report-1000.png"))
+        .await;
+    browser.close().await;
+    // Generous: a shared 2-core machine; the measured number is in the artifact.
+    assert!(load_ms < 15_000.0, "{line}");
+}
+
+#[test]
+fn base64_decodes() {
+    assert_eq!(base64_decode("aGVsbG8gd29ybGQ="), b"hello world");
+    assert_eq!(base64_decode("YWI="), b"ab");
+    assert_eq!(base64_decode("YWJj"), b"abc");
+}
