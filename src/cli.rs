@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Root folder that agents' file paths (coder, debug) must stay inside (default: the current
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
     /// No summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

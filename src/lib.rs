@@ -8,6 +8,8 @@
 //! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
 //! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
+//! - [`llm`]: model backends (Anthropic, OpenAI-compatible, a CLI agent) for `coder`/`debug`.
+//! - [`workspace`]: the root agents' file paths must stay in; atomic, no-clobber writes.
 //! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace).
 //!
 //! # Example
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod events;
 pub mod graph;
 pub mod http;
+pub mod llm;
 pub mod policy;
 pub mod process;
 pub mod redact;
@@ -39,6 +42,7 @@ pub mod scheduler;
 pub mod services;
 pub mod settings;
 pub mod task_error;
+pub mod workspace;
 
 pub use batch::{Batch, Issue, ValidatedBatch, validate_text, validate_value};
 pub use runner::{Interrupt, RunOptions, RunReport, RunnerError, run};

@@ -129,6 +129,20 @@ fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let settings = RunSettings::resolve(&[&validated.batch.config, &args.overrides()]);
+    let mut services = dispatch_runner::Services::default();
+    if let Some(dir) = &args.workspace {
+        match dir.canonicalize() {
+            Ok(root) if root.is_dir() => services.workspace = root,
+            Ok(_) => {
+                let msg = format!("--workspace '{}' is not a directory", dir.display());
+                return invalid(vec![Issue::new("", msg)]);
+            }
+            Err(e) => {
+                let msg = format!("--workspace '{}': {e}", dir.display());
+                return invalid(vec![Issue::new("", msg)]);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,6 +157,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);
+        options.services = std::sync::Arc::new(services);
         match dispatch_runner::run(validated, options).await {
             Ok(report) => finish(&args, &report),
             Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),

@@ -4,17 +4,22 @@
 
 use std::path::PathBuf;
 
+use crate::llm::LlmConfig;
+
 /// Shared state for agents. Each agent that needs run-wide state adds a field here.
 #[derive(Debug, Clone)]
 pub struct Services {
     /// Root that file paths given to agents must stay inside.
     pub workspace: PathBuf,
+    /// Model backends of the `coder` and `debug` agents.
+    pub llm: LlmConfig,
 }
 
 impl Default for Services {
     fn default() -> Self {
         Services {
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            llm: LlmConfig::from_env(),
         }
     }
 }

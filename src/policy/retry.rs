@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::task_error::TaskError;
 
+/// The longest `retry-after` hint that is honoured.
+pub const MAX_RETRY_AFTER_HINT: Duration = Duration::from_secs(120);
+
 /// Exponential backoff with "equal jitter": each delay is between half and all of the capped
 /// exponential value, so it never collapses to zero but still spreads out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +41,13 @@ impl RetryPolicy {
     /// After attempt number `attempt` (1-based) failed with `error`: the delay before the next
     /// attempt, or `None` when the task has failed for good.
     pub fn next_delay(&self, attempt: u32, error: &TaskError, unit: f64) -> Option<Duration> {
-        (error.transient && attempt <= self.retries).then(|| self.backoff.delay(attempt, unit))
+        let delay = (error.transient && attempt <= self.retries)
+            .then(|| self.backoff.delay(attempt, unit))?;
+        // A server's `retry-after` is a floor, capped so a huge value cannot stall the run.
+        Some(match error.retry_after {
+            Some(hint) => delay.max(hint.min(MAX_RETRY_AFTER_HINT)),
+            None => delay,
+        })
     }
 }
 

@@ -265,6 +265,7 @@ impl Dispatcher {
             worker,
         });
         let task = &self.tasks[i];
+        let dependency_outputs = self.dependency_outputs(i);
         self.executor.start(AttemptSpec {
             task: i,
             input,
@@ -275,8 +276,19 @@ impl Dispatcher {
                 kill_grace: KILL_GRACE,
                 reaper: self.reaper.clone(),
                 services: self.services.clone(),
+                dependency_outputs,
             },
         });
+    }
+
+    /// The outputs of task `i`'s dependencies, by task id.
+    fn dependency_outputs(&self, i: usize) -> Vec<(String, Value)> {
+        self.scheduler
+            .plan()
+            .deps(i)
+            .iter()
+            .filter_map(|&j| Some((self.id(j), self.outputs[j].clone()?)))
+            .collect()
     }
 
     /// The task's input with `{{tasks.X.output...}}` replaced by upstream outputs.
