@@ -84,6 +84,34 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_hint_is_a_capped_floor() {
+        let p = policy(3);
+        let hinted = |secs| {
+            TaskError::transient(ErrorKind::ModelRateLimited, "429")
+                .with_retry_after(Some(Duration::from_secs(secs)))
+        };
+        assert_eq!(
+            p.next_delay(1, &hinted(2), 0.0),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.next_delay(1, &hinted(100_000), 0.0),
+            Some(MAX_RETRY_AFTER_HINT)
+        );
+        // A hint shorter than the backoff does not shorten it.
+        let small = TaskError::transient(ErrorKind::ModelRateLimited, "429")
+            .with_retry_after(Some(Duration::from_millis(1)));
+        assert_eq!(
+            p.next_delay(1, &small, 0.0),
+            Some(Duration::from_millis(50))
+        );
+        // Permanent errors are not retried whatever the hint.
+        let perm = TaskError::permanent(ErrorKind::ModelRequestRejected, "400")
+            .with_retry_after(Some(Duration::from_secs(1)));
+        assert_eq!(p.next_delay(1, &perm, 0.0), None);
+    }
+
+    #[test]
     fn retries_transient_errors_only_up_to_the_limit() {
         let transient = TaskError::transient(ErrorKind::ExitStatus, "x");
         let permanent = TaskError::permanent(ErrorKind::InvalidInput, "x");

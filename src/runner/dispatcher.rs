@@ -508,6 +508,9 @@ impl Dispatcher {
         error: Option<TaskError>,
     ) {
         self.counts.count(status);
+        if let Some(out) = &output {
+            self.counts.add_usage(out);
+        }
         self.bus.emit(EventKind::TaskFinished {
             task_id: self.id(i),
             status,
