@@ -84,16 +84,35 @@ fn collect(node: Node, source: &str, limit: usize, out: &mut Vec<SyntaxError>) {
         return;
     }
     if node.is_error() {
-        let text = node.utf8_text(source.as_bytes()).unwrap_or("");
-        let first = text.lines().next().unwrap_or("").trim();
-        let shown: String = first.chars().take(40).collect();
+        let children: Vec<Node> = {
+            let mut c = node.walk();
+            node.children(&mut c).collect()
+        };
+        // Complete statements inside an ERROR parsed fine. Whichever comes first decides: a
+        // bare token (a keyword or punctuation the parser could not fit into a structure) is
+        // where it got stuck; a child holding an error is closer to the mistake than this
+        // node (large ERROR nodes often wrap well-formed code around a smaller one).
+        let first = children
+            .iter()
+            .find(|c| !c.is_named() || c.is_error() || c.is_missing() || c.has_error());
+        let at = match first {
+            Some(c) if c.is_named() || c.is_missing() => {
+                collect(*c, source, limit, out);
+                return;
+            }
+            Some(c) => *c,
+            None => node,
+        };
+        let pos = at.start_position();
+        let line_text = source.lines().nth(pos.row).unwrap_or("").trim();
+        let shown: String = line_text.chars().take(60).collect();
         out.push(SyntaxError {
             line: pos.row + 1,
             column: pos.column + 1,
             message: if shown.is_empty() {
                 "syntax error".to_string()
             } else {
-                format!("syntax error at '{shown}'")
+                format!("syntax error in '{shown}'")
             },
         });
         return;
