@@ -375,7 +375,7 @@ fn real_python_traceback_is_mapped_to_source() {
     std::fs::create_dir(sb.path().join("pkg")).unwrap();
     sb.write(
         "pkg/stats.py",
-        "def mean(xs, acc=[]):\n    total = sum(xs)\n    return total / len(xs)\n",
+        "def mean(xs, acc=[]):\n    total = sum(xs)\n    return total / len(xs) if xs != None else 0\n",
     );
     sb.write("main.py", "from pkg.stats import mean\n\nprint(mean([]))\n");
     let trace = stderr_of(
@@ -409,7 +409,7 @@ fn real_python_traceback_is_mapped_to_source() {
     );
     assert_eq!(out["root_cause"]["file"], "pkg/stats.py");
     assert_eq!(out["root_cause"]["line"], 3);
-    // The mutable default on line 1 is within two lines of the crash: stronger evidence.
+    // A bug pattern on the crashing line (`!= None`) is stronger evidence.
     assert_eq!(out["root_cause"]["confidence"], 0.85);
     assert!(
         out["suggested_fixes"]

@@ -8,7 +8,7 @@
 //! says so.
 //!
 //! Confidence of the root cause: a syntax error in an affected file 0.9; the innermost
-//! workspace frame of a trace that meets a finding (same file, within two lines) 0.85; the
+//! workspace frame of a trace that meets a finding (same file and line) 0.85; the
 //! innermost workspace frame alone 0.7; a trace with no workspace frame 0.4; bug patterns alone
 //! 0.3; nothing 0.1.
 
@@ -426,7 +426,7 @@ fn rank(findings: &[Finding], errors: &[TraceError], frames: &[TraceFrame]) -> R
                 )];
                 let meets: Vec<&Finding> = findings
                     .iter()
-                    .filter(|x| x.file == file && x.line.abs_diff(f.line) <= 2)
+                    .filter(|x| x.file == file && x.line == f.line)
                     .collect();
                 for m in &meets {
                     evidence.push(format!(
