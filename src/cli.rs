@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Root folder that agents' file paths (coder, debug) must stay inside (default: the current
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
     /// Run again only the tasks of a previous run (given by its trace file) that did not succeed,
     /// and their dependents, reusing the outputs of the tasks that succeeded. The batch is the
     /// one recorded in the trace; with -f, that batch is used instead after checking that the

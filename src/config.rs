@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::batch::{BatchConfig, BreakerConfig};
+use crate::llm::LlmConfig;
 use crate::mcp::McpConfig;
 
 pub const CONFIG_ENV: &str = "PARALLEL_DISPATCH_CONFIG";
@@ -33,6 +34,9 @@ pub struct FileConfig {
     pub circuit_breaker: BreakerConfig,
     #[serde(default)]
     pub mcp: McpConfig,
+    /// Model backends of the `coder` and `debug` agents.
+    #[serde(default)]
+    pub llm: LlmConfig,
     #[serde(default)]
     pub logging: LoggingSection,
 }
@@ -158,6 +162,22 @@ impl Config {
 
     pub fn workspace(&self) -> Option<PathBuf> {
         self.file.dispatcher.workspace.as_ref().map(PathBuf::from)
+    }
+
+    /// Model settings: the file's `llm:` section, `agents.<name>.backend` as each agent's default
+    /// backend, then the environment for whatever is still unset (keys are registered as
+    /// secrets there).
+    pub fn llm(&self) -> LlmConfig {
+        let mut llm = self.file.llm.clone();
+        let backend = |agent: &str| self.file.agents.get(agent).and_then(|a| a.backend.clone());
+        if let Some(b) = backend("coder") {
+            llm.agents.coder = Some(b);
+        }
+        if let Some(b) = backend("debug") {
+            llm.agents.debug = Some(b);
+        }
+        llm.fill_from_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        llm
     }
 }
 

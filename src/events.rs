@@ -153,7 +153,7 @@ pub enum CancelReason {
     Sigterm,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub total_tasks: usize,
     pub successful: usize,
@@ -162,9 +162,36 @@ pub struct Summary {
     pub skipped: usize,
     pub cancelled: usize,
     pub total_time_ms: u64,
+    /// Model tokens and cost summed over the tasks' outputs (`output.usage`); absent when no
+    /// task used a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageTotals>,
+}
+
+/// Model usage of a whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub model_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// US dollars, over the calls whose cost is known.
+    pub cost_usd: f64,
 }
 
 impl Summary {
+    /// Adds the `usage` object of a task's output (as agents that call models report it).
+    pub fn add_usage(&mut self, output: &Value) {
+        let Some(u) = output.get("usage").filter(|u| u.is_object()) else {
+            return;
+        };
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let t = self.usage.get_or_insert_with(UsageTotals::default);
+        t.model_calls += n("model_calls");
+        t.input_tokens += n("input_tokens");
+        t.output_tokens += n("output_tokens");
+        t.cost_usd += u.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
+    }
+
     pub fn count(&mut self, status: TaskStatus) {
         match status {
             TaskStatus::Success => self.successful += 1,

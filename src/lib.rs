@@ -8,6 +8,8 @@
 //! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
 //! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
+//! - [`llm`]: model backends (Anthropic, OpenAI-compatible, a CLI agent) for `coder`/`debug`.
+//! - [`workspace`]: the root agents' file paths must stay in; atomic, no-clobber writes.
 //! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace, progress,
 //!   NDJSON events, metrics, JUnit, HTML report, Chrome trace). [`redact`]: secrets out of all of it.
 //!
@@ -32,6 +34,7 @@ pub mod config;
 pub mod events;
 pub mod graph;
 pub mod http;
+pub mod llm;
 pub mod mcp;
 pub mod policy;
 pub mod process;
@@ -44,6 +47,7 @@ pub mod server;
 pub mod services;
 pub mod settings;
 pub mod task_error;
+pub mod workspace;
 
 pub use batch::{Batch, Issue, ValidatedBatch, validate_text, validate_value};
 pub use runner::{Interrupt, RunOptions, RunReport, RunnerError, run};

@@ -2,6 +2,7 @@
 //! JSON document, and map the outcome to an exit code.
 
 use std::io::{IsTerminal, Read};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -142,7 +143,8 @@ fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
         "dispatcher": explain(&layers),
         "workspace": config.workspace().map(|p| p.display().to_string()),
         "agents": config.file.agents,
-        "mcp": {"servers": services(config).mcp.servers},
+        "mcp": {"servers": config.file.mcp.clone().with_defaults().servers},
+        "llm": config.llm(),
         "logging": {
             "level": config.log_directive(),
             "format": config.file.logging.format.unwrap_or_default(),
@@ -152,15 +154,32 @@ fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-fn services(config: &Config) -> Services {
+/// Run-wide state for agents. The workspace is `--workspace`, else `dispatcher.workspace` from
+/// the file, else the current directory; it must be an existing directory.
+fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, Issue> {
     let mut services = Services {
         mcp: config.file.mcp.clone().with_defaults(),
+        llm: config.llm(),
         ..Services::default()
     };
-    if let Some(ws) = config.workspace() {
-        services.workspace = ws;
+    let chosen = match workspace_flag {
+        Some(dir) => Some(("--workspace", dir.to_path_buf())),
+        None => config.workspace().map(|dir| ("dispatcher.workspace", dir)),
+    };
+    if let Some((source, dir)) = chosen {
+        services.workspace = match dir.canonicalize() {
+            Ok(root) if root.is_dir() => root,
+            Ok(_) => {
+                let msg = format!("{source} '{}' is not a directory", dir.display());
+                return Err(Issue::new("", msg));
+            }
+            Err(e) => {
+                let msg = format!("{source} '{}': {e}", dir.display());
+                return Err(Issue::new("", msg));
+            }
+        };
     }
-    services
+    Ok(services)
 }
 
 /// Prints the one JSON document of this invocation, with secrets redacted.
@@ -276,7 +295,10 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
     let mut settings =
         RunSettings::resolve(&[&file, &env, &validated.batch.config, &args.overrides()]);
     settings.agents = config.file.agents.clone();
-    let services = Arc::new(services(config));
+    let services = match services(config, args.workspace.as_deref()) {
+        Ok(s) => Arc::new(s),
+        Err(issue) => return invalid(vec![issue]),
+    };
     let plan = args.plan();
     if let Err(errors) = plan.check() {
         return runner_error(&errors.join("; "), None);
@@ -433,7 +455,10 @@ fn serve(config: &Config, args: ServeArgs) -> ExitCode {
         base_layers: vec![file, env],
         agents: config.file.agents.clone(),
         trace_dir,
-        services: Arc::new(services(config)),
+        services: match services(config, None) {
+            Ok(s) => Arc::new(s),
+            Err(issue) => return runner_error(&issue.message, None),
+        },
     };
     with_runtime(|mut rx| async move {
         let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };

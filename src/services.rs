@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::llm::LlmConfig;
 use crate::mcp::McpConfig;
 
 /// Shared state for agents. Each agent that needs run-wide state adds a field here.
@@ -13,6 +14,8 @@ pub struct Services {
     pub workspace: PathBuf,
     /// Configured MCP servers, the built-in `archon` included.
     pub mcp: McpConfig,
+    /// Model backends of the `coder` and `debug` agents.
+    pub llm: LlmConfig,
 }
 
 impl Default for Services {
@@ -20,6 +23,7 @@ impl Default for Services {
         Services {
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             mcp: McpConfig::default().with_defaults(),
+            llm: LlmConfig::from_env(),
         }
     }
 }

@@ -27,6 +27,22 @@ pub enum ErrorKind {
     Io,
     /// A bug in the runner or an agent (a panic); reported against the task, never retried.
     Internal,
+    /// A file path given to an agent resolves outside the workspace root.
+    PathOutsideWorkspace,
+    /// The file to write exists and `overwrite` is false.
+    FileExists,
+    /// Generated code does not pass its validation level (the file is still written).
+    ValidationFailed,
+    /// A model backend was chosen but is not usable (no API key, no model name).
+    ModelNotConfigured,
+    /// The model provider said 429 (too many requests); transient, `retry-after` is honoured.
+    ModelRateLimited,
+    /// The model provider failed (5xx) or could not be reached; transient.
+    ModelUnavailable,
+    /// The model provider refused the request (a 4xx other than 429); permanent.
+    ModelRequestRejected,
+    /// The model's reply could not be understood; transient (a second call usually works).
+    ModelMalformedResponse,
 }
 
 impl ErrorKind {
@@ -42,6 +58,14 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::PathOutsideWorkspace => "path_outside_workspace",
+            ErrorKind::FileExists => "file_exists",
+            ErrorKind::ValidationFailed => "validation_failed",
+            ErrorKind::ModelNotConfigured => "model_not_configured",
+            ErrorKind::ModelRateLimited => "model_rate_limited",
+            ErrorKind::ModelUnavailable => "model_unavailable",
+            ErrorKind::ModelRequestRejected => "model_request_rejected",
+            ErrorKind::ModelMalformedResponse => "model_malformed_response",
         }
     }
 }
@@ -54,6 +78,10 @@ pub struct TaskError {
     /// Whether another attempt might succeed. Decides retries and breaker counting.
     #[serde(skip)]
     pub transient: bool,
+    /// The earliest sensible retry, when the failing side said so (HTTP `retry-after`): a hint
+    /// the retry policy takes as a lower bound for its backoff.
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl TaskError {
@@ -62,6 +90,7 @@ impl TaskError {
             kind,
             message: message.into(),
             transient: true,
+            retry_after: None,
         }
     }
 
@@ -70,7 +99,14 @@ impl TaskError {
             kind,
             message: message.into(),
             transient: false,
+            retry_after: None,
         }
+    }
+
+    /// The same error with a retry hint.
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after;
+        self
     }
 }
 

@@ -181,3 +181,37 @@ fn every_example_validates() {
         }
     }
 }
+
+/// The agent examples run offline (no key: the model variables are cleared) from the
+/// repository root, as the README says, and succeed; run twice to show a previous run's files do
+/// not make them fail.
+#[test]
+fn agent_examples_run_offline_and_succeed() {
+    let traces = tempfile::tempdir().unwrap();
+    for name in [
+        "01_parallel_generation.json",
+        "02_debug_then_fix.json",
+        "03_mixed_workflow.json",
+    ] {
+        for round in 0..2 {
+            let mut cmd = std::process::Command::new(bin());
+            cmd.args(["run", "-q", "-f", &format!("examples/{name}")])
+                .args(["--trace-dir", traces.path().to_str().unwrap()])
+                .current_dir(root());
+            for v in [
+                "ANTHROPIC_API_KEY",
+                "OPENAI_API_KEY",
+                "DISPATCH_CODER_BACKEND",
+                "DISPATCH_DEBUG_BACKEND",
+            ] {
+                cmd.env_remove(v);
+            }
+            let run = to_run(cmd.output().unwrap());
+            assert_eq!(run.code, 0, "{name} (run {round}): {}", run.stdout);
+        }
+    }
+    let out = root().join("generated/fix/node_safe_mean_compute.py");
+    let text = std::fs::read_to_string(out).unwrap();
+    // The coder task got the debug task's root cause through an output reference.
+    assert!(text.contains("ZeroDivisionError"), "{text}");
+}

@@ -412,7 +412,7 @@ fn checked_in_schema_matches_the_code() {
     );
     assert_eq!(
         generated["$defs"]["Task"]["properties"]["agent"]["enum"],
-        json!(["command"])
+        json!(["command", "coder", "debug"])
     );
 }
 

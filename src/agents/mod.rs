@@ -4,7 +4,9 @@
 //! Adding an agent means adding a module and a variant here. The scheduler, the policies and the
 //! reporters never look inside an agent.
 
+pub mod coder;
 pub mod command;
+pub mod debug;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,15 @@ use crate::process::Reaper;
 use crate::services::Services;
 use crate::task_error::Failure;
 
+pub use coder::{CoderInput, CoderOutput};
 pub use command::{CommandInput, CommandOutput};
+pub use debug::{DebugInput, DebugOutput};
 
 /// Every agent name of the batch format, built or not.
 pub const ALL_AGENTS: &[&str] = &["command", "coder", "debug", "mcp"];
 
 /// Agent names the batch format keeps for agents that are not in this build yet.
-pub const RESERVED_AGENTS: &[&str] = &["coder", "debug", "mcp"];
+pub const RESERVED_AGENTS: &[&str] = &["mcp"];
 
 pub fn is_agent_name(name: &str) -> bool {
     ALL_AGENTS.contains(&name)
@@ -35,6 +39,10 @@ pub fn is_agent_name(name: &str) -> bool {
 pub enum AgentInput {
     /// Run a program with arguments, without a shell.
     Command(CommandInput),
+    /// Write an ONEX node module from a contract (offline scaffold or a model).
+    Coder(CoderInput),
+    /// Analyse a failure: syntax errors, stack traces, bug patterns, a ranked root cause.
+    Debug(DebugInput),
 }
 
 /// What an attempt gets from the runner besides its input.
@@ -48,6 +56,8 @@ pub struct AgentContext {
     pub reaper: Reaper,
     /// Run-wide shared state (configuration, sessions, clients).
     pub services: Arc<Services>,
+    /// Outputs of the task's dependencies (task id, output), in the order they are listed.
+    pub dependency_outputs: Vec<(String, Value)>,
 }
 
 impl AgentInput {
@@ -55,6 +65,8 @@ impl AgentInput {
     pub fn name(&self) -> &'static str {
         match self {
             AgentInput::Command(_) => "command",
+            AgentInput::Coder(_) => "coder",
+            AgentInput::Debug(_) => "debug",
         }
     }
 
@@ -78,6 +90,8 @@ impl AgentInput {
     pub async fn run(self, ctx: &AgentContext) -> Result<Value, Failure> {
         match self {
             AgentInput::Command(input) => to_json(command::run(input, ctx).await),
+            AgentInput::Coder(input) => to_json(coder::run(input, ctx).await),
+            AgentInput::Debug(input) => to_json(debug::run(input, ctx).await),
         }
     }
 }
@@ -90,6 +104,8 @@ fn to_json<T: Serialize>(r: Result<T, Failure>) -> Result<Value, Failure> {
 pub fn output_fields(agent: &str) -> Option<Vec<String>> {
     let schema = match agent {
         "command" => schemars::schema_for!(CommandOutput),
+        "coder" => schemars::schema_for!(CoderOutput),
+        "debug" => schemars::schema_for!(DebugOutput),
         _ => return None,
     };
     let props = schema.get("properties")?.as_object()?;

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::task_error::TaskError;
 
+/// The longest `retry-after` hint that is honoured.
+pub const MAX_RETRY_AFTER_HINT: Duration = Duration::from_secs(120);
+
 /// Exponential backoff with "equal jitter": each delay is between half and all of the capped
 /// exponential value, so it never collapses to zero but still spreads out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +41,13 @@ impl RetryPolicy {
     /// After attempt number `attempt` (1-based) failed with `error`: the delay before the next
     /// attempt, or `None` when the task has failed for good.
     pub fn next_delay(&self, attempt: u32, error: &TaskError, unit: f64) -> Option<Duration> {
-        (error.transient && attempt <= self.retries).then(|| self.backoff.delay(attempt, unit))
+        let delay = (error.transient && attempt <= self.retries)
+            .then(|| self.backoff.delay(attempt, unit))?;
+        // A server's `retry-after` is a floor, capped so a huge value cannot stall the run.
+        Some(match error.retry_after {
+            Some(hint) => delay.max(hint.min(MAX_RETRY_AFTER_HINT)),
+            None => delay,
+        })
     }
 }
 
@@ -72,6 +81,34 @@ mod tests {
             policy(0).backoff.delay(200, 1.0),
             Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn retry_after_hint_is_a_capped_floor() {
+        let p = policy(3);
+        let hinted = |secs| {
+            TaskError::transient(ErrorKind::ModelRateLimited, "429")
+                .with_retry_after(Some(Duration::from_secs(secs)))
+        };
+        assert_eq!(
+            p.next_delay(1, &hinted(2), 0.0),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.next_delay(1, &hinted(100_000), 0.0),
+            Some(MAX_RETRY_AFTER_HINT)
+        );
+        // A hint shorter than the backoff does not shorten it.
+        let small = TaskError::transient(ErrorKind::ModelRateLimited, "429")
+            .with_retry_after(Some(Duration::from_millis(1)));
+        assert_eq!(
+            p.next_delay(1, &small, 0.0),
+            Some(Duration::from_millis(50))
+        );
+        // Permanent errors are not retried whatever the hint.
+        let perm = TaskError::permanent(ErrorKind::ModelRequestRejected, "400")
+            .with_retry_after(Some(Duration::from_secs(1)));
+        assert_eq!(p.next_delay(1, &perm, 0.0), None);
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Dispatcher {
             breaker,
         });
         let task = &self.tasks[i];
+        let dependency_outputs = self.dependency_outputs(i);
         self.executor.start(AttemptSpec {
             task: i,
             input,
@@ -325,8 +326,19 @@ impl Dispatcher {
                 kill_grace: KILL_GRACE,
                 reaper: self.reaper.clone(),
                 services: self.services.clone(),
+                dependency_outputs,
             },
         });
+    }
+
+    /// The outputs of task `i`'s dependencies, by task id.
+    fn dependency_outputs(&self, i: usize) -> Vec<(String, Value)> {
+        self.scheduler
+            .plan()
+            .deps(i)
+            .iter()
+            .filter_map(|&j| Some((self.id(j), self.outputs[j].clone()?)))
+            .collect()
     }
 
     /// The task's input with `{{tasks.X.output...}}` replaced by upstream outputs.
@@ -550,6 +562,9 @@ impl Dispatcher {
         error: Option<TaskError>,
     ) {
         self.counts.count(status);
+        if let Some(out) = &output {
+            self.counts.add_usage(out);
+        }
         self.bus.emit(EventKind::TaskFinished {
             task_id: self.id(i),
             status,
