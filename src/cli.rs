@@ -50,6 +50,16 @@ pub enum Command {
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
+    /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
+    /// health report per server. Exit 0 when all are healthy, 1 otherwise.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Seconds each server may take to connect and list its tools.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub timeout_seconds: f64,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -57,6 +67,10 @@ pub struct InputArgs {
     /// Read the batch from this file instead of stdin.
     #[arg(short = 'f', long = "input-file", value_name = "PATH")]
     pub input_file: Option<PathBuf>,
+    /// Before running, connect to the MCP servers the batch uses and reject (exit 2) tasks whose
+    /// tool does not exist or whose arguments do not match the tool's input schema.
+    #[arg(long)]
+    pub check_tools: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

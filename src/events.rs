@@ -65,6 +65,14 @@ pub enum EventKind {
         error: Option<TaskError>,
         attempts: u32,
     },
+    /// A running attempt reported progress (e.g. an MCP server's progress notification).
+    TaskProgress {
+        task_id: String,
+        attempt: u32,
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
     BreakerChanged {
         breaker: String,
         from: BreakerState,

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use dispatch_runner::batch::BatchConfig;
 use dispatch_runner::batch::schema::batch_schema;
-use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs};
+use dispatch_runner::batch::{BatchConfig, ValidationContext};
+use dispatch_runner::cli::{Cli, Command, DoctorArgs, InputArgs, RunArgs};
 use dispatch_runner::config::{Config, ConfigError, Layer, LogFormat, explain};
 use dispatch_runner::events::RunStatus;
 use dispatch_runner::reporter::trace::write_json_atomic;
@@ -38,8 +38,9 @@ fn main() -> ExitCode {
     init_logging(&config);
     match cli.command {
         Some(Command::Schema) => unreachable!("handled above"),
-        Some(Command::Validate(input)) => validate(&input),
+        Some(Command::Validate(input)) => validate(&config, &input),
         Some(Command::Config(args)) => show_config(&config, &args),
+        Some(Command::Doctor(args)) => doctor(&config, &args),
         Some(Command::Run(args)) => run(&config, args),
         None => run(&config, cli.run),
     }
@@ -80,7 +81,7 @@ fn base_layers(config: &Config) -> (BatchConfig, BatchConfig) {
 fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
     let (file, env) = base_layers(config);
     let batch = match &args.input.input_file {
-        Some(_) => match load(&args.input) {
+        Some(_) => match load(config, &args.input) {
             Ok(v) => Some(v.batch.config),
             Err(code) => return code,
         },
@@ -166,10 +167,54 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{text}");
 }
 
-/// Reads and checks the batch; on failure prints the `invalid` document and returns exit 2.
-fn load(input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
+/// Reads and checks the batch (against the configured MCP servers too); on failure prints the
+/// `invalid` document and returns exit 2.
+fn load(config: &Config, input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
     let text = read_input(input).map_err(|issue| invalid(vec![issue]))?;
-    dispatch_runner::validate_text(&text).map_err(invalid)
+    let ctx = ValidationContext {
+        mcp_servers: Some(services(config).mcp.servers.keys().cloned().collect()),
+    };
+    dispatch_runner::batch::validate_text_with(&text, &ctx).map_err(invalid)
+}
+
+/// `--check-tools`: asks the MCP servers the batch uses whether its tools and arguments fit.
+async fn check_tools(validated: &ValidatedBatch, services: &Services) -> Result<(), ExitCode> {
+    let issues = dispatch_runner::mcp::check::check_tools(&validated.batch, services).await;
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        services.mcp_pool.close_all().await;
+        Err(invalid(issues))
+    }
+}
+
+fn new_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn doctor(config: &Config, args: &DoctorArgs) -> ExitCode {
+    let runtime = match new_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    let mcp = services(config).mcp;
+    let limit = std::time::Duration::from_secs_f64(args.timeout_seconds);
+    let report = runtime.block_on(dispatch_runner::mcp::doctor::doctor(&mcp, limit));
+    print_json(&report);
+    for s in report.servers.iter().filter(|s| s.error.is_some()) {
+        eprintln!(
+            "dispatch_runner: MCP server '{}' is not healthy: {}",
+            s.name,
+            s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+        );
+    }
+    ExitCode::from(if report.healthy {
+        EXIT_OK
+    } else {
+        EXIT_TASKS_FAILED
+    })
 }
 
 fn read_input(input: &InputArgs) -> Result<String, Issue> {
@@ -224,9 +269,25 @@ fn invalid(errors: Vec<Issue>) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
-fn validate(input: &InputArgs) -> ExitCode {
-    match load(input) {
+fn validate(config: &Config, input: &InputArgs) -> ExitCode {
+    match load(config, input) {
         Ok(v) => {
+            if input.check_tools {
+                let services = services(config);
+                let checked = match new_runtime() {
+                    Ok(rt) => rt.block_on(async {
+                        let r = check_tools(&v, &services).await;
+                        services.mcp_pool.close_all().await;
+                        r
+                    }),
+                    Err(e) => {
+                        return runner_error(&format!("cannot start the async runtime: {e}"), None);
+                    }
+                };
+                if let Err(code) = checked {
+                    return code;
+                }
+            }
             let mut doc = serde_json::to_value(v.plan.summary()).expect("serializable");
             doc.as_object_mut()
                 .expect("object")
@@ -239,7 +300,7 @@ fn validate(input: &InputArgs) -> ExitCode {
 }
 
 fn run(config: &Config, args: RunArgs) -> ExitCode {
-    let validated = match load(&args.input) {
+    let validated = match load(config, &args.input) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -248,10 +309,7 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         RunSettings::resolve(&[&file, &env, &validated.batch.config, &args.overrides()]);
     settings.agents = config.file.agents.clone();
     let services = Arc::new(services(config));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match new_runtime() {
         Ok(rt) => rt,
         Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
     };
@@ -259,6 +317,11 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         let (tx, rx) = mpsc::channel(4);
         if let Err(e) = forward_signals(tx) {
             return runner_error(&format!("cannot install signal handlers: {e}"), None);
+        }
+        if args.input.check_tools
+            && let Err(code) = check_tools(&validated, &services).await
+        {
+            return code;
         }
         let mut options = RunOptions::new(settings);
         options.interrupts = Some(rx);

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::mcp::McpConfig;
+use std::sync::Arc;
+
+use crate::mcp::{McpConfig, McpPool};
 
 /// Shared state for agents. Each agent that needs run-wide state adds a field here.
 #[derive(Debug, Clone)]
@@ -13,6 +15,8 @@ pub struct Services {
     pub workspace: PathBuf,
     /// Configured MCP servers, the built-in `archon` included.
     pub mcp: McpConfig,
+    /// Open MCP sessions, one per server, shared by all tasks; closed when the run ends.
+    pub mcp_pool: Arc<McpPool>,
 }
 
 impl Default for Services {
@@ -20,6 +24,7 @@ impl Default for Services {
         Services {
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             mcp: McpConfig::default().with_defaults(),
+            mcp_pool: Arc::new(McpPool::new()),
         }
     }
 }

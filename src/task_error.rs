@@ -27,6 +27,15 @@ pub enum ErrorKind {
     Io,
     /// A bug in the runner or an agent (a panic); reported against the task, never retried.
     Internal,
+    /// An MCP tool answered with `isError: true`.
+    ToolError,
+    /// An MCP server answered a request with a JSON-RPC error (e.g. unknown tool, bad arguments).
+    McpError,
+    /// A server could not be reached or used: connection refused or reset, HTTP 5xx, the server
+    /// process exited, the session broke.
+    Unavailable,
+    /// A server answered something that is not valid protocol (invalid JSON, wrong shape).
+    ProtocolError,
 }
 
 impl ErrorKind {
@@ -42,6 +51,10 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::ToolError => "tool_error",
+            ErrorKind::McpError => "mcp_error",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::ProtocolError => "protocol_error",
         }
     }
 }

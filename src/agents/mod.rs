@@ -5,6 +5,7 @@
 //! reporters never look inside an agent.
 
 pub mod command;
+pub mod mcp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +19,13 @@ use crate::services::Services;
 use crate::task_error::Failure;
 
 pub use command::{CommandInput, CommandOutput};
+pub use mcp::{McpInput, McpOutput};
 
 /// Every agent name of the batch format, built or not.
 pub const ALL_AGENTS: &[&str] = &["command", "coder", "debug", "mcp"];
 
 /// Agent names the batch format keeps for agents that are not in this build yet.
-pub const RESERVED_AGENTS: &[&str] = &["coder", "debug", "mcp"];
+pub const RESERVED_AGENTS: &[&str] = &["coder", "debug"];
 
 pub fn is_agent_name(name: &str) -> bool {
     ALL_AGENTS.contains(&name)
@@ -35,6 +37,8 @@ pub fn is_agent_name(name: &str) -> bool {
 pub enum AgentInput {
     /// Run a program with arguments, without a shell.
     Command(CommandInput),
+    /// Call a tool on a Model Context Protocol server.
+    Mcp(McpInput),
 }
 
 /// What an attempt gets from the runner besides its input.
@@ -48,6 +52,56 @@ pub struct AgentContext {
     pub reaper: Reaper,
     /// Run-wide shared state (configuration, sessions, clients).
     pub services: Arc<Services>,
+    /// Where the attempt reports progress; it becomes `task_progress` events.
+    pub progress: ProgressSink,
+}
+
+/// A progress report from a running attempt, published by the dispatcher as `task_progress`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressNote {
+    pub task_id: String,
+    pub attempt: u32,
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Sends an attempt's progress to the dispatcher, which alone publishes events. Progress is
+/// best-effort: when the dispatcher is behind by [`PROGRESS_BUFFER`] notes, further notes are
+/// dropped rather than slowing the agent.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressSink {
+    tx: Option<tokio::sync::mpsc::Sender<ProgressNote>>,
+    task_id: String,
+    attempt: u32,
+}
+
+pub const PROGRESS_BUFFER: usize = 1024;
+
+impl ProgressSink {
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<ProgressNote>,
+        task_id: impl Into<String>,
+        attempt: u32,
+    ) -> Self {
+        ProgressSink {
+            tx: Some(tx),
+            task_id: task_id.into(),
+            attempt,
+        }
+    }
+
+    pub fn report(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(ProgressNote {
+                task_id: self.task_id.clone(),
+                attempt: self.attempt,
+                progress,
+                total,
+                message,
+            });
+        }
+    }
 }
 
 impl AgentInput {
@@ -55,12 +109,16 @@ impl AgentInput {
     pub fn name(&self) -> &'static str {
         match self {
             AgentInput::Command(_) => "command",
+            AgentInput::Mcp(_) => "mcp",
         }
     }
 
-    /// Which circuit breaker guards this task: one per agent.
+    /// Which circuit breaker guards this task: one per agent, and one per server for `mcp`.
     pub fn breaker_key(&self) -> String {
-        self.name().to_string()
+        match self {
+            AgentInput::Mcp(input) => format!("mcp:{}", input.server_key()),
+            _ => self.name().to_string(),
+        }
     }
 
     /// The input as JSON, for output-reference substitution.
@@ -78,6 +136,7 @@ impl AgentInput {
     pub async fn run(self, ctx: &AgentContext) -> Result<Value, Failure> {
         match self {
             AgentInput::Command(input) => to_json(command::run(input, ctx).await),
+            AgentInput::Mcp(input) => to_json(mcp::run(input, ctx).await),
         }
     }
 }
@@ -90,8 +149,22 @@ fn to_json<T: Serialize>(r: Result<T, Failure>) -> Result<Value, Failure> {
 pub fn output_fields(agent: &str) -> Option<Vec<String>> {
     let schema = match agent {
         "command" => schemars::schema_for!(CommandOutput),
+        "mcp" => schemars::schema_for!(McpOutput),
         _ => return None,
     };
     let props = schema.get("properties")?.as_object()?;
     Some(props.keys().cloned().collect())
+}
+
+/// Checks an agent's input against the run's context (e.g. configured server names) before
+/// anything runs. Returns problems as (JSON Pointer relative to `input_data`, message).
+pub fn check_input(
+    agent: &str,
+    input: &Value,
+    ctx: &crate::batch::validate::ValidationContext,
+) -> Vec<(String, String)> {
+    match agent {
+        "mcp" => mcp::check(input, ctx),
+        _ => Vec::new(),
+    }
 }

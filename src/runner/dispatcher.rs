@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::agents::{AgentContext, AgentInput};
+use crate::agents::{AgentContext, AgentInput, PROGRESS_BUFFER, ProgressNote, ProgressSink};
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
 use crate::events::{
@@ -96,6 +96,9 @@ pub struct Dispatcher {
     stop: Option<CancelReason>,
     interrupted: Option<Interrupt>,
     counts: Summary,
+    /// Progress reports from running attempts, published as `task_progress` events.
+    progress_tx: mpsc::Sender<ProgressNote>,
+    progress_rx: mpsc::Receiver<ProgressNote>,
 }
 
 impl Dispatcher {
@@ -106,7 +109,10 @@ impl Dispatcher {
         sinks: Vec<Box<dyn EventSink>>,
     ) -> Self {
         let n = validated.batch.tasks.len();
+        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Dispatcher {
+            progress_tx,
+            progress_rx,
             tasks: validated.batch.tasks,
             workers: WorkerLimit::new(settings.max_workers),
             lanes: vec![false; settings.max_workers],
@@ -172,8 +178,10 @@ impl Dispatcher {
                     None => interrupts = None,
                 },
                 Some(done) = self.executor.next(), if !self.executor.is_empty() => {
+                    self.publish_progress();
                     self.attempt_done(done);
                 }
+                Some(note) = self.progress_rx.recv() => self.progress(note),
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.retries_due(),
             }
         }
@@ -277,6 +285,11 @@ impl Dispatcher {
                 kill_grace: KILL_GRACE,
                 reaper: self.reaper.clone(),
                 services: self.services.clone(),
+                progress: ProgressSink::new(
+                    self.progress_tx.clone(),
+                    task.task_id.clone(),
+                    attempt,
+                ),
             },
         });
     }
@@ -505,6 +518,23 @@ impl Dispatcher {
             output,
             error,
             attempts: self.attempts[i],
+        });
+    }
+
+    /// Publishes progress already reported, so it precedes the attempt's end in the stream.
+    fn publish_progress(&mut self) {
+        while let Ok(note) = self.progress_rx.try_recv() {
+            self.progress(note);
+        }
+    }
+
+    fn progress(&mut self, note: ProgressNote) {
+        self.bus.emit(EventKind::TaskProgress {
+            task_id: note.task_id,
+            attempt: note.attempt,
+            progress: note.progress,
+            total: note.total,
+            message: note.message,
         });
     }
 

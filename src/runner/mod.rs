@@ -122,8 +122,10 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let trace_file = trace::trace_path(&dir, &run_id);
     let batch = validated.batch.clone();
 
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services, sinks);
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
     let (record, sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
+    // Sessions belong to one run: end them (and stop stdio servers) before reporting.
+    services.mcp_pool.close_all().await;
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {
