@@ -135,6 +135,8 @@ pub struct Session {
     service: tokio::sync::Mutex<Option<RunningService<RoleClient, Handler>>>,
     peer: rmcp::Peer<RoleClient>,
     progress: ProgressDispatcher,
+    /// Cancellation notices still being sent; `close` lets them finish first.
+    cancels: PendingCancels,
     /// The protocol version both sides agreed on.
     pub protocol_version: String,
     /// The server's name and version, as it announced them.
@@ -184,6 +186,7 @@ impl Session {
             peer: service.peer().clone(),
             service: tokio::sync::Mutex::new(Some(service)),
             progress,
+            cancels: PendingCancels::default(),
             protocol_version,
             server_name,
             server_version,
@@ -227,6 +230,7 @@ impl Session {
         let mut guard = CancelOnDrop {
             peer: self.peer.clone(),
             id: Some(handle.id.clone()),
+            pending: self.cancels.clone(),
         };
         let mut updates = self.progress.subscribe(handle.progress_token.clone()).await;
         let response = handle.await_response();
@@ -273,6 +277,10 @@ impl Session {
 
     /// Ends the session: closes the HTTP session or shuts the stdio server down.
     pub async fn close(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.cancels.lock().expect("cancels lock"));
+        for cancel in pending {
+            let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
+        }
         if let Some(mut service) = self.service.lock().await.take() {
             let _ = service.close_with_timeout(Duration::from_secs(5)).await;
         }
@@ -288,7 +296,10 @@ async fn futures_next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::I
 struct CancelOnDrop {
     peer: rmcp::Peer<RoleClient>,
     id: Option<rmcp::model::RequestId>,
+    pending: PendingCancels,
 }
+
+type PendingCancels = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -297,13 +308,16 @@ impl Drop for CancelOnDrop {
             return;
         };
         let peer = self.peer.clone();
-        rt.spawn(async move {
+        let handle = rt.spawn(async move {
             let params = CancelledNotificationParam::new(
                 Some(id),
                 Some("the caller stopped waiting (timeout or cancellation)".into()),
             );
             let _ = peer.notify_cancelled(params).await;
         });
+        let mut pending = self.pending.lock().expect("cancels lock");
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
     }
 }
 
