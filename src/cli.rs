@@ -9,7 +9,7 @@ use crate::batch::BatchConfig;
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0    every task succeeded (validate: the batch is valid)
-  1    the batch ran and at least one task did not succeed
+  1    the batch ran and at least one task did not succeed (doctor: a server is unhealthy)
   2    the input was invalid; nothing ran
   3    the runner itself could not work (e.g. the trace directory cannot be created)
   130  interrupted by SIGINT (results and trace are still written)

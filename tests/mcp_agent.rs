@@ -430,3 +430,31 @@ fn a_timeout_sends_cancelled_to_the_server() {
         proxy.methods()
     );
 }
+
+#[test]
+fn the_example_batch_runs_against_server_everything() {
+    let server = start_everything_http();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sb = Sandbox::new();
+    // The example configuration, pointed at this test's port instead of 3001.
+    let yaml = std::fs::read_to_string(root.join("examples/dispatch.mcp.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:3001/mcp", &server.url());
+    let cfg = config_args(&sb, &yaml);
+    let example = root.join("examples/mcp_everything.json");
+    let run = sb.to_run(
+        sb.cmd(&["--config", &cfg, "-f", example.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = run.result("report")["output"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        report.starts_with("Echo: hello from dispatch_runner / The sum of 40 and 2 is 42. / "),
+        "{report}"
+    );
+    assert_eq!(progress_events(&run.trace(), "long_job").len(), 4);
+}
