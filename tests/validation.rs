@@ -48,7 +48,7 @@ fn unknown_agent_lists_the_valid_ones() {
         has(
             &errors,
             "/tasks/0/agent",
-            "unknown agent \"shell\"; valid agents: command"
+            "unknown agent \"shell\"; valid agents: command, mcp"
         ),
         "{errors:?}"
     );
@@ -56,7 +56,7 @@ fn unknown_agent_lists_the_valid_ones() {
 
 #[test]
 fn reserved_agents_are_named_as_not_available() {
-    let errors = invalid(r#"{"tasks": [{"task_id": "a", "agent": "mcp", "input_data": {}}]}"#);
+    let errors = invalid(r#"{"tasks": [{"task_id": "a", "agent": "coder", "input_data": {}}]}"#);
     assert!(
         has(&errors, "/tasks/0/agent", "not available"),
         "{errors:?}"
@@ -412,7 +412,7 @@ fn checked_in_schema_matches_the_code() {
     );
     assert_eq!(
         generated["$defs"]["Task"]["properties"]["agent"]["enum"],
-        json!(["command"])
+        json!(["command", "mcp"])
     );
 }
 
