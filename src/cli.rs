@@ -11,7 +11,7 @@ use crate::reporter::outputs::OutputPlan;
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0    every task succeeded (validate: the batch is valid)
-  1    the batch ran and at least one task did not succeed
+  1    the batch ran and at least one task did not succeed (doctor: a server is unhealthy)
   2    the input was invalid; nothing ran
   3    the runner itself could not work (e.g. the trace directory cannot be created)
   130  interrupted by SIGINT (results and trace are still written)
@@ -55,6 +55,9 @@ pub enum Command {
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
+    /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
+    /// health report per server. Exit 0 when all are healthy, 1 otherwise.
+    Doctor(DoctorArgs),
     /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health, GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
@@ -134,11 +137,22 @@ impl ReportArgs {
     }
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Seconds each server may take to connect and list its tools.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub timeout_seconds: f64,
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct InputArgs {
     /// Read the batch from this file instead of stdin.
     #[arg(short = 'f', long = "input-file", value_name = "PATH")]
     pub input_file: Option<PathBuf>,
+    /// Before running, connect to the MCP servers the batch uses and reject (exit 2) tasks whose
+    /// tool does not exist or whose arguments do not match the tool's input schema.
+    #[arg(long)]
+    pub check_tools: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

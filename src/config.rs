@@ -164,6 +164,11 @@ impl Config {
         self.file.dispatcher.workspace.as_ref().map(PathBuf::from)
     }
 
+    /// The configured MCP servers plus the built-in `archon`.
+    pub fn mcp_servers(&self) -> McpConfig {
+        self.file.mcp.clone().with_defaults()
+    }
+
     /// Model settings: the file's `llm:` section, `agents.<name>.backend` as each agent's default
     /// backend, then the environment for whatever is still unset (keys are registered as
     /// secrets there).

@@ -74,6 +74,14 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reused: bool,
     },
+    /// A running attempt reported progress (e.g. an MCP server's progress notification).
+    TaskProgress {
+        task_id: String,
+        attempt: u32,
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
     BreakerChanged {
         breaker: String,
         from: BreakerState,

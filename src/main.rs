@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use dispatch_runner::batch::BatchConfig;
 use dispatch_runner::batch::schema::batch_schema;
-use dispatch_runner::cli::{Cli, Command, InputArgs, ReportArgs, RunArgs, ServeArgs};
+use dispatch_runner::batch::{BatchConfig, ValidationContext};
+use dispatch_runner::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, RunArgs, ServeArgs};
 use dispatch_runner::config::{Config, ConfigError, Layer, LogFormat, explain};
 use dispatch_runner::events::RunStatus;
 use dispatch_runner::reporter::outputs::Delivery;
@@ -41,9 +41,10 @@ fn main() -> ExitCode {
     init_logging(&config);
     match cli.command {
         Some(Command::Schema) => unreachable!("handled above"),
-        Some(Command::Validate(input)) => validate(&input),
+        Some(Command::Validate(input)) => validate(&config, &input),
         Some(Command::Config(args)) => show_config(&config, &args),
         Some(Command::Serve(args)) => serve(&config, args),
+        Some(Command::Doctor(args)) => doctor(&config, &args),
         Some(Command::Run(args)) => run(&config, args),
         Some(Command::Report(args)) => report(&args),
         None => run(&config, cli.run),
@@ -85,7 +86,7 @@ fn base_layers(config: &Config) -> (BatchConfig, BatchConfig) {
 fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
     let (file, env) = base_layers(config);
     let batch = match &args.input.input_file {
-        Some(_) => match load(&args.input) {
+        Some(_) => match load(config, &args.input) {
             Ok(v) => Some(v.batch.config),
             Err(code) => return code,
         },
@@ -143,7 +144,7 @@ fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
         "dispatcher": explain(&layers),
         "workspace": config.workspace().map(|p| p.display().to_string()),
         "agents": config.file.agents,
-        "mcp": {"servers": config.file.mcp.clone().with_defaults().servers},
+        "mcp": {"servers": config.mcp_servers().servers},
         "llm": config.llm(),
         "logging": {
             "level": config.log_directive(),
@@ -158,7 +159,7 @@ fn show_config(config: &Config, args: &RunArgs) -> ExitCode {
 /// the file, else the current directory; it must be an existing directory.
 fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, Issue> {
     let mut services = Services {
-        mcp: config.file.mcp.clone().with_defaults(),
+        mcp: config.mcp_servers(),
         llm: config.llm(),
         ..Services::default()
     };
@@ -189,10 +190,54 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{text}");
 }
 
-/// Reads and checks the batch; on failure prints the `invalid` document and returns exit 2.
-fn load(input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
+/// Reads and checks the batch (against the configured MCP servers too); on failure prints the
+/// `invalid` document and returns exit 2.
+fn load(config: &Config, input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
     let text = read_input(input).map_err(|issue| invalid(vec![issue]))?;
-    dispatch_runner::validate_text(&text).map_err(invalid)
+    let ctx = ValidationContext {
+        mcp_servers: Some(config.mcp_servers().servers.keys().cloned().collect()),
+    };
+    dispatch_runner::batch::validate_text_with(&text, &ctx).map_err(invalid)
+}
+
+/// `--check-tools`: asks the MCP servers the batch uses whether its tools and arguments fit.
+async fn check_tools(validated: &ValidatedBatch, services: &Services) -> Result<(), ExitCode> {
+    let issues = dispatch_runner::mcp::check::check_tools(&validated.batch, services).await;
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        services.mcp_pool.close_all().await;
+        Err(invalid(issues))
+    }
+}
+
+fn new_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn doctor(config: &Config, args: &DoctorArgs) -> ExitCode {
+    let runtime = match new_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    let mcp = config.mcp_servers();
+    let limit = std::time::Duration::from_secs_f64(args.timeout_seconds);
+    let report = runtime.block_on(dispatch_runner::mcp::doctor::doctor(&mcp, limit));
+    print_json(&report);
+    for s in report.servers.iter().filter(|s| s.error.is_some()) {
+        eprintln!(
+            "dispatch_runner: MCP server '{}' is not healthy: {}",
+            s.name,
+            s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+        );
+    }
+    ExitCode::from(if report.healthy {
+        EXIT_OK
+    } else {
+        EXIT_TASKS_FAILED
+    })
 }
 
 fn read_input(input: &InputArgs) -> Result<String, Issue> {
@@ -247,9 +292,28 @@ fn invalid(errors: Vec<Issue>) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
-fn validate(input: &InputArgs) -> ExitCode {
-    match load(input) {
+fn validate(config: &Config, input: &InputArgs) -> ExitCode {
+    match load(config, input) {
         Ok(v) => {
+            if input.check_tools {
+                let services = match services(config, None) {
+                    Ok(s) => s,
+                    Err(issue) => return invalid(vec![issue]),
+                };
+                let checked = match new_runtime() {
+                    Ok(rt) => rt.block_on(async {
+                        let r = check_tools(&v, &services).await;
+                        services.mcp_pool.close_all().await;
+                        r
+                    }),
+                    Err(e) => {
+                        return runner_error(&format!("cannot start the async runtime: {e}"), None);
+                    }
+                };
+                if let Err(code) = checked {
+                    return code;
+                }
+            }
             let mut doc = serde_json::to_value(v.plan.summary()).expect("serializable");
             doc.as_object_mut()
                 .expect("object")
@@ -263,13 +327,13 @@ fn validate(input: &InputArgs) -> ExitCode {
 
 fn run(config: &Config, args: RunArgs) -> ExitCode {
     let (validated, reuse) = match &args.rerun_failed {
-        None => match load(&args.input) {
+        None => match load(config, &args.input) {
             Ok(v) => (v, None),
             Err(code) => return code,
         },
         Some(trace) => {
             let new_batch = match &args.input.input_file {
-                Some(_) => match load(&args.input) {
+                Some(_) => match load(config, &args.input) {
                     Ok(v) => Some(v),
                     Err(code) => return code,
                 },
@@ -304,6 +368,11 @@ fn run(config: &Config, args: RunArgs) -> ExitCode {
         return runner_error(&errors.join("; "), None);
     }
     with_runtime(|rx| async move {
+        if args.input.check_tools
+            && let Err(code) = check_tools(&validated, &services).await
+        {
+            return code;
+        }
         let mut outputs = match plan.build() {
             Ok(o) => o,
             Err(e) => return runner_error(&e, None),
@@ -477,10 +546,7 @@ fn serve(config: &Config, args: ServeArgs) -> ExitCode {
 fn with_runtime<F: Future<Output = ExitCode>>(
     body: impl FnOnce(mpsc::Receiver<Interrupt>) -> F,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match new_runtime() {
         Ok(rt) => rt,
         Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
     };

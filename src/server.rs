@@ -228,7 +228,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let mut run_options = RunOptions::new(settings);
     run_options.sinks = vec![Box::new(MetricsSink::new(state.metrics.clone(), None))];
     run_options.interrupts = Some(rx);
-    run_options.services = options.services.clone();
+    // MCP sessions belong to one run (they are closed when it ends), so each run gets its own
+    // pool while sharing everything else.
+    let mut services = (*options.services).clone();
+    services.mcp_pool = Arc::new(crate::mcp::McpPool::new());
+    run_options.services = Arc::new(services);
     let outcome = run(validated, run_options).await;
     state.in_flight.lock().expect("in-flight lock").remove(&id);
     match outcome {

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use crate::llm::LlmConfig;
-use crate::mcp::McpConfig;
+use crate::mcp::{McpConfig, McpPool};
 
 /// Shared state for agents. Each agent that needs run-wide state adds a field here.
 #[derive(Debug, Clone)]
@@ -16,6 +18,8 @@ pub struct Services {
     pub mcp: McpConfig,
     /// Model backends of the `coder` and `debug` agents.
     pub llm: LlmConfig,
+    /// Open MCP sessions, one per server, shared by all tasks; closed when the run ends.
+    pub mcp_pool: Arc<McpPool>,
 }
 
 impl Default for Services {
@@ -24,6 +28,7 @@ impl Default for Services {
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             mcp: McpConfig::default().with_defaults(),
             llm: LlmConfig::from_env(),
+            mcp_pool: Arc::new(McpPool::new()),
         }
     }
 }

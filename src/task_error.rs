@@ -43,6 +43,15 @@ pub enum ErrorKind {
     ModelRequestRejected,
     /// The model's reply could not be understood; transient (a second call usually works).
     ModelMalformedResponse,
+    /// An MCP tool answered with `isError: true`.
+    ToolError,
+    /// An MCP server answered a request with a JSON-RPC error (e.g. unknown tool, bad arguments).
+    McpError,
+    /// A server could not be reached or used: connection refused or reset, HTTP 5xx, the server
+    /// process exited, the session broke.
+    Unavailable,
+    /// A server answered something that is not valid protocol (invalid JSON, wrong shape).
+    ProtocolError,
 }
 
 impl ErrorKind {
@@ -66,6 +75,10 @@ impl ErrorKind {
             ErrorKind::ModelUnavailable => "model_unavailable",
             ErrorKind::ModelRequestRejected => "model_request_rejected",
             ErrorKind::ModelMalformedResponse => "model_malformed_response",
+            ErrorKind::ToolError => "tool_error",
+            ErrorKind::McpError => "mcp_error",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::ProtocolError => "protocol_error",
         }
     }
 }

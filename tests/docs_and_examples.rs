@@ -168,7 +168,10 @@ fn every_example_validates() {
     {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "json") {
+            // The example configuration names the MCP servers the examples use.
+            let config = root().join("examples/dispatch.mcp.yaml");
             let out = std::process::Command::new(bin())
+                .args(["--config", config.to_str().unwrap()])
                 .args(["validate", "-f", path.to_str().unwrap()])
                 .output()
                 .unwrap();

@@ -48,17 +48,41 @@ fn unknown_agent_lists_the_valid_ones() {
         has(
             &errors,
             "/tasks/0/agent",
-            "unknown agent \"shell\"; valid agents: command"
+            "unknown agent \"shell\"; valid agents: command, coder, debug, mcp"
         ),
         "{errors:?}"
     );
 }
 
 #[test]
-fn reserved_agents_are_named_as_not_available() {
-    let errors = invalid(r#"{"tasks": [{"task_id": "a", "agent": "mcp", "input_data": {}}]}"#);
+fn every_agent_checks_its_own_input() {
+    let errors = invalid(
+        r#"{"tasks": [{"task_id": "a", "agent": "coder", "input_data": {}},
+                      {"task_id": "b", "agent": "debug", "input_data": {"problem_description": "x", "affected_files": []}},
+                      {"task_id": "c", "agent": "mcp", "input_data": {"arguments": {}}}]}"#,
+    );
     assert!(
-        has(&errors, "/tasks/0/agent", "not available"),
+        has(
+            &errors,
+            "/tasks/0/input_data",
+            "\"contract_description\" is a required property"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(
+            &errors,
+            "/tasks/1/input_data/affected_files",
+            "less than 1 item"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(
+            &errors,
+            "/tasks/2/input_data",
+            "\"tool\" is a required property"
+        ),
         "{errors:?}"
     );
 }
@@ -412,7 +436,7 @@ fn checked_in_schema_matches_the_code() {
     );
     assert_eq!(
         generated["$defs"]["Task"]["properties"]["agent"]["enum"],
-        json!(["command", "coder", "debug"])
+        json!(["command", "coder", "debug", "mcp"])
     );
 }
 

@@ -7,6 +7,7 @@
 pub mod coder;
 pub mod command;
 pub mod debug;
+pub mod mcp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +23,10 @@ use crate::task_error::Failure;
 pub use coder::{CoderInput, CoderOutput};
 pub use command::{CommandInput, CommandOutput};
 pub use debug::{DebugInput, DebugOutput};
+pub use mcp::{McpInput, McpOutput};
 
-/// Every agent name of the batch format, built or not.
+/// Every agent name of the batch format.
 pub const ALL_AGENTS: &[&str] = &["command", "coder", "debug", "mcp"];
-
-/// Agent names the batch format keeps for agents that are not in this build yet.
-pub const RESERVED_AGENTS: &[&str] = &["mcp"];
 
 pub fn is_agent_name(name: &str) -> bool {
     ALL_AGENTS.contains(&name)
@@ -43,6 +42,8 @@ pub enum AgentInput {
     Coder(CoderInput),
     /// Analyse a failure: syntax errors, stack traces, bug patterns, a ranked root cause.
     Debug(DebugInput),
+    /// Call a tool on a Model Context Protocol server.
+    Mcp(McpInput),
 }
 
 /// What an attempt gets from the runner besides its input.
@@ -58,6 +59,56 @@ pub struct AgentContext {
     pub services: Arc<Services>,
     /// Outputs of the task's dependencies (task id, output), in the order they are listed.
     pub dependency_outputs: Vec<(String, Value)>,
+    /// Where the attempt reports progress; it becomes `task_progress` events.
+    pub progress: ProgressSink,
+}
+
+/// A progress report from a running attempt, published by the dispatcher as `task_progress`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressNote {
+    pub task_id: String,
+    pub attempt: u32,
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Sends an attempt's progress to the dispatcher, which alone publishes events. Progress is
+/// best-effort: when the dispatcher is behind by [`PROGRESS_BUFFER`] notes, further notes are
+/// dropped rather than slowing the agent.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressSink {
+    tx: Option<tokio::sync::mpsc::Sender<ProgressNote>>,
+    task_id: String,
+    attempt: u32,
+}
+
+pub const PROGRESS_BUFFER: usize = 1024;
+
+impl ProgressSink {
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<ProgressNote>,
+        task_id: impl Into<String>,
+        attempt: u32,
+    ) -> Self {
+        ProgressSink {
+            tx: Some(tx),
+            task_id: task_id.into(),
+            attempt,
+        }
+    }
+
+    pub fn report(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(ProgressNote {
+                task_id: self.task_id.clone(),
+                attempt: self.attempt,
+                progress,
+                total,
+                message,
+            });
+        }
+    }
 }
 
 impl AgentInput {
@@ -67,12 +118,16 @@ impl AgentInput {
             AgentInput::Command(_) => "command",
             AgentInput::Coder(_) => "coder",
             AgentInput::Debug(_) => "debug",
+            AgentInput::Mcp(_) => "mcp",
         }
     }
 
-    /// Which circuit breaker guards this task: one per agent.
+    /// Which circuit breaker guards this task: one per agent, and one per server for `mcp`.
     pub fn breaker_key(&self) -> String {
-        self.name().to_string()
+        match self {
+            AgentInput::Mcp(input) => format!("mcp:{}", input.server_key()),
+            _ => self.name().to_string(),
+        }
     }
 
     /// The input as JSON, for output-reference substitution.
@@ -92,6 +147,7 @@ impl AgentInput {
             AgentInput::Command(input) => to_json(command::run(input, ctx).await),
             AgentInput::Coder(input) => to_json(coder::run(input, ctx).await),
             AgentInput::Debug(input) => to_json(debug::run(input, ctx).await),
+            AgentInput::Mcp(input) => to_json(mcp::run(input, ctx).await),
         }
     }
 }
@@ -106,8 +162,22 @@ pub fn output_fields(agent: &str) -> Option<Vec<String>> {
         "command" => schemars::schema_for!(CommandOutput),
         "coder" => schemars::schema_for!(CoderOutput),
         "debug" => schemars::schema_for!(DebugOutput),
+        "mcp" => schemars::schema_for!(McpOutput),
         _ => return None,
     };
     let props = schema.get("properties")?.as_object()?;
     Some(props.keys().cloned().collect())
+}
+
+/// Checks an agent's input against the run's context (e.g. configured server names) before
+/// anything runs. Returns problems as (JSON Pointer relative to `input_data`, message).
+pub fn check_input(
+    agent: &str,
+    input: &Value,
+    ctx: &crate::batch::validate::ValidationContext,
+) -> Vec<(String, String)> {
+    match agent {
+        "mcp" => mcp::check(input, ctx),
+        _ => Vec::new(),
+    }
 }

@@ -8,4 +8,7 @@ pub mod validate;
 
 pub use issue::Issue;
 pub use model::*;
-pub use validate::{ValidatedBatch, validate_text, validate_value};
+pub use validate::{
+    ValidatedBatch, ValidationContext, validate_text, validate_text_with, validate_value,
+    validate_value_with,
+};

@@ -1,7 +1,7 @@
 //! Checking a whole batch before anything runs: JSON syntax, the JSON Schema, the dependency graph
 //! and output references. Every problem is reported, not just the first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
@@ -23,10 +23,26 @@ pub struct ValidatedBatch {
 /// Longest message kept from the schema validator: it quotes the offending value, which can be huge.
 const MAX_MESSAGE: usize = 400;
 
+/// What validation may know about the environment the batch will run in. Empty by default:
+/// then only the batch itself is checked.
+#[derive(Debug, Clone, Default)]
+pub struct ValidationContext {
+    /// Names of the configured MCP servers; `mcp` tasks naming another are rejected.
+    pub mcp_servers: Option<BTreeSet<String>>,
+}
+
 /// Parses and checks a batch given as JSON text.
 pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
+    validate_text_with(text, &ValidationContext::default())
+}
+
+/// Parses and checks a batch given as JSON text, also against what `ctx` knows.
+pub fn validate_text_with(
+    text: &str,
+    ctx: &ValidationContext,
+) -> Result<ValidatedBatch, Vec<Issue>> {
     let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
-    validate_value(value)
+    validate_value_with(value, ctx)
 }
 
 /// The error for text that is not JSON, naming line and column.
@@ -50,6 +66,14 @@ pub fn json_syntax_issue(e: &serde_json::Error) -> Issue {
 
 /// Checks a batch already parsed into JSON.
 pub fn validate_value(value: Value) -> Result<ValidatedBatch, Vec<Issue>> {
+    validate_value_with(value, &ValidationContext::default())
+}
+
+/// Checks a batch already parsed into JSON, also against what `ctx` knows.
+pub fn validate_value_with(
+    value: Value,
+    ctx: &ValidationContext,
+) -> Result<ValidatedBatch, Vec<Issue>> {
     let mut issues = schema_issues(&value);
     let tasks = value
         .get("tasks")
@@ -65,6 +89,7 @@ pub fn validate_value(value: Value) -> Result<ValidatedBatch, Vec<Issue>> {
         }
     };
     issues.extend(reference_issues(tasks, &graph_inputs));
+    issues.extend(agent_issues(tasks, ctx));
 
     if issues.is_empty() {
         match serde_json::from_value::<Batch>(value) {
@@ -102,15 +127,8 @@ fn schema_issues(value: &Value) -> Vec<Issue> {
                 }
             }
             ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
-                let given = err.instance().as_str().unwrap_or("").to_string();
                 let valid = available_agents().join(", ");
-                let message = if agents::RESERVED_AGENTS.contains(&given.as_str()) {
-                    format!(
-                        "agent '{given}' is not available in this version; available agents: {valid}"
-                    )
-                } else {
-                    format!("unknown agent {}; valid agents: {valid}", err.instance())
-                };
+                let message = format!("unknown agent {}; valid agents: {valid}", err.instance());
                 issues.push(Issue::new(path, message));
             }
             ValidationErrorKind::Pattern { .. }
@@ -227,6 +245,26 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
                 }
             }
         });
+    }
+    issues
+}
+
+/// Agent-specific checks that need the run's context (see [`agents::check_input`]).
+fn agent_issues(tasks: &[Value], ctx: &ValidationContext) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        let (Some(agent), Some(input)) = (
+            task.get("agent").and_then(Value::as_str),
+            task.get("input_data"),
+        ) else {
+            continue;
+        };
+        for (pointer, message) in agents::check_input(agent, input, ctx) {
+            issues.push(Issue::new(
+                format!("/tasks/{i}/input_data{pointer}"),
+                message,
+            ));
+        }
     }
     issues
 }

@@ -1,6 +1,13 @@
-//! Model Context Protocol: server configuration (and, with the `mcp` agent, the client and the
-//! per-run session pool).
+//! Model Context Protocol: server configuration, the project's own client over `rmcp`
+//! (Streamable HTTP and stdio), the per-run session pool, the `--check-tools` pre-flight and the
+//! `doctor` health report.
 
+pub mod check;
+pub mod client;
 pub mod config;
+pub mod doctor;
+pub mod pool;
 
+pub use client::{McpError, Progress, Session, ToolInfo, ToolResult};
 pub use config::{McpConfig, ServerConfig, Transport};
+pub use pool::McpPool;

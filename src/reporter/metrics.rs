@@ -393,7 +393,9 @@ impl EventSink for MetricsSink {
                     file.write(self.metrics.encode().as_bytes());
                 }
             }
-            EventKind::TaskReady { .. } | EventKind::RunCancelled { .. } => {}
+            EventKind::TaskReady { .. }
+            | EventKind::TaskProgress { .. }
+            | EventKind::RunCancelled { .. } => {}
         }
     }
 }

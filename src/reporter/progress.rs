@@ -264,6 +264,26 @@ impl EventSink for LiveProgress {
                     self.running.insert(task_id.clone(), bar);
                 }
             }
+            EventKind::TaskProgress {
+                task_id,
+                progress,
+                total,
+                message,
+                ..
+            } => {
+                if let Some(bar) = self.running.get(task_id) {
+                    let agent = self.agents.get(task_id).cloned().unwrap_or_default();
+                    let amount = match total {
+                        Some(total) => format!("{progress}/{total}"),
+                        None => format!("{progress}"),
+                    };
+                    let note = message
+                        .as_deref()
+                        .map(|m| format!(" {}", crate::redact::redact_text(m)))
+                        .unwrap_or_default();
+                    bar.set_message(format!("{task_id} ({agent}) {amount}{note}"));
+                }
+            }
             EventKind::AttemptFinished { task_id, .. } => {
                 if let Some(bar) = self.running.remove(task_id) {
                     bar.finish_and_clear();

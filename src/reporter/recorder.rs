@@ -203,6 +203,7 @@ impl EventSink for Recorder {
             EventKind::TaskReady { .. }
             | EventKind::RetryScheduled { .. }
             | EventKind::BreakerChanged { .. }
+            | EventKind::TaskProgress { .. }
             | EventKind::RunCancelled { .. } => {}
         }
         if let Some(r) = self.record.as_mut() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::agents::{AgentContext, AgentInput};
+use crate::agents::{AgentContext, AgentInput, PROGRESS_BUFFER, ProgressNote, ProgressSink};
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
 use crate::events::{
@@ -100,6 +100,9 @@ pub struct Dispatcher {
     interrupted: Option<Interrupt>,
     counts: Summary,
     reuse: Option<Reuse>,
+    /// Progress reports from running attempts, published as `task_progress` events.
+    progress_tx: mpsc::Sender<ProgressNote>,
+    progress_rx: mpsc::Receiver<ProgressNote>,
 }
 
 impl Dispatcher {
@@ -110,7 +113,10 @@ impl Dispatcher {
         sinks: Vec<Box<dyn EventSink>>,
     ) -> Self {
         let n = validated.batch.tasks.len();
+        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Dispatcher {
+            progress_tx,
+            progress_rx,
             tasks: validated.batch.tasks,
             workers: WorkerLimit::new(settings.max_workers),
             agent_limits: crate::agents::ALL_AGENTS
@@ -209,8 +215,10 @@ impl Dispatcher {
                     None => interrupts = None,
                 },
                 Some(done) = self.executor.next(), if !self.executor.is_empty() => {
+                    self.publish_progress();
                     self.attempt_done(done);
                 }
+                Some(note) = self.progress_rx.recv() => self.progress(note),
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.retries_due(),
             }
         }
@@ -327,6 +335,11 @@ impl Dispatcher {
                 reaper: self.reaper.clone(),
                 services: self.services.clone(),
                 dependency_outputs,
+                progress: ProgressSink::new(
+                    self.progress_tx.clone(),
+                    task.task_id.clone(),
+                    attempt,
+                ),
             },
         });
     }
@@ -572,6 +585,23 @@ impl Dispatcher {
             error,
             attempts: self.attempts[i],
             reused: false,
+        });
+    }
+
+    /// Publishes progress already reported, so it precedes the attempt's end in the stream.
+    fn publish_progress(&mut self) {
+        while let Ok(note) = self.progress_rx.try_recv() {
+            self.progress(note);
+        }
+    }
+
+    fn progress(&mut self, note: ProgressNote) {
+        self.bus.emit(EventKind::TaskProgress {
+            task_id: note.task_id,
+            attempt: note.attempt,
+            progress: note.progress,
+            total: note.total,
+            message: note.message,
         });
     }
 

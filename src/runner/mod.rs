@@ -132,13 +132,15 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services, sinks);
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
     let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
     sinks.remove(0);
+    // Sessions belong to one run: end them (and stop stdio servers) before reporting.
+    services.mcp_pool.close_all().await;
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {

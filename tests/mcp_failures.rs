@@ -1,0 +1,204 @@
+//! The `mcp` agent when servers are down, die, hang or answer garbage: every path ends in a
+//! documented status and error kind, with the full result and trace written.
+
+mod common;
+mod mcp_support;
+
+use common::*;
+use mcp_support::*;
+use serde_json::{Value, json};
+
+/// Runs the batch; returns the sandbox too, since the trace lives in it.
+fn run_against(url: &str, config: Value, tasks: Vec<Value>) -> (Sandbox, Run) {
+    let sb = Sandbox::new();
+    let cfg = sb
+        .write("dispatch.yaml", &http_config(&[("srv", url)]))
+        .display()
+        .to_string();
+    let run = sb.run_json(
+        &["--config", &cfg],
+        &json!({"config": config, "tasks": tasks}),
+    );
+    // Whatever happened, the trace is complete.
+    let trace = run.trace();
+    assert_eq!(
+        events(&trace, "task_finished").len(),
+        tasks_len(&run),
+        "every task has a final event"
+    );
+    assert_eq!(events(&trace, "run_finished").len(), 1);
+    (sb, run)
+}
+
+fn tasks_len(run: &Run) -> usize {
+    run.json["results"].as_array().unwrap().len()
+}
+
+fn echo(id: &str) -> Value {
+    mcp_task(id, "srv", "echo", json!({"message": id}))
+}
+
+#[test]
+fn server_down_from_the_start_is_transient_and_retried() {
+    let url = format!("http://127.0.0.1:{}/mcp", free_port());
+    let (_sb, run) = run_against(
+        &url,
+        json!({"retries": 1, "retry_backoff_ms": 10}),
+        vec![echo("a")],
+    );
+    assert_eq!(run.code, 1);
+    let a = run.result("a");
+    assert_eq!(a["status"], "error");
+    assert_eq!(a["error"]["kind"], "unavailable");
+    assert_eq!(a["attempts"], 2, "transient errors are retried");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MCP server 'srv'"),
+        "{a}"
+    );
+}
+
+#[test]
+fn server_answering_500_is_unavailable() {
+    let bad = Misbehaving::start(Misbehavior::Status500);
+    let (_sb, run) = run_against(
+        &bad.url(),
+        json!({"retries": 1, "retry_backoff_ms": 10}),
+        vec![echo("a")],
+    );
+    let a = run.result("a");
+    assert_eq!(a["status"], "error");
+    assert_eq!(a["error"]["kind"], "unavailable");
+    assert!(
+        a["error"]["message"].as_str().unwrap().contains("500"),
+        "{a}"
+    );
+    assert_eq!(a["attempts"], 2);
+}
+
+#[test]
+fn server_answering_invalid_json_is_a_protocol_error() {
+    let bad = Misbehaving::start(Misbehavior::InvalidJson);
+    let (_sb, run) = run_against(&bad.url(), json!({"retries": 0}), vec![echo("a")]);
+    let a = run.result("a");
+    assert_eq!(a["status"], "error");
+    assert_eq!(a["error"]["kind"], "protocol_error", "{a}");
+}
+
+#[test]
+fn server_hanging_past_the_timeout_times_out() {
+    let bad = Misbehaving::start(Misbehavior::Hang);
+    let (_sb, run) = run_against(
+        &bad.url(),
+        json!({"retries": 0, "timeout_seconds": 1}),
+        vec![echo("a")],
+    );
+    let a = run.result("a");
+    assert_eq!(a["status"], "timeout");
+    assert_eq!(a["error"]["kind"], "timeout");
+}
+
+#[test]
+fn server_killed_mid_run_opens_the_breaker_and_the_run_still_reports_everything() {
+    let server = start_everything_http();
+    let pid = server.pid();
+    let mut tasks = vec![echo("before1"), echo("before2")];
+    tasks.push(
+        json!({"task_id": "kill", "agent": "command", "dependencies": ["before1", "before2"],
+        "input_data": {"argv": ["kill", "-9", pid.to_string()]}}),
+    );
+    for i in 0..6 {
+        let mut t = echo(&format!("after{i}"));
+        t["dependencies"] = json!(["kill"]);
+        tasks.push(t);
+    }
+    let config = json!({"max_workers": 1, "retries": 0,
+        "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}});
+    let (_sb, run) = run_against(&server.url(), config, tasks);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.json["status"], "partial");
+    assert_eq!(run.result("before1")["output"]["text"], "Echo: before1");
+    assert_eq!(run.status("kill"), "success");
+    let kinds: Vec<String> = (0..6)
+        .map(|i| {
+            run.result(&format!("after{i}"))["error"]["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "unavailable",
+            "unavailable",
+            "circuit_open",
+            "circuit_open",
+            "circuit_open",
+            "circuit_open"
+        ],
+        "{}",
+        run.stdout
+    );
+    let s = &run.json["summary"];
+    assert_eq!(
+        (s["total_tasks"].as_u64(), s["successful"].as_u64()),
+        (Some(9), Some(3))
+    );
+    let trace = run.trace();
+    let opened: Vec<&Value> = events(&trace, "breaker_changed")
+        .into_iter()
+        .filter(|e| e["breaker"] == "mcp:srv" && e["to"] == "open")
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+}
+
+#[test]
+fn expanded_header_values_never_reach_results_traces_or_logs() {
+    let bad = Misbehaving::start(Misbehavior::Status500);
+    let sb = Sandbox::new();
+    let secret = "s3cr3t-header-value-9f2c";
+    let cfg = sb
+        .write(
+            "dispatch.yaml",
+            &format!(
+                "mcp:\n  servers:\n    srv:\n      url: \"{}\"\n      headers:\n        X-Api-Token: \"Bearer ${{DISPATCH_TEST_MCP_SECRET}}\"\n",
+                bad.url()
+            ),
+        )
+        .display()
+        .to_string();
+    let batch = json!({"config": {"retries": 0}, "tasks": [echo("a")]});
+    let mut child = sb
+        .cmd(&["--config", &cfg])
+        .env("DISPATCH_TEST_MCP_SECRET", secret)
+        .env("RUST_LOG", "trace")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.to_string().as_bytes())
+        .unwrap();
+    let out = wait_with_deadline(child, std::time::Duration::from_secs(60));
+    let run = sb.to_run(out);
+    assert_eq!(run.result("a")["error"]["kind"], "unavailable");
+    assert!(bad.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let trace_text =
+        std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap())).unwrap();
+    for (what, text) in [
+        ("stdout", &run.stdout),
+        ("stderr", &run.stderr),
+        ("trace", &trace_text),
+    ] {
+        assert!(!text.contains(secret), "secret leaked into {what}");
+    }
+    assert!(!run.stderr.is_empty(), "trace logging produced output");
+}
