@@ -4,9 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{
-    Conversation, LlmConfig, Reply, Usage, api_key, http, malformed, send_error, status_error,
-};
+use super::{Conversation, LlmConfig, Reply, api_key, http, malformed, send_error, status_error};
 use crate::task_error::{ErrorKind, TaskError};
 
 const PROVIDER: &str = "anthropic";
@@ -65,23 +63,11 @@ fn parse(config: &LlmConfig, model: &str, body: &str) -> Result<Reply, TaskError
     if text.trim().is_empty() {
         return Err(malformed(PROVIDER, "the reply has no text"));
     }
-    let input = v
-        .pointer("/usage/input_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let output = v
-        .pointer("/usage/output_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let model = v["model"].as_str().unwrap_or(model).to_string();
-    Ok(Reply {
+    Ok(Reply::from_body(
+        config,
+        &v,
         text,
-        usage: Usage {
-            cost_usd: config.cost(&model, input, output),
-            model: Some(model),
-            model_calls: 1,
-            input_tokens: input,
-            output_tokens: output,
-        },
-    })
+        model,
+        ("/usage/input_tokens", "/usage/output_tokens"),
+    ))
 }

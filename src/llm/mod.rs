@@ -138,6 +138,36 @@ pub struct Reply {
     pub usage: Usage,
 }
 
+impl Reply {
+    /// A reply from an HTTP provider's JSON body: the token counts at the given JSON Pointers,
+    /// the model the provider says it used (else the one asked for), priced from the table.
+    pub fn from_body(
+        config: &LlmConfig,
+        body: &serde_json::Value,
+        text: String,
+        asked_model: &str,
+        (input_pointer, output_pointer): (&str, &str),
+    ) -> Reply {
+        let tokens = |p: &str| {
+            body.pointer(p)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let (input, output) = (tokens(input_pointer), tokens(output_pointer));
+        let model = body["model"].as_str().unwrap_or(asked_model).to_string();
+        Reply {
+            text,
+            usage: Usage {
+                cost_usd: config.cost(&model, input, output),
+                model: Some(model),
+                model_calls: 1,
+                input_tokens: input,
+                output_tokens: output,
+            },
+        }
+    }
+}
+
 /// Sends the conversation to the backend and returns its reply.
 pub async fn complete(
     backend: ModelBackend,

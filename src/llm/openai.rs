@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::{
-    Conversation, LlmConfig, Reply, Role, Usage, api_key, http, malformed, send_error, status_error,
+    Conversation, LlmConfig, Reply, Role, api_key, http, malformed, send_error, status_error,
 };
 use crate::task_error::TaskError;
 
@@ -56,23 +56,11 @@ fn parse(config: &LlmConfig, model: &str, body: &str) -> Result<Reply, TaskError
     if text.trim().is_empty() {
         return Err(malformed(PROVIDER, "the reply has no text"));
     }
-    let input = v
-        .pointer("/usage/prompt_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let output = v
-        .pointer("/usage/completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let model = v["model"].as_str().unwrap_or(model).to_string();
-    Ok(Reply {
+    Ok(Reply::from_body(
+        config,
+        &v,
         text,
-        usage: Usage {
-            cost_usd: config.cost(&model, input, output),
-            model: Some(model),
-            model_calls: 1,
-            input_tokens: input,
-            output_tokens: output,
-        },
-    })
+        model,
+        ("/usage/prompt_tokens", "/usage/completion_tokens"),
+    ))
 }
