@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::batch::BatchConfig;
+use crate::batch::limits::{self, Limits};
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -51,6 +53,31 @@ pub struct InputArgs {
     /// Read the batch from this file instead of stdin.
     #[arg(short = 'f', long = "input-file", value_name = "PATH")]
     pub input_file: Option<PathBuf>,
+    /// Largest input accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted (the JSON parser stops at 127 regardless).
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
+    pub max_depth: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// Longest string accepted anywhere in the batch (object keys included), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+}
+
+impl InputArgs {
+    /// The input limits these flags set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_depth: self.max_depth,
+            max_tasks: self.max_tasks,
+            max_string_bytes: self.max_string_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -72,6 +99,9 @@ pub struct RunArgs {
     /// Extra attempts after a transient failure (overrides config.retries).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: Option<u32>,
+    /// Bytes kept of each captured output stream (overrides config.max_output_bytes).
+    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_output_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
@@ -92,6 +122,7 @@ impl RunArgs {
                 .map(|p| p.to_string_lossy().into_owned()),
             retries: self.retries,
             fail_fast: self.fail_fast.then_some(true),
+            max_output_bytes: self.max_output_bytes,
             ..BatchConfig::default()
         }
     }

@@ -8,6 +8,7 @@ use clap::Parser;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use dispatch_runner::batch::Limits;
 use dispatch_runner::batch::schema::batch_schema;
 use dispatch_runner::cli::{Cli, Command, InputArgs, RunArgs};
 use dispatch_runner::events::RunStatus;
@@ -53,22 +54,29 @@ fn print_json(value: &impl serde::Serialize) {
 
 /// Reads and checks the batch; on failure prints the `invalid` document and returns exit 2.
 fn load(input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
-    let text = read_input(input).map_err(|issue| invalid(vec![issue]))?;
-    dispatch_runner::validate_text(&text).map_err(invalid)
+    let limits = input.limits();
+    let text = read_input(input, &limits).map_err(|issue| invalid(vec![issue]))?;
+    dispatch_runner::batch::validate_text_with(&text, &limits).map_err(invalid)
 }
 
-fn read_input(input: &InputArgs) -> Result<String, Issue> {
+fn read_input(input: &InputArgs, limits: &Limits) -> Result<String, Issue> {
+    // Read at most one byte past the limit: enough to know it was exceeded, never the whole of
+    // an endless stream.
+    let cap = limits.max_input_bytes as u64 + 1;
     match &input.input_file {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| {
-                Issue::new(
-                    "",
-                    format!("cannot read input file '{}': {e}", path.display()),
-                )
-            })
-            .and_then(|bytes| utf8(bytes, &path.display().to_string())),
+        Some(path) => {
+            let what = format!("input file '{}'", path.display());
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+                .map_err(|e| Issue::new("", format!("cannot read {what}: {e}")))?;
+            if bytes.len() > limits.max_input_bytes {
+                return Err(limits.input_too_large(&what));
+            }
+            utf8(bytes, &path.display().to_string())
+        }
         None => {
-            let mut stdin = std::io::stdin();
+            let stdin = std::io::stdin();
             if stdin.is_terminal() {
                 return Err(Issue::new(
                     "",
@@ -77,8 +85,12 @@ fn read_input(input: &InputArgs) -> Result<String, Issue> {
             }
             let mut bytes = Vec::new();
             stdin
+                .take(cap)
                 .read_to_end(&mut bytes)
                 .map_err(|e| Issue::new("", format!("cannot read stdin: {e}")))?;
+            if bytes.len() > limits.max_input_bytes {
+                return Err(limits.input_too_large("stdin"));
+            }
             utf8(bytes, "stdin")
         }
     }

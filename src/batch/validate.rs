@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::agents;
 use crate::batch::Batch;
 use crate::batch::issue::Issue;
+use crate::batch::limits::Limits;
 use crate::batch::schema::{available_agents, batch_schema, batch_validator};
 use crate::batch::template::{self, Piece};
 use crate::graph::{GraphInput, Plan, natural_path_cmp};
@@ -23,10 +24,16 @@ pub struct ValidatedBatch {
 /// Longest message kept from the schema validator: it quotes the offending value, which can be huge.
 const MAX_MESSAGE: usize = 400;
 
-/// Parses and checks a batch given as JSON text.
+/// Parses and checks a batch given as JSON text, under the default [`Limits`].
 pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
+    validate_text_with(text, &Limits::default())
+}
+
+/// Parses and checks a batch given as JSON text, under the given limits.
+pub fn validate_text_with(text: &str, limits: &Limits) -> Result<ValidatedBatch, Vec<Issue>> {
+    limits.check_text(text).map_err(|e| vec![e])?;
     let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
-    validate_value(value)
+    validate_value_with(value, limits)
 }
 
 /// The error for text that is not JSON, naming line and column.
@@ -48,8 +55,18 @@ pub fn json_syntax_issue(e: &serde_json::Error) -> Issue {
     )
 }
 
-/// Checks a batch already parsed into JSON.
+/// Checks a batch already parsed into JSON, under the default [`Limits`].
 pub fn validate_value(value: Value) -> Result<ValidatedBatch, Vec<Issue>> {
+    validate_value_with(value, &Limits::default())
+}
+
+/// Checks a batch already parsed into JSON, under the given limits. Input over a limit is not
+/// checked further: the other checks are what the limits protect.
+pub fn validate_value_with(value: Value, limits: &Limits) -> Result<ValidatedBatch, Vec<Issue>> {
+    let over = limits.check_value(&value);
+    if !over.is_empty() {
+        return Err(over);
+    }
     let mut issues = schema_issues(&value);
     let tasks = value
         .get("tasks")

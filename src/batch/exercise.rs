@@ -1,0 +1,114 @@
+//! One pass of arbitrary bytes through everything that reads untrusted input: parsing, the
+//! limits, schema validation, the graph checks, the scheduler over the plan, and `{{tasks...}}`
+//! interpolation. The fuzz target (`fuzz/`) and the regression tests over its corpus
+//! (`tests/fuzz_corpus.rs`) both call [`exercise`], so a crash the fuzzer found stays fixed
+//! without the fuzzer installed.
+//!
+//! Besides "no panic", it asserts invariants an attacker-controlled batch must not break.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::batch::template::{self, Piece};
+use crate::batch::{Limits, validate_text_with};
+use crate::scheduler::Scheduler;
+
+/// Runs `data` through every input path; panics if an invariant breaks.
+pub fn exercise(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // Small limits, so the fuzzer also reaches the limit errors cheaply.
+    let limits = Limits {
+        max_input_bytes: 1 << 20,
+        max_depth: 16,
+        max_tasks: 500,
+        max_string_bytes: 4096,
+    };
+    match validate_text_with(&text, &limits) {
+        Ok(validated) => check_valid(&validated),
+        Err(issues) => {
+            assert!(!issues.is_empty(), "rejected without a reason");
+            for issue in &issues {
+                assert!(
+                    issue.path.is_empty() || issue.path.starts_with('/'),
+                    "not a JSON Pointer: {issue:?}"
+                );
+                assert!(!issue.message.is_empty(), "empty message at {}", issue.path);
+            }
+        }
+    }
+    // The raw text as a template, with every word-like id known and with none.
+    let parse_all = |s: &str| {
+        let _ = template::parse(s, &|_| true);
+        let _ = template::parse(s, &|_| false);
+        let _ = template::parse(s, &|id| id.len() % 2 == 0);
+    };
+    parse_all(&text);
+    let mut v = Value::String(text.to_string());
+    let _ = template::substitute(&mut v, &|_| true, &|r| Ok(r.fields.join(".")));
+}
+
+/// A valid batch: its plan runs to completion in dependency order, and every reference
+/// substitutes against plausible outputs.
+fn check_valid(validated: &crate::batch::ValidatedBatch) {
+    let tasks = &validated.batch.tasks;
+    let plan = &validated.plan;
+    assert_eq!(plan.len(), tasks.len());
+    let summary = plan.summary();
+    assert_eq!(summary.task_count, tasks.len());
+    assert_eq!(
+        summary.levels.iter().map(Vec::len).sum::<usize>(),
+        tasks.len()
+    );
+
+    let mut scheduler = Scheduler::new(plan.clone());
+    let mut done = vec![false; tasks.len()];
+    let mut order = 0;
+    while let Some(i) = scheduler.pop_ready() {
+        for &d in plan.deps(i) {
+            assert!(done[d], "task {i} started before its dependency {d}");
+        }
+        done[i] = true;
+        order += 1;
+        scheduler.succeeded(i);
+    }
+    assert_eq!(order, tasks.len(), "a valid plan left tasks unstarted");
+
+    let ids: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.task_id.as_str(), i))
+        .collect();
+    for task in tasks {
+        let mut input = task.agent.input_value();
+        let deps: Vec<&str> = task.dependencies.iter().map(String::as_str).collect();
+        let is_dep = |id: &str| deps.contains(&id);
+        let result = template::substitute(&mut input, &is_dep, &|r| {
+            assert!(ids.contains_key(r.task_id.as_str()), "unknown task passed");
+            // An output that itself looks like a reference must be inserted as text only.
+            let output = json!({"exit_code": 0, "stdout": "{{tasks.x.output.stdout}}",
+                                "stderr": "", "truncated": false});
+            Ok(template::lookup(&output, &r.fields)
+                .map(template::render)
+                .unwrap_or_default())
+        });
+        assert!(
+            result.is_ok(),
+            "validated references failed to parse: {result:?}"
+        );
+        let _ = task.agent.with_input(input);
+    }
+
+    for task in tasks {
+        let mut p = String::new();
+        template::visit_strings(&task.agent.input_value(), &mut p, &mut |_, s| {
+            if let Ok(pieces) = template::parse(s, &|id| ids.contains_key(id)) {
+                for piece in pieces {
+                    if let Piece::Ref(r) = piece {
+                        assert!(!r.task_id.is_empty());
+                    }
+                }
+            }
+        });
+    }
+}
