@@ -64,6 +64,12 @@ impl Limits {
     /// Checks a parsed document: nesting, task count and string lengths. Reports at most one
     /// problem per limit (the first found), since one oversized input tends to repeat itself.
     pub fn check_value(&self, value: &Value) -> Vec<Issue> {
+        self.check_value_at(value, 1)
+    }
+
+    /// As [`check_value`](Self::check_value) for a value found at nesting `depth` of its
+    /// document (paths in the issues are then relative to that value).
+    pub fn check_value_at(&self, value: &Value, depth: usize) -> Vec<Issue> {
         let mut issues = Vec::new();
         if let Some(tasks) = value.get("tasks").and_then(Value::as_array)
             && tasks.len() > self.max_tasks
@@ -77,38 +83,85 @@ impl Limits {
                 ),
             ));
         }
-        let mut too_deep = None;
-        let mut too_long = None;
-        // Iterative walk: the point of this check is to not trust the input's depth.
-        let mut stack: Vec<(&Value, String, usize)> = vec![(value, String::new(), 1)];
-        while let Some((v, path, depth)) = stack.pop() {
+        let mut too_deep: Option<String> = None;
+        let mut too_long: Option<(String, usize)> = None;
+        // Iterative depth-first walk (the point is to not trust the input's depth). The path is
+        // kept as segments and only turned into a pointer when a limit is hit, since this runs
+        // over every value of every valid batch.
+        enum Frame<'a> {
+            Array(std::iter::Enumerate<std::slice::Iter<'a, Value>>),
+            Object(serde_json::map::Iter<'a>),
+        }
+        enum Seg<'a> {
+            Index(usize),
+            Key(&'a str),
+        }
+        fn pointer(segs: &[Seg]) -> String {
+            let mut p = String::new();
+            for s in segs {
+                p.push('/');
+                match s {
+                    Seg::Index(i) => p.push_str(&i.to_string()),
+                    Seg::Key(k) => p.push_str(&pointer_token(k)),
+                }
+            }
+            p
+        }
+        fn open(v: &Value) -> Option<Frame<'_>> {
             match v {
-                Value::String(s) if s.len() > self.max_string_bytes => {
-                    too_long.get_or_insert((path, s.len()));
+                Value::Array(a) => Some(Frame::Array(a.iter().enumerate())),
+                Value::Object(m) => Some(Frame::Object(m.iter())),
+                _ => None,
+            }
+        }
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut segs: Vec<Seg> = Vec::new();
+        if let Some(f) = open(value) {
+            if depth > self.max_depth {
+                too_deep = Some(String::new());
+            } else {
+                frames.push(f);
+            }
+        }
+        while let Some(top) = frames.last_mut() {
+            let next = match top {
+                Frame::Array(it) => it.next().map(|(i, v)| (Seg::Index(i), v)),
+                Frame::Object(it) => it.next().map(|(k, v)| (Seg::Key(k.as_str()), v)),
+            };
+            let Some((seg, child)) = next else {
+                frames.pop();
+                segs.pop();
+                continue;
+            };
+            if let Seg::Key(k) = seg
+                && k.len() > self.max_string_bytes
+                && too_long.is_none()
+            {
+                segs.push(Seg::Key(k));
+                too_long = Some((pointer(&segs), k.len()));
+                segs.pop();
+            }
+            segs.push(seg);
+            match child {
+                Value::String(s) => {
+                    if s.len() > self.max_string_bytes && too_long.is_none() {
+                        too_long = Some((pointer(&segs), s.len()));
+                    }
+                    segs.pop();
                 }
-                Value::Array(items) => {
-                    if depth > self.max_depth {
-                        too_deep.get_or_insert(path);
-                        continue;
-                    }
-                    for (i, item) in items.iter().enumerate().rev() {
-                        stack.push((item, format!("{path}/{i}"), depth + 1));
-                    }
-                }
-                Value::Object(map) => {
-                    if depth > self.max_depth {
-                        too_deep.get_or_insert(path);
-                        continue;
-                    }
-                    for (k, item) in map.iter().rev() {
-                        let child = format!("{path}/{}", pointer_token(k));
-                        if k.len() > self.max_string_bytes {
-                            too_long.get_or_insert((child.clone(), k.len()));
-                        }
-                        stack.push((item, child, depth + 1));
+                Value::Array(_) | Value::Object(_) => {
+                    // The value is at `depth`, so a container under `frames.len()` open ones is
+                    // at depth frames.len() + depth.
+                    if frames.len() + depth > self.max_depth {
+                        too_deep.get_or_insert_with(|| pointer(&segs));
+                        segs.pop();
+                    } else {
+                        frames.push(open(child).expect("a container"));
                     }
                 }
-                _ => {}
+                _ => {
+                    segs.pop();
+                }
             }
             if too_deep.is_some() && too_long.is_some() {
                 break;

@@ -1,6 +1,7 @@
 //! The batch: its model, its JSON Schema, output references between tasks, and validation.
 
 pub mod exercise;
+mod fast;
 pub mod issue;
 pub mod limits;
 pub mod model;

@@ -32,6 +32,11 @@ pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
 /// Parses and checks a batch given as JSON text, under the given limits.
 pub fn validate_text_with(text: &str, limits: &Limits) -> Result<ValidatedBatch, Vec<Issue>> {
     limits.check_text(text).map_err(|e| vec![e])?;
+    // Valid batches take the streaming path (one task's JSON tree at a time); anything it does
+    // not accept is checked again below in full, which finds and words every problem.
+    if let Some(validated) = crate::batch::fast::validate(text, limits) {
+        return Ok(validated);
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
     validate_value_with(value, limits)
 }
@@ -81,7 +86,15 @@ pub fn validate_value_with(value: Value, limits: &Limits) -> Result<ValidatedBat
             None
         }
     };
-    issues.extend(reference_issues(tasks, &graph_inputs));
+    let agents: Vec<Option<&str>> = tasks
+        .iter()
+        .map(|t| t.get("agent").and_then(Value::as_str))
+        .collect();
+    issues.extend(reference_issues(
+        &reference_sites(tasks),
+        &agents,
+        &graph_inputs,
+    ));
 
     if issues.is_empty() {
         match serde_json::from_value::<Batch>(value) {
@@ -169,26 +182,66 @@ fn short(s: &str) -> String {
 
 /// Task ids and dependencies as far as they are well-formed, so graph problems are reported even
 /// when the schema found others.
-fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
-    tasks
-        .iter()
-        .map(|t| GraphInput {
-            id: t.get("task_id").and_then(Value::as_str).map(str::to_string),
-            deps: t
-                .get("dependencies")
-                .and_then(Value::as_array)
-                .map(|ds| {
-                    ds.iter()
-                        .enumerate()
-                        .filter_map(|(j, d)| d.as_str().map(|s| (j, s.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect()
+pub(crate) fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
+    tasks.iter().map(graph_input).collect()
 }
 
-fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
+/// One task's id and dependencies, as far as they are well-formed.
+pub(crate) fn graph_input(t: &Value) -> GraphInput {
+    GraphInput {
+        id: t.get("task_id").and_then(Value::as_str).map(str::to_string),
+        deps: t
+            .get("dependencies")
+            .and_then(Value::as_array)
+            .map(|ds| {
+                ds.iter()
+                    .enumerate()
+                    .filter_map(|(j, d)| d.as_str().map(|s| (j, s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A string inside a task's `input_data` that may hold `{{tasks...}}` references.
+#[derive(Debug, Clone)]
+pub(crate) struct RefSite {
+    pub task: usize,
+    pub path: String,
+    pub text: String,
+}
+
+/// Appends the strings of `input_data` (of task `task`) that contain `{{`.
+pub(crate) fn collect_sites(task: usize, input: &Value, sites: &mut Vec<RefSite>) {
+    let mut pointer = format!("/tasks/{task}/input_data");
+    template::visit_strings(input, &mut pointer, &mut |path, s| {
+        if s.contains("{{") {
+            sites.push(RefSite {
+                task,
+                path: path.to_string(),
+                text: s.to_string(),
+            });
+        }
+    });
+}
+
+fn reference_sites(tasks: &[Value]) -> Vec<RefSite> {
+    let mut sites = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        if let Some(input) = task.get("input_data") {
+            collect_sites(i, input, &mut sites);
+        }
+    }
+    sites
+}
+
+/// Checks every reference: it names a known task, listed in the dependencies, and a field that
+/// task's agent produces. `agents[i]` is task `i`'s agent name, if it has one.
+pub(crate) fn reference_issues(
+    sites: &[RefSite],
+    agents: &[Option<&str>],
+    inputs: &[GraphInput],
+) -> Vec<Issue> {
     let index: HashMap<&str, usize> = inputs
         .iter()
         .enumerate()
@@ -196,18 +249,15 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
         .collect();
     let is_task = |id: &str| index.contains_key(id);
     let mut issues = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        let Some(input) = task.get("input_data") else {
-            continue;
-        };
+    for site in sites {
+        let (i, path, s) = (site.task, site.path.as_str(), site.text.as_str());
         let name = inputs[i].id.as_deref().unwrap_or("?");
-        let mut pointer = format!("/tasks/{i}/input_data");
-        template::visit_strings(input, &mut pointer, &mut |path, s| {
+        {
             let pieces = match template::parse(s, &is_task) {
                 Ok(p) => p,
                 Err(e) => {
                     issues.push(Issue::new(path, e));
-                    return;
+                    continue;
                 }
             };
             for piece in pieces {
@@ -228,7 +278,7 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
                         ),
                     ));
                 }
-                let upstream_agent = tasks[up].get("agent").and_then(Value::as_str);
+                let upstream_agent = agents[up];
                 if let (Some(agent), Some(field)) = (upstream_agent, r.fields.first())
                     && let Some(fields) = agents::output_fields(agent)
                     && !fields.contains(field)
@@ -243,7 +293,7 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
                     ));
                 }
             }
-        });
+        }
     }
     issues
 }
