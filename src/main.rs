@@ -1,7 +1,7 @@
 //! The `dispatch_runner` binary: parse flags, read the batch, make one library call, print the
 //! JSON document, and map the outcome to an exit code.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -49,7 +49,13 @@ fn init_logging() {
 fn print_json(value: &impl serde::Serialize) {
     let value = dispatch_runner::redact::redacted(value);
     let text = serde_json::to_string_pretty(&value).expect("serializable");
-    println!("{text}");
+    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("dispatch_runner: cannot write to stdout: {e}");
+    }
 }
 
 /// Reads and checks the batch; on failure prints the `invalid` document and returns exit 2.

@@ -354,3 +354,53 @@ fn ten_thousand_tasks_on_256_workers_are_all_accounted_for() {
     }
     assert!(peak <= 256, "{peak} attempts at once");
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd(&["validate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close our end of stdout before the runner writes anything.
+    drop(child.stdout.take());
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(small_batch().to_string().as_bytes())
+            .unwrap();
+    }
+    let out = wait_with_deadline(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_hundred_thousand_tasks_pass_the_default_limits() {
+    let sb = Sandbox::new();
+    let tasks: Vec<Value> = (0..100_000)
+        .map(|i| {
+            let deps = if i > 0 {
+                vec![format!("t{}", i / 2)]
+            } else {
+                vec![]
+            };
+            json!({"task_id": format!("t{i}"), "agent": "command",
+                   "input_data": {"argv": ["true"]}, "dependencies": deps})
+        })
+        .collect();
+    let file = sb.write("big.json", &json!({"tasks": tasks}).to_string());
+    let out = sb
+        .cmd(&["validate", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let run = to_run(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json["task_count"], 100_000);
+    assert_eq!(run.json["dependency_count"], 99_999);
+}

@@ -8,36 +8,18 @@
 //! problem. So the error messages have exactly one source.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::batch::limits::Limits;
-use crate::batch::schema::{batch_schema, batch_validator};
+use crate::batch::schema::batch_validator;
 use crate::batch::validate::{RefSite, collect_sites, graph_input, reference_issues};
 use crate::batch::{Batch, BatchConfig, Task, ValidatedBatch};
 use crate::graph::Plan;
 
 /// Nesting depth of a task object in a batch: the document, `tasks`, the task.
 const TASK_DEPTH: usize = 3;
-
-/// Validator for one task: the batch schema with `Task` as its root.
-fn task_validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        let mut schema = batch_schema().clone();
-        let root = schema.as_object_mut().expect("schema is an object");
-        let defs = root.get("$defs").cloned().expect("schema has $defs");
-        let mut task_root = serde_json::Map::new();
-        if let Some(meta) = root.get("$schema") {
-            task_root.insert("$schema".into(), meta.clone());
-        }
-        task_root.insert("$ref".into(), Value::String("#/$defs/Task".into()));
-        task_root.insert("$defs".into(), defs);
-        jsonschema::validator_for(&Value::Object(task_root)).expect("task schema compiles")
-    })
-}
 
 /// The checked batch, or `None` when anything at all is off (the caller then checks in full).
 pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
@@ -67,14 +49,31 @@ pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
         None => BatchConfig::default(),
     };
 
-    let validator = task_validator();
+    // One compiled validator serves both: each task is checked as the only task of a batch.
+    // (Compiling the schema is most of the start-up time, so it is compiled once.)
+    let validator = batch_validator();
+    let mut wrapper = serde_json::Map::new();
     let mut tasks: Vec<Task> = Vec::with_capacity(raw_tasks.len());
     let mut inputs = Vec::with_capacity(raw_tasks.len());
     let mut agents: Vec<Option<&'static str>> = Vec::with_capacity(raw_tasks.len());
     let mut sites: Vec<RefSite> = Vec::new();
     for (i, raw) in raw_tasks.iter().enumerate() {
         let value: Value = serde_json::from_str(raw.get()).ok()?;
-        if !limits.check_value_at(&value, TASK_DEPTH).is_empty() || !validator.is_valid(&value) {
+        if !limits.check_value_at(&value, TASK_DEPTH).is_empty() {
+            return None;
+        }
+        wrapper.insert("tasks".into(), Value::Array(vec![value]));
+        let wrapped = Value::Object(std::mem::take(&mut wrapper));
+        let valid = validator.is_valid(&wrapped);
+        let Value::Object(mut map) = wrapped else {
+            unreachable!("built as an object")
+        };
+        let value = match map.swap_remove("tasks") {
+            Some(Value::Array(mut one)) => one.pop().expect("one task"),
+            _ => unreachable!("inserted above"),
+        };
+        wrapper = map;
+        if !valid {
             return None;
         }
         inputs.push(graph_input(&value));
