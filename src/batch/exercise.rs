@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use crate::batch::template::{self, Piece};
-use crate::batch::{Limits, validate_text_with};
+use crate::batch::{Limits, validate_text_with, validate_value_with};
 use crate::scheduler::Scheduler;
 
 /// Runs `data` through every input path; panics if an invariant breaks.
@@ -24,6 +24,23 @@ pub fn exercise(data: &[u8]) {
         max_tasks: 500,
         max_string_bytes: 4096,
     };
+    // Differential check: whatever the streaming path accepts, the full check accepts too, with
+    // the same batch and plan.
+    if let Some(fast) = crate::batch::fast::validate(&text, &limits) {
+        let value = serde_json::from_str(&text).expect("the streaming path accepted bad JSON");
+        let full = validate_value_with(value, &limits).unwrap_or_else(|issues| {
+            panic!("the streaming path accepted a batch the full check rejects: {issues:?}")
+        });
+        assert_eq!(
+            serde_json::to_value(&fast.batch).expect("serializes"),
+            serde_json::to_value(&full.batch).expect("serializes"),
+            "the two paths read the batch differently"
+        );
+        assert_eq!(
+            serde_json::to_value(fast.plan.summary()).expect("serializes"),
+            serde_json::to_value(full.plan.summary()).expect("serializes"),
+        );
+    }
     match validate_text_with(&text, &limits) {
         Ok(validated) => check_valid(&validated),
         Err(issues) => {
