@@ -308,7 +308,7 @@ fn ten_thousand_tasks_on_256_workers_are_all_accounted_for() {
     let mut child = std::process::Command::new("sh")
         .args([
             "-c",
-            "ulimit -n 1024 && exec \"$0\" run -q",
+            "ulimit -Sn 1024 2>/dev/null; exec \"$0\" run -q",
             bin().to_str().unwrap(),
         ])
         .current_dir(sb.path())
