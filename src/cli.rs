@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::batch::BatchConfig;
+use crate::batch::limits::{self, Limits};
 use crate::reporter::outputs::OutputPlan;
 
 pub const EXIT_CODES: &str = "\
@@ -153,6 +155,31 @@ pub struct InputArgs {
     /// tool does not exist or whose arguments do not match the tool's input schema.
     #[arg(long)]
     pub check_tools: bool,
+    /// Largest input accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted (the JSON parser stops at 127 regardless).
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
+    pub max_depth: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// Longest string accepted anywhere in the batch (object keys included), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+}
+
+impl InputArgs {
+    /// The input limits these flags set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_depth: self.max_depth,
+            max_tasks: self.max_tasks,
+            max_string_bytes: self.max_string_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -174,6 +201,9 @@ pub struct RunArgs {
     /// Extra attempts after a transient failure (overrides config.retries).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: Option<u32>,
+    /// Bytes kept of each captured output stream (overrides config.max_output_bytes).
+    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_output_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
@@ -239,6 +269,7 @@ impl RunArgs {
                 .map(|p| p.to_string_lossy().into_owned()),
             retries: self.retries,
             fail_fast: self.fail_fast.then_some(true),
+            max_output_bytes: self.max_output_bytes,
             ..BatchConfig::default()
         }
     }

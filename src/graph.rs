@@ -68,19 +68,21 @@ impl Plan {
         for (i, t) in tasks.iter().enumerate() {
             let name = t.id.as_deref().unwrap_or("?");
             for (j, dep) in &t.deps {
-                let path = format!("/tasks/{i}/dependencies/{j}");
+                // Only built for an issue: this loop runs over every edge of every batch.
+                let path = || format!("/tasks/{i}/dependencies/{j}");
                 match index.get(dep.as_str()) {
                     None => issues.push(Issue::new(
-                        path,
+                        path(),
                         format!("task '{name}' depends on unknown task '{dep}'"),
                     )),
-                    Some(&d) if d == i => {
-                        issues.push(Issue::new(path, format!("task '{name}' depends on itself")))
-                    }
+                    Some(&d) if d == i => issues.push(Issue::new(
+                        path(),
+                        format!("task '{name}' depends on itself"),
+                    )),
                     Some(&d) => {
                         if deps[i].contains(&d) {
                             issues.push(Issue::new(
-                                path,
+                                path(),
                                 format!("task '{name}' lists dependency '{dep}' more than once"),
                             ));
                         } else {

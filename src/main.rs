@@ -1,7 +1,7 @@
 //! The `dispatch_runner` binary: parse flags, read the batch, make one library call, print the
 //! JSON document, and map the outcome to an exit code.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
+use dispatch_runner::batch::Limits;
 use dispatch_runner::batch::schema::batch_schema;
 use dispatch_runner::batch::{BatchConfig, ValidationContext};
 use dispatch_runner::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, RunArgs, ServeArgs};
@@ -187,14 +188,22 @@ fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, 
 fn print_json(value: &impl serde::Serialize) {
     let value = dispatch_runner::redact::redacted(value);
     let text = serde_json::to_string_pretty(&value).expect("serializable");
-    println!("{text}");
+    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("dispatch_runner: cannot write to stdout: {e}");
+    }
 }
 
 /// Reads and checks the batch (against the configured MCP servers too); on failure prints the
 /// `invalid` document and returns exit 2.
 fn load(config: &Config, input: &InputArgs) -> Result<ValidatedBatch, ExitCode> {
-    let text = read_input(input).map_err(|issue| invalid(vec![issue]))?;
+    let limits = input.limits();
+    let text = read_input(input, &limits).map_err(|issue| invalid(vec![issue]))?;
     let ctx = ValidationContext {
+        limits,
         mcp_servers: Some(config.mcp_servers().servers.keys().cloned().collect()),
     };
     dispatch_runner::batch::validate_text_with(&text, &ctx).map_err(invalid)
@@ -240,18 +249,24 @@ fn doctor(config: &Config, args: &DoctorArgs) -> ExitCode {
     })
 }
 
-fn read_input(input: &InputArgs) -> Result<String, Issue> {
+fn read_input(input: &InputArgs, limits: &Limits) -> Result<String, Issue> {
+    // Read at most one byte past the limit: enough to know it was exceeded, never the whole of
+    // an endless stream.
+    let cap = limits.max_input_bytes as u64 + 1;
     match &input.input_file {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| {
-                Issue::new(
-                    "",
-                    format!("cannot read input file '{}': {e}", path.display()),
-                )
-            })
-            .and_then(|bytes| utf8(bytes, &path.display().to_string())),
+        Some(path) => {
+            let what = format!("input file '{}'", path.display());
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+                .map_err(|e| Issue::new("", format!("cannot read {what}: {e}")))?;
+            if bytes.len() > limits.max_input_bytes {
+                return Err(limits.input_too_large(&what));
+            }
+            utf8(bytes, &path.display().to_string())
+        }
         None => {
-            let mut stdin = std::io::stdin();
+            let stdin = std::io::stdin();
             if stdin.is_terminal() {
                 return Err(Issue::new(
                     "",
@@ -260,8 +275,12 @@ fn read_input(input: &InputArgs) -> Result<String, Issue> {
             }
             let mut bytes = Vec::new();
             stdin
+                .take(cap)
                 .read_to_end(&mut bytes)
                 .map_err(|e| Issue::new("", format!("cannot read stdin: {e}")))?;
+            if bytes.len() > limits.max_input_bytes {
+                return Err(limits.input_too_large("stdin"));
+            }
             utf8(bytes, "stdin")
         }
     }
@@ -314,7 +333,11 @@ fn validate(config: &Config, input: &InputArgs) -> ExitCode {
                     return code;
                 }
             }
-            let mut doc = serde_json::to_value(v.plan.summary()).expect("serializable");
+            let summary = v.plan.summary();
+            // The batch is not needed for the plan document; freeing it first lowers the peak
+            // memory of checking large batches.
+            drop(v);
+            let mut doc = serde_json::to_value(summary).expect("serializable");
             doc.as_object_mut()
                 .expect("object")
                 .insert("status".into(), json!("valid"));

@@ -219,6 +219,7 @@ mod tests {
     fn check_rejects_unknown_servers_and_both_targets() {
         let ctx = ValidationContext {
             mcp_servers: Some(["archon".to_string(), "files".to_string()].into()),
+            ..ValidationContext::default()
         };
         assert!(check(&json!({"tool": "x"}), &ctx).is_empty());
         assert!(check(&json!({"tool": "x", "server": "files"}), &ctx).is_empty());

@@ -171,6 +171,11 @@ pub fn output_fields(agent: &str) -> Option<Vec<String>> {
 
 /// Checks an agent's input against the run's context (e.g. configured server names) before
 /// anything runs. Returns problems as (JSON Pointer relative to `input_data`, message).
+/// Whether [`check_input`] checks anything for this agent (saves serializing inputs otherwise).
+pub fn has_input_checks(agent: &str) -> bool {
+    agent == "mcp"
+}
+
 pub fn check_input(
     agent: &str,
     input: &Value,

@@ -1,12 +1,16 @@
 //! The batch: its model, its JSON Schema, output references between tasks, and validation.
 
+pub mod exercise;
+mod fast;
 pub mod issue;
+pub mod limits;
 pub mod model;
 pub mod schema;
 pub mod template;
 pub mod validate;
 
 pub use issue::Issue;
+pub use limits::Limits;
 pub use model::*;
 pub use validate::{
     ValidatedBatch, ValidationContext, validate_text, validate_text_with, validate_value,

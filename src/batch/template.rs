@@ -126,7 +126,8 @@ pub fn visit_strings(v: &Value, pointer: &mut String, f: &mut dyn FnMut(&str, &s
             for (i, item) in a.iter().enumerate() {
                 let len = pointer.len();
                 pointer.push('/');
-                pointer.push_str(&i.to_string());
+                // Formatting into the buffer avoids an allocation per element.
+                let _ = std::fmt::Write::write_fmt(pointer, format_args!("{i}"));
                 visit_strings(item, pointer, f);
                 pointer.truncate(len);
             }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::agents;
 use crate::batch::Batch;
 use crate::batch::issue::Issue;
+use crate::batch::limits::Limits;
 use crate::batch::schema::{available_agents, batch_schema, batch_validator};
 use crate::batch::template::{self, Piece};
 use crate::graph::{GraphInput, Plan, natural_path_cmp};
@@ -23,24 +24,33 @@ pub struct ValidatedBatch {
 /// Longest message kept from the schema validator: it quotes the offending value, which can be huge.
 const MAX_MESSAGE: usize = 400;
 
-/// What validation may know about the environment the batch will run in. Empty by default:
-/// then only the batch itself is checked.
+/// What validation may know beyond the batch: the size limits, and the environment the batch
+/// will run in (empty by default: then only the batch itself is checked).
 #[derive(Debug, Clone, Default)]
 pub struct ValidationContext {
+    pub limits: Limits,
     /// Names of the configured MCP servers; `mcp` tasks naming another are rejected.
     pub mcp_servers: Option<BTreeSet<String>>,
 }
 
-/// Parses and checks a batch given as JSON text.
+/// Parses and checks a batch given as JSON text, under the default [`Limits`].
 pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
     validate_text_with(text, &ValidationContext::default())
 }
 
-/// Parses and checks a batch given as JSON text, also against what `ctx` knows.
+/// Parses and checks a batch given as JSON text, under `ctx`'s limits and against what it knows.
 pub fn validate_text_with(
     text: &str,
     ctx: &ValidationContext,
 ) -> Result<ValidatedBatch, Vec<Issue>> {
+    ctx.limits.check_text(text).map_err(|e| vec![e])?;
+    // Valid batches take the streaming path (one task's JSON tree at a time); anything it does
+    // not accept is checked again below in full, which finds and words every problem.
+    if let Some(validated) = crate::batch::fast::validate(text, &ctx.limits)
+        && typed_agent_issues_absent(&validated, ctx)
+    {
+        return Ok(validated);
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
     validate_value_with(value, ctx)
 }
@@ -64,16 +74,21 @@ pub fn json_syntax_issue(e: &serde_json::Error) -> Issue {
     )
 }
 
-/// Checks a batch already parsed into JSON.
+/// Checks a batch already parsed into JSON, under the default [`Limits`].
 pub fn validate_value(value: Value) -> Result<ValidatedBatch, Vec<Issue>> {
     validate_value_with(value, &ValidationContext::default())
 }
 
-/// Checks a batch already parsed into JSON, also against what `ctx` knows.
+/// Checks a batch already parsed into JSON, under `ctx`'s limits and against what it knows.
+/// Input over a limit is not checked further: the other checks are what the limits protect.
 pub fn validate_value_with(
     value: Value,
     ctx: &ValidationContext,
 ) -> Result<ValidatedBatch, Vec<Issue>> {
+    let over = ctx.limits.check_value(&value);
+    if !over.is_empty() {
+        return Err(over);
+    }
     let mut issues = schema_issues(&value);
     let tasks = value
         .get("tasks")
@@ -88,7 +103,15 @@ pub fn validate_value_with(
             None
         }
     };
-    issues.extend(reference_issues(tasks, &graph_inputs));
+    let agents: Vec<Option<&str>> = tasks
+        .iter()
+        .map(|t| t.get("agent").and_then(Value::as_str))
+        .collect();
+    issues.extend(reference_issues(
+        &reference_sites(tasks),
+        &agents,
+        &graph_inputs,
+    ));
     issues.extend(agent_issues(tasks, ctx));
 
     if issues.is_empty() {
@@ -170,26 +193,66 @@ fn short(s: &str) -> String {
 
 /// Task ids and dependencies as far as they are well-formed, so graph problems are reported even
 /// when the schema found others.
-fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
-    tasks
-        .iter()
-        .map(|t| GraphInput {
-            id: t.get("task_id").and_then(Value::as_str).map(str::to_string),
-            deps: t
-                .get("dependencies")
-                .and_then(Value::as_array)
-                .map(|ds| {
-                    ds.iter()
-                        .enumerate()
-                        .filter_map(|(j, d)| d.as_str().map(|s| (j, s.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect()
+pub(crate) fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
+    tasks.iter().map(graph_input).collect()
 }
 
-fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
+/// One task's id and dependencies, as far as they are well-formed.
+pub(crate) fn graph_input(t: &Value) -> GraphInput {
+    GraphInput {
+        id: t.get("task_id").and_then(Value::as_str).map(str::to_string),
+        deps: t
+            .get("dependencies")
+            .and_then(Value::as_array)
+            .map(|ds| {
+                ds.iter()
+                    .enumerate()
+                    .filter_map(|(j, d)| d.as_str().map(|s| (j, s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A string inside a task's `input_data` that may hold `{{tasks...}}` references.
+#[derive(Debug, Clone)]
+pub(crate) struct RefSite {
+    pub task: usize,
+    pub path: String,
+    pub text: String,
+}
+
+/// Appends the strings of `input_data` (of task `task`) that contain `{{`.
+pub(crate) fn collect_sites(task: usize, input: &Value, sites: &mut Vec<RefSite>) {
+    let mut pointer = format!("/tasks/{task}/input_data");
+    template::visit_strings(input, &mut pointer, &mut |path, s| {
+        if s.contains("{{") {
+            sites.push(RefSite {
+                task,
+                path: path.to_string(),
+                text: s.to_string(),
+            });
+        }
+    });
+}
+
+fn reference_sites(tasks: &[Value]) -> Vec<RefSite> {
+    let mut sites = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        if let Some(input) = task.get("input_data") {
+            collect_sites(i, input, &mut sites);
+        }
+    }
+    sites
+}
+
+/// Checks every reference: it names a known task, listed in the dependencies, and a field that
+/// task's agent produces. `agents[i]` is task `i`'s agent name, if it has one.
+pub(crate) fn reference_issues(
+    sites: &[RefSite],
+    agents: &[Option<&str>],
+    inputs: &[GraphInput],
+) -> Vec<Issue> {
     let index: HashMap<&str, usize> = inputs
         .iter()
         .enumerate()
@@ -197,18 +260,15 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
         .collect();
     let is_task = |id: &str| index.contains_key(id);
     let mut issues = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        let Some(input) = task.get("input_data") else {
-            continue;
-        };
+    for site in sites {
+        let (i, path, s) = (site.task, site.path.as_str(), site.text.as_str());
         let name = inputs[i].id.as_deref().unwrap_or("?");
-        let mut pointer = format!("/tasks/{i}/input_data");
-        template::visit_strings(input, &mut pointer, &mut |path, s| {
+        {
             let pieces = match template::parse(s, &is_task) {
                 Ok(p) => p,
                 Err(e) => {
                     issues.push(Issue::new(path, e));
-                    return;
+                    continue;
                 }
             };
             for piece in pieces {
@@ -229,7 +289,7 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
                         ),
                     ));
                 }
-                let upstream_agent = tasks[up].get("agent").and_then(Value::as_str);
+                let upstream_agent = agents[up];
                 if let (Some(agent), Some(field)) = (upstream_agent, r.fields.first())
                     && let Some(fields) = agents::output_fields(agent)
                     && !fields.contains(field)
@@ -244,12 +304,22 @@ fn reference_issues(tasks: &[Value], inputs: &[GraphInput]) -> Vec<Issue> {
                     ));
                 }
             }
-        });
+        }
     }
     issues
 }
 
 /// Agent-specific checks that need the run's context (see [`agents::check_input`]).
+/// Whether the agents' own checks (e.g. known MCP servers) pass on a batch the streaming path
+/// accepted; if not, the full check runs and reports them with everything else.
+fn typed_agent_issues_absent(validated: &ValidatedBatch, ctx: &ValidationContext) -> bool {
+    validated.batch.tasks.iter().all(|task| {
+        let agent = task.agent.name();
+        !agents::has_input_checks(agent)
+            || agents::check_input(agent, &task.agent.input_value(), ctx).is_empty()
+    })
+}
+
 fn agent_issues(tasks: &[Value], ctx: &ValidationContext) -> Vec<Issue> {
     let mut issues = Vec::new();
     for (i, task) in tasks.iter().enumerate() {

@@ -1,0 +1,229 @@
+//! One pass of arbitrary bytes through everything that reads untrusted input: parsing, the
+//! limits, schema validation, the graph checks, the scheduler over the plan, and `{{tasks...}}`
+//! interpolation. The fuzz target (`fuzz/`) and the regression tests over its corpus
+//! (`tests/fuzz_corpus.rs`) both call [`exercise`], so a crash the fuzzer found stays fixed
+//! without the fuzzer installed.
+//!
+//! Besides "no panic", it asserts invariants an attacker-controlled batch must not break.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::batch::template::{self, Piece};
+use crate::batch::{Limits, ValidationContext, validate_text_with, validate_value_with};
+use crate::scheduler::Scheduler;
+
+/// Runs `data` through every input path, as text and as the recipe for a batch (see
+/// [`structured`]); panics if an invariant breaks.
+pub fn exercise(data: &[u8]) {
+    check_text(&String::from_utf8_lossy(data));
+    check_text(&structured(data).to_string());
+}
+
+/// Builds a batch from bytes, so the fuzzer reaches valid batches, dependency graphs and
+/// references far more often than with raw text: task ids from a small set made to collide with
+/// reference syntax (`b.output`), dependencies (possibly unknown or cyclic), and strings pieced
+/// together from reference fragments.
+pub fn structured(data: &[u8]) -> Value {
+    const IDS: &[&str] = &[
+        "a", "b", "b.output", "a.output", "x.y", "t-1", "output", "c",
+    ];
+    const PIECES: &[&str] = &[
+        "{{",
+        "}}",
+        "tasks.",
+        "a",
+        "b",
+        "b.output",
+        "a.output",
+        ".output",
+        ".stdout",
+        ".exit_code",
+        ".0",
+        ".",
+        " ",
+        "x",
+        "{{tasks.a.output.stdout}}",
+        "{{ tasks.b.output.output.stderr }}",
+        "{{.Name}}",
+        "~/",
+        "\u{0}",
+        "é",
+    ];
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next().unwrap_or(0) as usize;
+    let n = next() % 9;
+    let tasks: Vec<Value> = (0..n)
+        .map(|_| {
+            let id = IDS[next() % IDS.len()];
+            let deps: Vec<&str> = (0..next() % 4).map(|_| IDS[next() % IDS.len()]).collect();
+            let mut argv: Vec<String> = (0..1 + next() % 3)
+                .map(|_| {
+                    (0..next() % 6)
+                        .map(|_| PIECES[next() % PIECES.len()])
+                        .collect()
+                })
+                .collect();
+            // A well-formed reference to one of its own dependencies, to reach substitution.
+            if !deps.is_empty() && next() % 2 == 0 {
+                const FIELDS: &[&str] = &["stdout", "exit_code", "truncated", "stderr.0", "nope"];
+                let dep = deps[next() % deps.len()];
+                let field = FIELDS[next() % FIELDS.len()];
+                argv.push(format!("<{{{{tasks.{dep}.output.{field}}}}}>"));
+            }
+            let mut task = json!({"task_id": id, "agent": "command",
+                                  "input_data": {"argv": argv}, "dependencies": deps});
+            match next() % 5 {
+                0 => task["input_data"]["stdin"] = json!(PIECES[next() % PIECES.len()]),
+                1 => task["timeout_seconds"] = json!(next() as f64 / 10.0),
+                2 => task["retries"] = json!(next()),
+                _ => {}
+            }
+            task
+        })
+        .collect();
+    json!({"tasks": tasks, "config": {"max_workers": next()}})
+}
+
+fn check_text(text: &str) {
+    // Small limits, so the fuzzer also reaches the limit errors cheaply.
+    let limits = Limits {
+        max_input_bytes: 1 << 20,
+        max_depth: 16,
+        max_tasks: 500,
+        max_string_bytes: 4096,
+    };
+    let ctx = ValidationContext {
+        limits,
+        ..ValidationContext::default()
+    };
+    // Differential check: whatever the streaming path accepts, the full check accepts too, with
+    // the same batch and plan.
+    if let Some(fast) = crate::batch::fast::validate(text, &limits) {
+        let value = serde_json::from_str(text).expect("the streaming path accepted bad JSON");
+        let full = validate_value_with(value, &ctx).unwrap_or_else(|issues| {
+            panic!("the streaming path accepted a batch the full check rejects: {issues:?}")
+        });
+        assert_eq!(
+            serde_json::to_value(&fast.batch).expect("serializes"),
+            serde_json::to_value(&full.batch).expect("serializes"),
+            "the two paths read the batch differently"
+        );
+        assert_eq!(
+            serde_json::to_value(fast.plan.summary()).expect("serializes"),
+            serde_json::to_value(full.plan.summary()).expect("serializes"),
+        );
+    }
+    match validate_text_with(text, &ctx) {
+        Ok(validated) => check_valid(&validated),
+        Err(issues) => {
+            assert!(!issues.is_empty(), "rejected without a reason");
+            for issue in &issues {
+                assert!(
+                    issue.path.is_empty() || issue.path.starts_with('/'),
+                    "not a JSON Pointer: {issue:?}"
+                );
+                assert!(!issue.message.is_empty(), "empty message at {}", issue.path);
+            }
+        }
+    }
+    // The raw text as a template, with every word-like id known and with none.
+    let parse_all = |s: &str| {
+        let _ = template::parse(s, &|_| true);
+        let _ = template::parse(s, &|_| false);
+        let _ = template::parse(s, &|id| id.len() % 2 == 0);
+    };
+    parse_all(text);
+    let mut v = Value::String(text.to_string());
+    let _ = template::substitute(&mut v, &|_| true, &|r| Ok(r.fields.join(".")));
+}
+
+/// A valid batch: its plan runs to completion in dependency order, and every reference
+/// substitutes against plausible outputs.
+fn check_valid(validated: &crate::batch::ValidatedBatch) {
+    let tasks = &validated.batch.tasks;
+    let plan = &validated.plan;
+    assert_eq!(plan.len(), tasks.len());
+    let summary = plan.summary();
+    assert_eq!(summary.task_count, tasks.len());
+    assert_eq!(
+        summary.levels.iter().map(Vec::len).sum::<usize>(),
+        tasks.len()
+    );
+
+    let mut scheduler = Scheduler::new(plan.clone());
+    let mut done = vec![false; tasks.len()];
+    let mut order = 0;
+    while let Some(i) = scheduler.pop_ready() {
+        for &d in plan.deps(i) {
+            assert!(done[d], "task {i} started before its dependency {d}");
+        }
+        done[i] = true;
+        order += 1;
+        scheduler.succeeded(i);
+    }
+    assert_eq!(order, tasks.len(), "a valid plan left tasks unstarted");
+
+    let ids: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.task_id.as_str(), i))
+        .collect();
+    for task in tasks {
+        let mut input = task.agent.input_value();
+        let deps: Vec<&str> = task.dependencies.iter().map(String::as_str).collect();
+        let is_dep = |id: &str| deps.contains(&id);
+        let result = template::substitute(&mut input, &is_dep, &|r| {
+            assert!(ids.contains_key(r.task_id.as_str()), "unknown task passed");
+            // An output that itself looks like a reference must be inserted as text only.
+            let output = json!({"exit_code": 0, "stdout": "{{tasks.x.output.stdout}}",
+                                "stderr": "", "truncated": false});
+            Ok(template::lookup(&output, &r.fields)
+                .map(template::render)
+                .unwrap_or_default())
+        });
+        assert!(
+            result.is_ok(),
+            "validated references failed to parse: {result:?}"
+        );
+        let _ = task.agent.with_input(input);
+    }
+
+    for task in tasks {
+        let mut p = String::new();
+        template::visit_strings(&task.agent.input_value(), &mut p, &mut |_, s| {
+            if let Ok(pieces) = template::parse(s, &|id| ids.contains_key(id)) {
+                for piece in pieces {
+                    if let Piece::Ref(r) = piece {
+                        assert!(!r.task_id.is_empty());
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipes_reach_valid_batches_with_references_and_invalid_ones() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let (mut valid, mut with_refs, mut invalid) = (0, 0, 0);
+        for _ in 0..2000 {
+            let data: Vec<u8> = (0..64).map(|_| rng.u8(..)).collect();
+            let text = structured(&data).to_string();
+            match crate::batch::validate_text(&text) {
+                Ok(_) if text.contains("{{tasks.") => with_refs += 1,
+                Ok(_) => valid += 1,
+                Err(_) => invalid += 1,
+            }
+            exercise(&data);
+        }
+        assert!(valid > 100, "{valid} valid");
+        assert!(with_refs > 0, "no valid batch used a reference");
+        assert!(invalid > 100, "{invalid} invalid");
+    }
+}
