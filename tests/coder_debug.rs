@@ -354,6 +354,43 @@ fn debug_finds_the_real_line_of_syntax_errors() {
     );
 }
 
+#[test]
+fn debug_parses_typescript_with_its_own_grammar() {
+    let sb = Sandbox::new();
+    // Valid TypeScript that a JavaScript parser would reject (type annotations, an interface).
+    sb.write(
+        "ok.ts",
+        "interface User { id: number }\nexport function name(u: User): string {\n  return `u${u.id}`;\n}\n",
+    );
+    sb.write(
+        "broken.ts",
+        "interface User { id: number }\nfunction f(u: User): number {\n  return u.id +;\n}\nvar x: number = 1;\nif (x == 1) {}\n",
+    );
+    sb.write(
+        "view.tsx",
+        "export const V = (p: { n: number }) => <div>{p.n}</div>;\n",
+    );
+    let batch =
+        json!({"tasks": [debug_task("d", &["ok.ts", "broken.ts", "view.tsx"], &[], "standard")]});
+    let run = run_offline(&sb, &batch);
+    let out = &run.result("d")["output"];
+    let syntax = finding_lines(out, "syntax_error");
+    assert_eq!(syntax, vec![("broken.ts".to_string(), 3)], "{out}");
+    // The JavaScript bug patterns apply to TypeScript as well.
+    assert!(
+        finding_lines(out, "var_declaration").contains(&("broken.ts".to_string(), 5)),
+        "{out}"
+    );
+    assert!(
+        finding_lines(out, "loose_equality").contains(&("broken.ts".to_string(), 6)),
+        "{out}"
+    );
+    assert!(
+        !out.to_string().contains("no grammar"),
+        "TypeScript files are parsed: {out}"
+    );
+}
+
 fn stderr_of(cmd: &mut Command) -> String {
     let out = cmd.output().expect("program runs");
     assert!(!out.status.success());

@@ -138,7 +138,7 @@ pub fn check(lang: Lang, tree: &Tree, source: &str) -> Vec<Hit> {
                     }
                 }
             }
-            (Lang::JavaScript, "binary_expression") => {
+            (js, "binary_expression") if js.is_javascript_family() => {
                 if let Some(op) = n.child_by_field_name("operator")
                     && matches!(text(op).as_str(), "==" | "!=")
                 {
@@ -156,14 +156,14 @@ pub fn check(lang: Lang, tree: &Tree, source: &str) -> Vec<Hit> {
                     }
                 }
             }
-            (Lang::JavaScript, "variable_declaration") => hit(
+            (js, "variable_declaration") if js.is_javascript_family() => hit(
                 n,
                 "var_declaration",
                 "info",
                 "'var' is function-scoped and hoisted".into(),
                 "use 'let' or 'const'",
             ),
-            (Lang::JavaScript, "catch_clause") => {
+            (js, "catch_clause") if js.is_javascript_family() => {
                 if let Some(body) = n.child_by_field_name("body") {
                     let mut c = body.walk();
                     if body.named_children(&mut c).all(|s| s.kind() == "comment") {

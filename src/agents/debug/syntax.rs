@@ -11,9 +11,17 @@ pub enum Lang {
     Python,
     Rust,
     JavaScript,
+    TypeScript,
+    /// TypeScript with JSX.
+    Tsx,
 }
 
 impl Lang {
+    /// TypeScript's grammar extends JavaScript's: the JavaScript bug patterns apply to it too.
+    pub fn is_javascript_family(self) -> bool {
+        matches!(self, Lang::JavaScript | Lang::TypeScript | Lang::Tsx)
+    }
+
     /// The language of a file, from its extension.
     pub fn of_path(path: &str) -> Option<Lang> {
         let ext = std::path::Path::new(path).extension()?.to_str()?;
@@ -21,6 +29,8 @@ impl Lang {
             "py" | "pyi" => Some(Lang::Python),
             "rs" => Some(Lang::Rust),
             "js" | "mjs" | "cjs" | "jsx" => Some(Lang::JavaScript),
+            "ts" | "mts" | "cts" => Some(Lang::TypeScript),
+            "tsx" => Some(Lang::Tsx),
             _ => None,
         }
     }
@@ -30,6 +40,8 @@ impl Lang {
             Lang::Python => "python",
             Lang::Rust => "rust",
             Lang::JavaScript => "javascript",
+            Lang::TypeScript => "typescript",
+            Lang::Tsx => "tsx",
         }
     }
 
@@ -38,6 +50,8 @@ impl Lang {
             Lang::Python => tree_sitter_python::LANGUAGE.into(),
             Lang::Rust => tree_sitter_rust::LANGUAGE.into(),
             Lang::JavaScript => tree_sitter_javascript::LANGUAGE.into(),
+            Lang::TypeScript => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
+            Lang::Tsx => tree_sitter_typescript::LANGUAGE_TSX.into(),
         }
     }
 }
