@@ -13,7 +13,9 @@
 //! schema instead of by hand. The fuzz target checks that whatever this path accepts, the full
 //! check accepts too, read the same way (`exercise::exercise`).
 
-use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -24,71 +26,25 @@ use crate::batch::validate::{RefSite, collect_sites, reference_issues};
 use crate::batch::{Batch, BatchConfig, Task, ValidatedBatch};
 use crate::graph::{GraphInput, Plan};
 
-/// The batch document, with the tasks and the configuration left as slices of the text.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBatch<'a> {
-    #[serde(borrow)]
-    tasks: Vec<&'a RawValue>,
-    #[serde(default, borrow)]
-    config: Present<'a>,
-}
-
-/// A field that may be absent; unlike `Option`, an explicit `null` is kept (as raw `null`), since
-/// the schema does not allow it where an absent field is fine.
-#[derive(Default)]
-struct Present<'a>(Option<&'a RawValue>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Present<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <&'a RawValue>::deserialize(d).map(|raw| Present(Some(raw)))
-    }
-}
-
-/// One task, flat: the agent's input stays a slice of the text until the agent is known.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTask<'a> {
-    task_id: String,
-    #[serde(borrow)]
-    agent: &'a str,
-    #[serde(borrow)]
-    input_data: &'a RawValue,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    dependencies: Vec<String>,
-    #[serde(default)]
-    timeout_seconds: Option<f64>,
-    #[serde(default)]
-    retries: Option<u32>,
-}
-
 /// The checked batch, or `None` when anything at all is off (the caller then checks in full).
 pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
-    // serde reads a struct from a JSON array too; the schema wants objects.
-    if !is_object(text) || !within_limits(text, limits) {
-        return None;
-    }
-    let raw: RawBatch = serde_json::from_str(text).ok()?;
-    if raw.tasks.len() > limits.max_tasks {
-        return None;
-    }
-    let config = match raw.config.0 {
-        Some(c) => config(c)?,
+    // One pass over the text: each task is typed and checked as soon as it is read.
+    let mut cx = Cx {
+        limits,
+        sites: Vec::new(),
+        scratch: Vec::new(),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let (tasks, config) = Doc(&mut cx).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    let config = match config {
+        Some(c) => self::config(c, limits)?,
         None => BatchConfig::default(),
     };
 
-    let mut tasks: Vec<Task> = Vec::with_capacity(raw.tasks.len());
-    let mut sites: Vec<RefSite> = Vec::new();
-    for (i, raw) in raw.tasks.iter().enumerate() {
-        tasks.push(task(i, raw, &mut sites)?);
-    }
-    drop(raw);
-
     let ids = tasks.iter().map(|t| t.task_id.clone()).collect();
     let plan = Plan::build_valid(ids, |i| &tasks[i].dependencies)?;
-    if !sites.is_empty() {
+    if !cx.sites.is_empty() {
         let inputs: Vec<GraphInput> = tasks
             .iter()
             .map(|t| GraphInput {
@@ -97,7 +53,7 @@ pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
             })
             .collect();
         let agents: Vec<Option<&str>> = tasks.iter().map(|t| Some(t.agent.name())).collect();
-        if !reference_issues(&sites, &agents, &inputs).is_empty() {
+        if !reference_issues(&cx.sites, &agents, &inputs).is_empty() {
             return None;
         }
     }
@@ -107,14 +63,211 @@ pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
     })
 }
 
-/// Task `i`, typed and checked; its strings holding `{{` are added to `sites`.
-fn task(i: usize, raw: &RawValue, sites: &mut Vec<RefSite>) -> Option<Task> {
-    if !is_object(raw.get()) {
-        return None;
+/// Any reason to leave the batch to the full check; which one does not matter.
+fn decline<E: de::Error>() -> E {
+    E::custom("left to the full check")
+}
+
+/// What reading the document carries along.
+struct Cx<'l> {
+    limits: &'l Limits,
+    /// Strings of the inputs that may hold `{{tasks...}}` references.
+    sites: Vec<RefSite>,
+    /// Reused for each task's dependency list, so the list is allocated once at its size.
+    scratch: Vec<String>,
+}
+
+impl Cx<'_> {
+    /// A string (or key) within the string limit.
+    fn short<E: de::Error>(&self, s: &str) -> Result<(), E> {
+        if s.len() > self.limits.max_string_bytes {
+            return Err(decline());
+        }
+        Ok(())
     }
-    let t: RawTask = serde_json::from_str(raw.get()).ok()?;
+
+    /// A container at nesting `depth` (the document being 1) within the depth limit.
+    fn shallow<E: de::Error>(&self, depth: usize) -> Result<(), E> {
+        if depth > self.limits.max_depth {
+            return Err(decline());
+        }
+        Ok(())
+    }
+}
+
+/// The batch document: `tasks` read task by task, `config` kept as text. `deserialize_map` and
+/// `deserialize_seq` take only objects and arrays (serde's derived structs also take an array
+/// for a struct, which the schema does not).
+struct Doc<'c, 'l>(&'c mut Cx<'l>);
+
+impl<'de> DeserializeSeed<'de> for Doc<'_, '_> {
+    type Value = (Vec<Task>, Option<&'de RawValue>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Doc<'_, '_> {
+    type Value = (Vec<Task>, Option<&'de RawValue>);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let cx = self.0;
+        cx.shallow(1)?;
+        let (mut tasks, mut config) = (None, None);
+        // Keys are borrowed, so one written with escapes declines (the full check reads it).
+        while let Some(key) = map.next_key::<&'de str>()? {
+            cx.short(key)?;
+            match key {
+                "tasks" if tasks.is_none() => tasks = Some(map.next_value_seed(Tasks(cx))?),
+                "config" if config.is_none() => config = Some(map.next_value()?),
+                _ => return Err(decline()),
+            }
+        }
+        Ok((tasks.ok_or_else(decline)?, config))
+    }
+}
+
+struct Tasks<'c, 'l>(&'c mut Cx<'l>);
+
+impl<'de> DeserializeSeed<'de> for Tasks<'_, '_> {
+    type Value = Vec<Task>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Tasks<'_, '_> {
+    type Value = Vec<Task>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of tasks")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let cx = self.0;
+        cx.shallow(2)?;
+        let mut tasks = Vec::new();
+        while let Some(raw) = seq.next_element_seed(RawTaskSeed(&mut *cx))? {
+            if tasks.len() == cx.limits.max_tasks {
+                return Err(decline());
+            }
+            tasks.push(task(tasks.len(), raw, cx).ok_or_else(decline)?);
+        }
+        tasks.shrink_to_fit();
+        Ok(tasks)
+    }
+}
+
+/// One task, flat: the agent's input stays a slice of the text until the agent is known.
+struct RawTask<'a> {
+    task_id: String,
+    agent: &'a str,
+    input_data: &'a RawValue,
+    description: String,
+    dependencies: Vec<String>,
+    timeout_seconds: Option<f64>,
+    retries: Option<u32>,
+}
+
+struct RawTaskSeed<'c, 'l>(&'c mut Cx<'l>);
+
+impl<'de> DeserializeSeed<'de> for RawTaskSeed<'_, '_> {
+    type Value = RawTask<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawTaskSeed<'_, '_> {
+    type Value = RawTask<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a task")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let cx = self.0;
+        cx.shallow(3)?;
+        let (mut task_id, mut agent, mut input_data) = (None, None, None);
+        let (mut description, mut dependencies, mut timeout_seconds, mut retries) =
+            (None, None, None, None);
+        fn once<'de, A: MapAccess<'de>, T: de::Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(decline());
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        while let Some(key) = map.next_key::<&'de str>()? {
+            cx.short(key)?;
+            match key {
+                "task_id" => once(&mut map, &mut task_id)?,
+                "agent" => once(&mut map, &mut agent)?,
+                "input_data" => once(&mut map, &mut input_data)?,
+                "description" => once(&mut map, &mut description)?,
+                "dependencies" if dependencies.is_none() => {
+                    cx.shallow(4)?;
+                    dependencies = Some(map.next_value_seed(Strings(&mut cx.scratch))?);
+                }
+                "timeout_seconds" => once(&mut map, &mut timeout_seconds)?,
+                "retries" => once(&mut map, &mut retries)?,
+                _ => return Err(decline()),
+            }
+        }
+        let task = RawTask {
+            task_id: task_id.ok_or_else(decline)?,
+            agent: agent.ok_or_else(decline)?,
+            input_data: input_data.ok_or_else(decline)?,
+            description: description.unwrap_or_default(),
+            dependencies: dependencies.unwrap_or_default(),
+            timeout_seconds: timeout_seconds.flatten(),
+            retries: retries.flatten(),
+        };
+        cx.short(&task.task_id)?;
+        cx.short(task.agent)?;
+        cx.short(&task.description)?;
+        for d in &task.dependencies {
+            cx.short(d)?;
+        }
+        // The input is read later, by its agent's type; its nesting and strings are judged
+        // from its text, one level below the task.
+        if !within_limits(task.input_data.get(), 3, cx.limits) {
+            return Err(decline());
+        }
+        Ok(task)
+    }
+}
+
+/// A list of strings, collected in a reused buffer and then allocated once at its length.
+struct Strings<'s>(&'s mut Vec<String>);
+
+impl<'de> DeserializeSeed<'de> for Strings<'_> {
+    type Value = Vec<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strings<'_> {
+    type Value = Vec<String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of strings")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.0.clear();
+        while let Some(s) = seq.next_element::<String>()? {
+            self.0.push(s);
+        }
+        Ok(self.0.drain(..).collect())
+    }
+}
+
+/// Task `i`, typed and checked; its strings holding `{{` are added to `sites`.
+fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
     let input = t.input_data.get();
-    if !is_object(input)
+    // serde reads a struct from a JSON array too; the schema wants an object.
+    if !input.starts_with('{')
         || !is_task_id(&t.task_id)
         || !t.dependencies.iter().all(|d| is_task_id(d))
         || t.timeout_seconds.is_some_and(|s| s < 0.001)
@@ -124,20 +277,21 @@ fn task(i: usize, raw: &RawValue, sites: &mut Vec<RefSite>) -> Option<Task> {
     }
     let agent = match t.agent {
         "command" => {
-            let input: CommandInput = serde_json::from_str(input).ok()?;
+            let mut input: CommandInput = serde_json::from_str(input).ok()?;
+            input.argv.shrink_to_fit();
             (!input.argv.is_empty()).then_some(AgentInput::Command(input))?
         }
         "mcp" => {
             let input: McpInput = serde_json::from_str(input).ok()?;
             (!input.tool.is_empty()).then_some(AgentInput::Mcp(input))?
         }
-        // Any other agent: the schema checks the task, as the full check would.
-        _ => return checked_by_schema(i, raw, sites),
+        // Any other agent: its input is checked against the schema, as the full check would.
+        _ => return checked_by_schema(i, t, &mut cx.sites),
     };
     // A `{{` in a string shows in the text as `{{` or, escaped, with a `\u`.
     if input.contains("{{") || input.contains("\\u") {
         let value: Value = serde_json::from_str(input).ok()?;
-        collect_sites(i, &value, sites);
+        collect_sites(i, &value, &mut cx.sites);
     }
     Some(Task {
         task_id: t.task_id,
@@ -149,24 +303,34 @@ fn task(i: usize, raw: &RawValue, sites: &mut Vec<RefSite>) -> Option<Task> {
     })
 }
 
-/// Task `i` checked against the compiled batch schema as the only task of a batch.
-fn checked_by_schema(i: usize, raw: &RawValue, sites: &mut Vec<RefSite>) -> Option<Task> {
-    let value: Value = serde_json::from_str(raw.get()).ok()?;
-    let mut wrapper = serde_json::Map::new();
-    wrapper.insert("tasks".into(), Value::Array(vec![value]));
-    let mut wrapped = Value::Object(wrapper);
-    if !batch_validator().is_valid(&wrapped) {
+/// Task `i` (its task-level rules already checked) with its input checked against the compiled
+/// batch schema, as the input of the only task of a batch.
+fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<Task> {
+    let input: Value = serde_json::from_str(t.input_data.get()).ok()?;
+    let mut one =
+        serde_json::json!({"tasks": [{"task_id": "a", "agent": t.agent, "input_data": input}]});
+    if !batch_validator().is_valid(&one) {
         return None;
     }
-    let value = wrapped["tasks"][0].take();
-    if let Some(input) = value.get("input_data") {
-        collect_sites(i, input, sites);
-    }
-    serde_json::from_value(value).ok()
+    let input = one["tasks"][0]["input_data"].take();
+    collect_sites(i, &input, sites);
+    let agent: AgentInput =
+        serde_json::from_value(serde_json::json!({"agent": t.agent, "input_data": input})).ok()?;
+    Some(Task {
+        task_id: t.task_id,
+        agent,
+        description: t.description,
+        dependencies: t.dependencies,
+        timeout_seconds: t.timeout_seconds,
+        retries: t.retries,
+    })
 }
 
 /// The batch's `config`, checked by hand against the schema's rules.
-fn config(raw: &RawValue) -> Option<BatchConfig> {
+fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
+    if !within_limits(raw.get(), 1, limits) {
+        return None;
+    }
     let value: Value = serde_json::from_str(raw.get()).ok()?;
     // serde reads a struct from a JSON array too; the schema wants objects.
     if !value.is_object() || value.get("circuit_breaker").is_some_and(|b| !b.is_object()) {
@@ -193,53 +357,38 @@ fn is_task_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn is_object(text: &str) -> bool {
-    text.trim_start().starts_with('{')
-}
-
-/// Whether the text stays within the nesting and string limits, judged from the text alone:
-/// nesting by counting brackets outside strings, strings by their escaped length (never shorter
-/// than the string itself). For text that is not JSON the answer does not matter: parsing fails.
-fn within_limits(text: &str, limits: &Limits) -> bool {
-    let b = text.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(at) = memchr::memchr3(b'"', b'{', b'[', &b[i..]) {
-        // Closing brackets between here and the next opening one or string.
-        depth = depth.saturating_sub(
-            b[i..i + at]
-                .iter()
-                .filter(|&&c| c == b'}' || c == b']')
-                .count(),
-        );
-        i += at;
-        if b[i] == b'"' {
-            let start = i + 1;
-            let mut j = start;
-            loop {
-                let Some(k) = memchr::memchr2(b'"', b'\\', &b[j..]) else {
-                    return true;
-                };
-                j += k;
-                if b[j] == b'\\' {
-                    j += 2;
-                    if j >= b.len() {
-                        return true;
+/// Whether a value's text stays within the nesting and string limits, judged from the text
+/// alone: nesting by counting brackets outside strings (`depth` is the nesting the value sits
+/// in), strings by their escaped length (never shorter than the string itself). The text is
+/// JSON already read by the parser.
+fn within_limits(text: &str, mut depth: usize, limits: &Limits) -> bool {
+    let mut bytes = text.bytes();
+    while let Some(c) = bytes.next() {
+        match c {
+            b'"' => {
+                let mut len = 0usize;
+                loop {
+                    match bytes.next() {
+                        Some(b'"') | None => break,
+                        Some(b'\\') => {
+                            bytes.next();
+                            len += 2;
+                        }
+                        Some(_) => len += 1,
                     }
-                } else {
-                    break;
+                }
+                if len > limits.max_string_bytes {
+                    return false;
                 }
             }
-            if j - start > limits.max_string_bytes {
-                return false;
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limits.max_depth {
+                    return false;
+                }
             }
-            i = j + 1;
-        } else {
-            depth += 1;
-            if depth > limits.max_depth {
-                return false;
-            }
-            i += 1;
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
     true
@@ -360,6 +509,51 @@ mod tests {
         assert!(validate(&one, &roomy).is_some());
     }
 
+    /// Under every small limit, this path accepts a batch only if the full check does, and it
+    /// accepts each batch once the limits are wide enough.
+    #[test]
+    fn agrees_with_the_full_check_at_every_limit() {
+        let batches = [
+            r#"{"tasks": []}"#,
+            r#"{"tasks": [], "config": {"circuit_breaker": {"failure_threshold": 2}}}"#,
+            r#"{"tasks": [{"task_id": "abcdefgh", "agent": "command", "input_data": {"argv": ["x"]}}]}"#,
+            r#"{"tasks": [{"task_id": "a", "agent": "command", "description": "a long description",
+                "input_data": {"argv": ["x"], "env": {"K": "v"}}},
+               {"task_id": "b", "agent": "command", "dependencies": ["a"], "input_data": {"argv": ["y"]}}]}"#,
+            r#"{"tasks": [{"task_id": "m", "agent": "mcp", "input_data": {"tool": "t", "arguments": {"a": [[["deep"]]]}}}]}"#,
+            r#"{"tasks": [{"task_id": "c", "agent": "coder", "input_data": {"contract_description": "x",
+                "node_type": "Compute", "output_path": "a/b.py", "context_files": ["c.py"]}}]}"#,
+        ];
+        for text in batches {
+            let mut accepted = false;
+            for max_depth in 0..9 {
+                for max_string_bytes in 0..24 {
+                    for max_tasks in 0..3 {
+                        let limits = Limits {
+                            max_depth,
+                            max_string_bytes,
+                            max_tasks,
+                            ..Limits::default()
+                        };
+                        if validate(text, &limits).is_some() {
+                            accepted = true;
+                            let ctx = crate::batch::ValidationContext {
+                                limits,
+                                ..Default::default()
+                            };
+                            let value = serde_json::from_str(text).unwrap();
+                            assert!(
+                                validate_value_with(value, &ctx).is_ok(),
+                                "{limits:?} {text}"
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(accepted, "{text}");
+        }
+    }
+
     #[test]
     fn limits_scan_counts_nesting_and_escaped_strings() {
         let limits = Limits {
@@ -367,11 +561,11 @@ mod tests {
             max_string_bytes: 4,
             ..Limits::default()
         };
-        assert!(within_limits(r#"{"a": [1, "]]]]"], "b": {}}"#, &limits));
-        assert!(!within_limits(r#"{"a": [[1]]}"#, &limits));
-        assert!(within_limits(r#"[{}, {}, [], {"k": "\"\\"}]"#, &limits));
-        assert!(!within_limits(r#"{"abcde": 1}"#, &limits));
-        assert!(!within_limits(r#"["\"\"\""]"#, &limits));
-        assert!(within_limits(r#"["\"\"" , "#, &limits));
+        assert!(within_limits(r#"{"a": [1, "]]]]"], "b": {}}"#, 0, &limits));
+        assert!(!within_limits(r#"{"a": [1, "]]]]"], "b": {}}"#, 1, &limits));
+        assert!(!within_limits(r#"{"a": [[1]]}"#, 0, &limits));
+        assert!(within_limits(r#"[{}, {}, [], {"k": "\"\\"}]"#, 0, &limits));
+        assert!(!within_limits(r#"{"abcde": 1}"#, 0, &limits));
+        assert!(!within_limits(r#"["\"\"\""]"#, 0, &limits));
     }
 }
