@@ -15,6 +15,7 @@ import platform
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -203,6 +204,8 @@ def fmt(v, unit):
         return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
     if unit == "ms":
         return f"{v * 1000:.1f} ms"
+    if unit == "calls/s":
+        return f"{v:.0f} calls/s"
     if unit == "MiB":
         return f"{v / 1024:.1f} MiB"
     return f"{v}"
@@ -294,17 +297,73 @@ def bench_startup(args, table, work):
     table.add(4, what + ", fastest run", fastest, "pydantic + networkx check alone", peer_min, "ms", "< 10 ms", fastest < 0.010)
 
 
-def bench_mcp(table):
-    table.add(
-        5,
-        "1,000 `mcp` echo calls, 16 workers: calls/s",
-        "not measured yet",
-        "same calls, one at a time, one session",
-        "not measured yet",
-        "",
-        "-",
-        None,
+EVERYTHING_JS = ROOT / ".deps/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+MCP_PYTHON = ROOT / ".deps/venv/bin/python"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_everything():
+    """server-everything over Streamable HTTP on a free port, as the tests start it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", str(EVERYTHING_JS), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server-everything exited early ({proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server-everything did not start listening within 60 s")
+
+
+def bench_mcp(args, table, work):
+    n = args.scale(1000, 20)
+    what = f"{n:,} `mcp` echo calls, 16 workers: calls/s"
+    target = "none set (higher is better)"
+    if not (EVERYTHING_JS.exists() and have("node")):
+        table.add(5, what, None, "server-everything missing (scripts/install-test-deps)", None, "calls/s", target, None)
+        return
+    proc, url = start_everything()
+    try:
+        def mcp_batch(name, count, workers):
+            tasks = [
+                {"task_id": f"echo{i}", "agent": "mcp",
+                 "input_data": {"url": url, "tool": "echo", "arguments": {"message": f"call {i}"}}}
+                for i in range(count)
+            ]
+            return write_json(work / name, batch(tasks, workers, work / "traces5"))
+
+        # Warms the server (node compiles its hot paths) before anything is timed.
+        wall([args.binary, "run", "-q", "-f", str(mcp_batch("mcp-warm.json", 100, 16))])
+        run16 = [args.binary, "run", "-q", "-f", str(mcp_batch("mcp16.json", n, 16))]
+        run1 = [args.binary, "run", "-q", "-f", str(mcp_batch("mcp1.json", n, 1))]
+        # Exit code 0 (checked) means every call succeeded.
+        ours = n / median_wall(run16, args.repeat)
+        one = n / median_wall(run1, min(args.repeat, 3))
+        table.add(5, what, ours, "same batch with `max_workers: 1` (one session, one call at a time)", one, "calls/s", target, None)
+        if MCP_PYTHON.exists():
+            client = [str(MCP_PYTHON), str(ROOT / "bench/mcp_client.py"), url, str(n)]
+            sdk = n / median_wall(client, min(args.repeat, 3))
+            table.add(5, what, ours, "MCP Python SDK client, one session, calls in sequence", sdk, "calls/s", target, None)
+        else:
+            table.add(5, what, ours, "MCP Python SDK client (missing: scripts/install-test-deps)", None, "calls/s", target, None)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def machine():
@@ -359,17 +418,15 @@ def main():
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         work = Path(tmp)
-        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup)]:
+        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup), ("5", bench_mcp)]:
             if key in only:
                 print(f"benchmark {key}...", file=sys.stderr, flush=True)
                 fn(args, table, work)
-        if "5" in only:
-            bench_mcp(table)
 
     section = (
         f"{BEGIN}\n\nMeasured {started} by `bench/run`"
         + (" (--quick sizes)" if args.quick else "")
-        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2.\n\n"
+        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2, medians of {args.repeat} (ours) and {min(args.repeat, 3)} (peers) for 5.\n\n"
         + machine()
         + "\n\n"
         + table.markdown()

@@ -110,11 +110,43 @@ impl Plan {
             .iter()
             .map(|t| t.id.clone().unwrap_or_default())
             .collect();
-        Ok(Plan::from_deps(ids, deps))
+        Ok(Plan::from_deps(ids, deps).expect("no cycle: every component is a single task"))
     }
 
-    /// Builds a plan from dependency lists already known to be acyclic and in range.
-    fn from_deps(ids: Vec<String>, deps: Vec<Vec<usize>>) -> Plan {
+    /// The plan of a graph without any problem, or `None` if it has one (a duplicate or unknown
+    /// id, a self-dependency, a repeated dependency, a cycle); [`Plan::build`] then names them.
+    /// Valid batches take this way: it builds no petgraph graph and formats nothing.
+    /// `deps_of(i)` is task `i`'s dependency list.
+    pub fn build_valid<'a>(
+        ids: Vec<String>,
+        deps_of: impl Fn(usize) -> &'a [String],
+    ) -> Option<Plan> {
+        let mut deps = Vec::with_capacity(ids.len());
+        {
+            let mut index: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                if index.insert(id, i).is_some() {
+                    return None;
+                }
+            }
+            for i in 0..ids.len() {
+                let names = deps_of(i);
+                let mut ds = Vec::with_capacity(names.len());
+                for name in names {
+                    let &d = index.get(name.as_str())?;
+                    if d == i || ds.contains(&d) {
+                        return None;
+                    }
+                    ds.push(d);
+                }
+                deps.push(ds);
+            }
+        }
+        Plan::from_deps(ids, deps)
+    }
+
+    /// Builds a plan from dependency lists in range; `None` if they hold a cycle.
+    fn from_deps(ids: Vec<String>, deps: Vec<Vec<usize>>) -> Option<Plan> {
         let n = ids.len();
         let mut dependents = vec![Vec::new(); n];
         for (i, ds) in deps.iter().enumerate() {
@@ -123,6 +155,9 @@ impl Plan {
             }
         }
         let order = topological_order(&deps, &dependents);
+        if order.len() < n {
+            return None;
+        }
         let mut level = vec![0usize; n];
         for &i in &order {
             level[i] = deps[i].iter().map(|&d| level[d] + 1).max().unwrap_or(0);
@@ -131,13 +166,13 @@ impl Plan {
         for &i in order.iter().rev() {
             chain[i] = 1 + dependents[i].iter().map(|&d| chain[d]).max().unwrap_or(0);
         }
-        Plan {
+        Some(Plan {
             ids,
             deps,
             dependents,
             level,
             chain,
-        }
+        })
     }
 
     pub fn len(&self) -> usize {

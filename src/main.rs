@@ -186,7 +186,12 @@ fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, 
 
 /// Prints the one JSON document of this invocation, with secrets redacted.
 fn print_json(value: &impl serde::Serialize) {
-    let value = dispatch_runner::redact::redacted(value);
+    print_json_value(serde_json::to_value(value).expect("serializable"));
+}
+
+/// As [`print_json`], for a document already built as JSON: redacted in place, not copied.
+fn print_json_value(mut value: serde_json::Value) {
+    dispatch_runner::redact::redact_json(&mut value);
     let text = serde_json::to_string_pretty(&value).expect("serializable");
     // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
     let mut out = std::io::stdout().lock();
@@ -341,7 +346,7 @@ fn validate(config: &Config, input: &InputArgs) -> ExitCode {
             doc.as_object_mut()
                 .expect("object")
                 .insert("status".into(), json!("valid"));
-            print_json(&doc);
+            print_json_value(doc);
             ExitCode::from(EXIT_OK)
         }
         Err(code) => code,

@@ -25,15 +25,16 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
             .filter(|l| l.starts_with(&format!("| {bench} |")))
             .collect();
         assert!(!rows.is_empty(), "no row for benchmark {bench}:\n{stdout}");
-        if bench < 5 {
-            // Our own figure is always measured, whatever peers are missing.
-            let ours = rows[0].split('|').nth(3).unwrap().trim();
-            assert!(
-                ours.ends_with(" s") || ours.ends_with(" ms") || ours.ends_with(" MiB"),
-                "benchmark {bench} has no figure: {}",
-                rows[0]
-            );
-        }
+        // Our own figure is always measured, whatever peers are missing (server-everything,
+        // which benchmark 5 calls, is installed for the tests by scripts/install-test-deps).
+        let ours = rows[0].split('|').nth(3).unwrap().trim();
+        assert!(
+            ours.ends_with(" s")
+                || ours.ends_with(" ms")
+                || ours.ends_with(" MiB")
+                || ours.ends_with(" calls/s"),
+            "benchmark {bench} has no figure: {}",
+            rows[0]
+        );
     }
-    assert!(stdout.contains("| 5 |") && stdout.contains("not measured yet"));
 }

@@ -18,7 +18,12 @@ use crate::scheduler::Scheduler;
 /// [`structured`]); panics if an invariant breaks.
 pub fn exercise(data: &[u8]) {
     check_text(&String::from_utf8_lossy(data));
-    check_text(&structured(data).to_string());
+    let text = structured(data).to_string();
+    check_text(&text);
+    // The same batch with `{{` written with an escape, which the text alone does not show.
+    if text.contains("{{") {
+        check_text(&text.replace("{{", "{\\u007b"));
+    }
 }
 
 /// Builds a batch from bytes, so the fuzzer reaches valid batches, dependency graphs and
@@ -74,16 +79,38 @@ pub fn structured(data: &[u8]) -> Value {
             }
             let mut task = json!({"task_id": id, "agent": "command",
                                   "input_data": {"argv": argv}, "dependencies": deps});
-            match next() % 5 {
+            // Other agents and shapes where serde is laxer than the schema (a struct from an
+            // array, an enum from a one-key object), to exercise the fast path's own checks.
+            match next() % 24 {
                 0 => task["input_data"]["stdin"] = json!(PIECES[next() % PIECES.len()]),
                 1 => task["timeout_seconds"] = json!(next() as f64 / 10.0),
                 2 => task["retries"] = json!(next()),
+                3 => {
+                    task["agent"] = json!("mcp");
+                    let tool = PIECES[next() % PIECES.len()];
+                    task["input_data"] = json!({"tool": tool, "arguments": {"a": argv}});
+                }
+                4 => {
+                    task["agent"] = json!("coder");
+                    let node_type = [json!("Effect"), json!({"Effect": null}), json!("nope")];
+                    task["input_data"] = json!({"contract_description": PIECES[next() % PIECES.len()],
+                        "node_type": node_type[next() % 3], "output_path": "o.py"});
+                }
+                5 => task["input_data"] = json!([argv]),
+                6 => task["description"] = Value::Null,
                 _ => {}
             }
             task
         })
         .collect();
-    json!({"tasks": tasks, "config": {"max_workers": next()}})
+    let config = match next() % 20 {
+        0 => Value::Null,
+        1 => json!([next()]),
+        2 => json!({"circuit_breaker": [next()]}),
+        3 => json!({"trace_dir": "", "retries": next()}),
+        _ => json!({"max_workers": next()}),
+    };
+    json!({"tasks": tasks, "config": config})
 }
 
 fn check_text(text: &str) {
@@ -223,7 +250,10 @@ mod tests {
             exercise(&data);
         }
         assert!(valid > 100, "{valid} valid");
-        assert!(with_refs > 0, "no valid batch used a reference");
+        assert!(
+            with_refs > 0,
+            "no valid batch used a reference ({valid} valid, {invalid} invalid)"
+        );
         assert!(invalid > 100, "{invalid} invalid");
     }
 }
