@@ -340,18 +340,7 @@ fn ten_thousand_tasks_on_256_workers_are_all_accounted_for() {
     assert_eq!(trace["tasks"].as_array().unwrap().len(), N);
     assert_eq!(events(&trace, "task_finished").len(), N);
     assert_eq!(events(&trace, "attempt_started").len(), N);
-    let mut live = 0i64;
-    let mut peak = 0;
-    for e in trace["events"].as_array().unwrap() {
-        match e["event"].as_str().unwrap() {
-            "attempt_started" => {
-                live += 1;
-                peak = peak.max(live);
-            }
-            "attempt_finished" => live -= 1,
-            _ => {}
-        }
-    }
+    let peak = peak_concurrency(&trace);
     assert!(peak <= 256, "{peak} attempts at once");
 }
 

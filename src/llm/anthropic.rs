@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Conversation, LlmConfig, Reply, api_key, http, malformed, send_error, status_error};
+use super::{Conversation, LlmConfig, Reply, api_key, http, malformed, send_for_text};
 use crate::task_error::{ErrorKind, TaskError};
 
 const PROVIDER: &str = "anthropic";
@@ -30,20 +30,12 @@ pub async fn complete(config: &LlmConfig, conversation: &Conversation) -> Result
         "system": conversation.system,
         "messages": conversation.messages,
     });
-    let response = http()?
+    let request = http()?
         .post(&url)
         .header("x-api-key", key)
         .header("anthropic-version", &config.anthropic.anthropic_version)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| send_error(PROVIDER, e))?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.map_err(|e| send_error(PROVIDER, e))?;
-    if !status.is_success() {
-        return Err(status_error(PROVIDER, status, &headers, &text));
-    }
+        .json(&body);
+    let text = send_for_text(PROVIDER, request).await?;
     parse(config, model, &text)
 }
 

@@ -138,6 +138,22 @@ pub struct Reply {
     pub usage: Usage,
 }
 
+/// Sends a provider request and returns the body of a successful answer; transport failures and
+/// error statuses become the task errors every HTTP provider uses.
+pub(crate) async fn send_for_text(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<String, TaskError> {
+    let response = request.send().await.map_err(|e| send_error(provider, e))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.map_err(|e| send_error(provider, e))?;
+    if !status.is_success() {
+        return Err(status_error(provider, status, &headers, &text));
+    }
+    Ok(text)
+}
+
 impl Reply {
     /// A reply from an HTTP provider's JSON body: the token counts at the given JSON Pointers,
     /// the model the provider says it used (else the one asked for), priced from the table.

@@ -5,9 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{
-    Conversation, LlmConfig, Reply, Role, api_key, http, malformed, send_error, status_error,
-};
+use super::{Conversation, LlmConfig, Reply, Role, api_key, http, malformed, send_for_text};
 use crate::task_error::TaskError;
 
 const PROVIDER: &str = "openai";
@@ -35,13 +33,7 @@ pub async fn complete(config: &LlmConfig, conversation: &Conversation) -> Result
     if let Some(key) = api_key(&config.openai.api_key_env) {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.map_err(|e| send_error(PROVIDER, e))?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.map_err(|e| send_error(PROVIDER, e))?;
-    if !status.is_success() {
-        return Err(status_error(PROVIDER, status, &headers, &text));
-    }
+    let text = send_for_text(PROVIDER, request).await?;
     parse(config, model, &text)
 }
 
