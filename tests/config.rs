@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -37,7 +35,7 @@ fn precedence_flag_batch_env_file_default() {
     let mut cmd = sb.cmd(&[]);
     cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3")
         .env("PARALLEL_DISPATCH_TIMEOUT", "40");
-    let run = run_cmd(&sb, cmd, &one_task());
+    let run = sb.run_cmd(cmd, &one_task().to_string());
     let c = effective(&run);
     assert_eq!(
         (c["max_workers"].as_u64(), c["timeout_seconds"].as_f64()),
@@ -49,33 +47,15 @@ fn precedence_flag_batch_env_file_default() {
     batch["config"] = json!({"max_workers": 4});
     let mut cmd = sb.cmd(&[]);
     cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3");
-    let c = effective(&run_cmd(&sb, cmd, &batch));
+    let c = effective(&sb.run_cmd(cmd, &batch.to_string()));
     assert_eq!(c["max_workers"], 4);
     assert_eq!(c["retries"], 4, "still from the file");
 
     // The flag beats the batch.
     let mut cmd = sb.cmd(&["--max-workers", "5"]);
     cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "3");
-    let c = effective(&run_cmd(&sb, cmd, &batch));
+    let c = effective(&sb.run_cmd(cmd, &batch.to_string()));
     assert_eq!(c["max_workers"], 5);
-}
-
-fn run_cmd(sb: &Sandbox, mut cmd: std::process::Command, batch: &Value) -> Run {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The binary may exit before reading its input (e.g. a configuration error).
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.to_string().as_bytes());
-    sb.to_run(wait_with_deadline(child, Duration::from_secs(60)))
 }
 
 #[test]
@@ -87,20 +67,20 @@ fn config_file_discovery_order() {
     let mut cmd = sb.cmd(&["--config", "other.yaml"]);
     cmd.env("PARALLEL_DISPATCH_CONFIG", "env.yaml");
     assert_eq!(
-        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        effective(&sb.run_cmd(cmd, &one_task().to_string()))["max_workers"],
         6,
         "--config first"
     );
     let mut cmd = sb.cmd(&[]);
     cmd.env("PARALLEL_DISPATCH_CONFIG", "env.yaml");
     assert_eq!(
-        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        effective(&sb.run_cmd(cmd, &one_task().to_string()))["max_workers"],
         7,
         "then the variable"
     );
     let cmd = sb.cmd(&[]);
     assert_eq!(
-        effective(&run_cmd(&sb, cmd, &one_task()))["max_workers"],
+        effective(&sb.run_cmd(cmd, &one_task().to_string()))["max_workers"],
         2,
         "then ./dispatch.yaml"
     );
@@ -189,7 +169,7 @@ fn bad_configuration_is_exit_3_with_its_path() {
     assert_eq!(run.code, 3);
     let mut cmd = sb.cmd(&[]);
     cmd.env("PARALLEL_DISPATCH_MAX_WORKERS", "zero");
-    let run = run_cmd(&sb, cmd, &one_task());
+    let run = sb.run_cmd(cmd, &one_task().to_string());
     assert_eq!(run.code, 3);
     assert_eq!(run.error_messages()[0].0, "PARALLEL_DISPATCH_MAX_WORKERS");
 }
@@ -246,9 +226,9 @@ fn dispatch_debug_turns_on_debug_logs_on_stderr_only() {
     let sb = Sandbox::new();
     let mut cmd = sb.cmd(&[]);
     cmd.env("DISPATCH_DEBUG", "1").env_remove("RUST_LOG");
-    let quiet = run_cmd(&sb, sb.cmd(&["-q"]), &one_task());
+    let quiet = sb.run_cmd(sb.cmd(&["-q"]), &one_task().to_string());
     assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
-    let run = run_cmd(&sb, cmd, &one_task());
+    let run = sb.run_cmd(cmd, &one_task().to_string());
     assert!(run.stderr.contains("DEBUG"), "{}", run.stderr);
     assert_eq!(
         run.json["status"], "success",
@@ -261,7 +241,7 @@ fn dispatch_debug_turns_on_debug_logs_on_stderr_only() {
     );
     let mut cmd = sb.cmd(&[]);
     cmd.env_remove("RUST_LOG");
-    let run = run_cmd(&sb, cmd, &one_task());
+    let run = sb.run_cmd(cmd, &one_task().to_string());
     let first = run
         .stderr
         .lines()

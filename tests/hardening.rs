@@ -305,27 +305,14 @@ fn ten_thousand_tasks_on_256_workers_are_all_accounted_for() {
         .collect();
     let batch = json!({"tasks": tasks, "config": {"max_workers": 256}}).to_string();
     // A low open-file limit, as on many CI machines: 256 workers must fit in it.
-    let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -Sn 1024 2>/dev/null; exec \"$0\" run -q",
-            bin().to_str().unwrap(),
-        ])
-        .current_dir(sb.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(batch.as_bytes())
-            .unwrap();
-    }
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 1024 2>/dev/null; exec \"$0\" run -q",
+        bin().to_str().unwrap(),
+    ])
+    .current_dir(sb.path());
+    let child = spawn_with_input(cmd, &batch);
     let run = sb.to_run(wait_with_deadline(child, Duration::from_secs(300)));
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let results = run.json["results"].as_array().unwrap();

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -18,19 +16,7 @@ fn interrupted_run(signal: i32, marker: &str) -> (Sandbox, Run) {
         sh_task("after_long", "echo never", &["long"]),
         sh_task("other", &format!("sleep {marker}"), &[])
     ], "config": {"max_workers": 2}});
-    let mut child = sb
-        .cmd(&[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.to_string().as_bytes())
-        .unwrap();
+    let child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
     let started = sb.path().join("started");
     assert!(
         eventually(Duration::from_secs(20), || started.exists()),

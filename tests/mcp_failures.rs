@@ -171,23 +171,13 @@ fn expanded_header_values_never_reach_results_traces_or_logs() {
         .display()
         .to_string();
     let batch = json!({"config": {"retries": 0}, "tasks": [echo("a")]});
-    let mut child = sb
-        .cmd(&["--config", &cfg])
-        .env("DISPATCH_TEST_MCP_SECRET", secret)
-        .env("RUST_LOG", "trace")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.to_string().as_bytes())
-        .unwrap();
-    let out = wait_with_deadline(child, std::time::Duration::from_secs(60));
+    let mut cmd = sb.cmd(&["--config", &cfg]);
+    cmd.env("DISPATCH_TEST_MCP_SECRET", secret)
+        .env("RUST_LOG", "trace");
+    let out = wait_with_deadline(
+        spawn_with_input(cmd, &batch.to_string()),
+        std::time::Duration::from_secs(60),
+    );
     let run = sb.to_run(out);
     assert_eq!(run.result("a")["error"]["kind"], "unavailable");
     assert!(bad.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);

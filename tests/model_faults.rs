@@ -131,12 +131,7 @@ fn a_hanging_endpoint_times_out_and_the_retry_succeeds() {
     );
     assert!(start.elapsed() < Duration::from_secs(60));
     assert_eq!(run.code, 0, "{}", run.stdout);
-    let outcomes: Vec<String> = run.trace()["tasks"][0]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap().to_string())
-        .collect();
+    let outcomes = attempt_outcomes(&run.trace(), 0);
     assert_eq!(outcomes, ["timeout", "success"]);
     assert!(sb.path().join("gen/node_fetch_user_effect.py").is_file());
 }

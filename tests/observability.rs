@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::Sandbox;
 use dispatch_runner::reporter::metrics::{parse_text, sample};
-use observe::{attempt_count, mixed_batch, read_ndjson, xmllint_validate};
+use observe::{OUTPUT_FLAGS, attempt_count, mixed_batch, read_ndjson, xmllint_validate};
 use serde_json::Value;
 
 fn xsd() -> PathBuf {
@@ -24,19 +24,8 @@ struct MixedRun {
 
 fn mixed_run(extra: &[&str]) -> MixedRun {
     let sb = Sandbox::new();
-    let mut args = vec![
-        "run",
-        "--events",
-        "events.ndjson",
-        "--junit",
-        "junit.xml",
-        "--html",
-        "report.html",
-        "--chrome-trace",
-        "chrome.json",
-        "--metrics-file",
-        "metrics.prom",
-    ];
+    let mut args = vec!["run"];
+    args.extend_from_slice(&OUTPUT_FLAGS);
     args.extend_from_slice(extra);
     let run = sb.run_json(&args, &mixed_batch());
     assert_eq!(run.code, 1, "tasks failed, so exit 1: {}", run.stderr);

@@ -64,6 +64,19 @@ fn reruns_only_what_did_not_succeed_and_reuses_outputs() {
     assert_eq!(reused_events, 2);
 }
 
+fn rerun_with_file(sb: &Sandbox, trace: &str, batch: &std::path::Path) -> Run {
+    sb.run(
+        &[
+            "run",
+            "--rerun-failed",
+            trace,
+            "-f",
+            batch.to_str().unwrap(),
+        ],
+        "",
+    )
+}
+
 #[test]
 fn with_a_batch_file_changed_reused_tasks_are_refused() {
     let sb = Sandbox::new();
@@ -74,16 +87,7 @@ fn with_a_batch_file_changed_reused_tasks_are_refused() {
     let mut fixed = batch();
     fixed["tasks"][1] = sh_task("flaky", "echo ok", &[]);
     let path = sb.write("fixed.json", &fixed.to_string());
-    let run = sb.run(
-        &[
-            "run",
-            "--rerun-failed",
-            &trace,
-            "-f",
-            path.to_str().unwrap(),
-        ],
-        "",
-    );
+    let run = rerun_with_file(&sb, &trace, &path);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(run.result("stable")["reused"], true);
 
@@ -92,16 +96,7 @@ fn with_a_batch_file_changed_reused_tasks_are_refused() {
     changed["tasks"][0]["input_data"]["argv"][2] = json!("echo different");
     changed["tasks"][3]["description"] = json!("now described");
     let path = sb.write("changed.json", &changed.to_string());
-    let run = sb.run(
-        &[
-            "run",
-            "--rerun-failed",
-            &trace,
-            "-f",
-            path.to_str().unwrap(),
-        ],
-        "",
-    );
+    let run = rerun_with_file(&sb, &trace, &path);
     assert_eq!(run.code, 2, "{}", run.stdout);
     let errors = run.error_messages();
     assert_eq!(errors.len(), 2, "{errors:?}");

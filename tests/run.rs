@@ -268,12 +268,7 @@ fn retries_a_command_that_fails_twice_then_succeeds() {
         .collect();
     assert!((20..=40).contains(&delays[0]), "first delay {delays:?}");
     assert!((40..=80).contains(&delays[1]), "doubled delay {delays:?}");
-    let outcomes: Vec<&str> = trace["tasks"][0]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = attempt_outcomes(&trace, 0);
     assert_eq!(outcomes, ["error", "error", "success"]);
 
     // Not enough retries: the last failure stands.
@@ -318,12 +313,7 @@ fn timeouts_are_retried_too() {
         "input_data": {"argv": ["sh", "-c", script]}}], "config": {"retry_backoff_ms": 10}});
     let run = sb.run_json(&[], &batch);
     assert_eq!(run.status("t"), "success", "{}", run.stdout);
-    let outcomes: Vec<String> = run.trace()["tasks"][0]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap().to_string())
-        .collect();
+    let outcomes = attempt_outcomes(&run.trace(), 0);
     assert_eq!(outcomes, ["timeout", "success"]);
 }
 

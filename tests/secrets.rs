@@ -6,8 +6,10 @@
 //! Both are echoed by the tasks to stdout and stderr, and end up in error messages.
 
 mod common;
+mod observe;
 
 use common::Sandbox;
+use observe::OUTPUT_FLAGS;
 use serde_json::json;
 
 const KEY_SECRET: &str = "sk-planted-under-a-key-7f3a9c";
@@ -39,26 +41,18 @@ fn planted_secrets_appear_in_no_output() {
         ],
         "config": {"retry_backoff_ms": 50}
     });
+    let mut args = vec!["run"];
+    args.extend_from_slice(&OUTPUT_FLAGS);
+    args.extend_from_slice(&[
+        "--status-interval",
+        "0.1",
+        "-o",
+        "result.json",
+        "--pushgateway",
+        &push_url,
+    ]);
     let out = sb
-        .cmd(&[
-            "run",
-            "--events",
-            "events.ndjson",
-            "--junit",
-            "junit.xml",
-            "--html",
-            "report.html",
-            "--chrome-trace",
-            "chrome.json",
-            "--metrics-file",
-            "metrics.prom",
-            "--status-interval",
-            "0.1",
-            "-o",
-            "result.json",
-            "--pushgateway",
-            &push_url,
-        ])
+        .cmd(&args)
         .env("DISPATCH_TEST_TOKEN", ENV_SECRET)
         .env("RUST_LOG", "trace")
         .stdin(std::process::Stdio::piped())

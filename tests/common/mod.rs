@@ -79,17 +79,14 @@ impl Sandbox {
 
     /// Runs the binary with `stdin` as input and waits (at most two minutes).
     pub fn run(&self, args: &[&str], stdin: &str) -> Run {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dispatch_runner");
-        // The binary may exit before reading its input (e.g. a configuration error).
-        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        let out = wait_with_deadline(child, Duration::from_secs(120));
-        self.to_run(out)
+        self.run_cmd(self.cmd(args), stdin)
+    }
+
+    /// Runs a prepared command (extra environment, another program in front) with `stdin` as
+    /// input and waits (at most two minutes).
+    pub fn run_cmd(&self, cmd: Command, stdin: &str) -> Run {
+        let child = spawn_with_input(cmd, stdin);
+        self.to_run(wait_with_deadline(child, Duration::from_secs(120)))
     }
 
     pub fn run_json(&self, args: &[&str], batch: &Value) -> Run {
@@ -124,6 +121,29 @@ pub fn to_run(out: Output) -> Run {
         stdout,
         stderr,
     }
+}
+
+/// Starts `cmd` with piped stdio and writes `input` to its stdin. The process may exit before
+/// reading it (e.g. a configuration error), which is not an error here.
+pub fn spawn_with_input(mut cmd: Command, input: &str) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child
+}
+
+/// Outcomes of task `index`'s attempts, in order, from a trace.
+pub fn attempt_outcomes(trace: &Value, index: usize) -> Vec<String> {
+    trace["tasks"][index]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
 }
 
 pub fn wait_with_deadline(child: Child, deadline: Duration) -> Output {

@@ -12,6 +12,20 @@ use serde_json::{Value, json};
 /// A batch with every kind of ending: successes, a task that fails once then passes (flaky),
 /// one that fails on every attempt, a task skipped because of it, a timeout, and output passing.
 /// `marker` is a file name (in the run's folder) the flaky task uses to remember its first try.
+/// The run flags that write every observability output into the working folder.
+pub const OUTPUT_FLAGS: [&str; 10] = [
+    "--events",
+    "events.ndjson",
+    "--junit",
+    "junit.xml",
+    "--html",
+    "report.html",
+    "--chrome-trace",
+    "chrome.json",
+    "--metrics-file",
+    "metrics.prom",
+];
+
 pub fn mixed_batch() -> Value {
     json!({
         "tasks": [
