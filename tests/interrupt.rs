@@ -31,14 +31,9 @@ fn interrupted_run(signal: i32, marker: &str) -> (Sandbox, Run) {
     );
     let trace = run.trace();
     assert_eq!(trace["status"], run.json["status"]);
-    let names: Vec<&str> = trace["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"run_cancelled"));
-    assert_eq!(names.last(), Some(&"run_finished"));
+    let names = event_names(&trace);
+    assert!(names.iter().any(|n| n == "run_cancelled"));
+    assert_eq!(names.last(), Some(&"run_finished".to_string()));
     (sb, run)
 }
 

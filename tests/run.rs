@@ -52,14 +52,9 @@ fn pipeline_succeeds_with_results_in_input_order_and_a_trace() {
         json!(["slow_first", "fast"])
     );
     assert_eq!(trace["tasks"][2]["attempts"][0]["outcome"], "success");
-    let names: Vec<&str> = trace["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(names.first(), Some(&"run_started"));
-    assert_eq!(names.last(), Some(&"run_finished"));
+    let names = event_names(&trace);
+    assert_eq!(names.first(), Some(&"run_started".to_string()));
+    assert_eq!(names.last(), Some(&"run_finished".to_string()));
     // join is ready only after both its dependencies finished.
     let pos = |pred: &dyn Fn(&Value) -> bool| {
         trace["events"]

@@ -50,6 +50,12 @@ impl Server {
         Server { child, base, sb }
     }
 
+    /// Whether the trace file a result names exists in the server's folder.
+    fn wrote_trace_of(&self, result: &Value) -> bool {
+        let file = result["trace_file"].as_str().expect("trace_file");
+        self.sb.path().join(file).is_file()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -122,13 +128,7 @@ async fn dispatch_then_fetch_the_trace() {
             .unwrap()
             .starts_with("server_traces/")
     );
-    assert!(
-        server
-            .sb
-            .path()
-            .join(result["trace_file"].as_str().unwrap())
-            .is_file()
-    );
+    assert!(server.wrote_trace_of(&result));
 
     let (status, trace) = get(&server.url(&format!("/v1/runs/{run_id}")), None).await;
     assert_eq!(status, 200);
@@ -311,13 +311,7 @@ async fn sigterm_drains_then_cancels_in_flight_runs_and_writes_their_traces() {
     let (status, _, result) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["results"][0]["status"], "cancelled");
-    assert!(
-        server
-            .sb
-            .path()
-            .join(result["trace_file"].as_str().unwrap())
-            .is_file()
-    );
+    assert!(server.wrote_trace_of(&result));
     let mut server = server;
     let exit = tokio::task::spawn_blocking(move || {
         let status = server.child.wait().unwrap();

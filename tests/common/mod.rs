@@ -136,6 +136,16 @@ pub fn spawn_with_input(mut cmd: Command, input: &str) -> Child {
     child
 }
 
+/// The kinds of a trace's events, in order.
+pub fn event_names(trace: &Value) -> Vec<String> {
+    trace["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Outcomes of task `index`'s attempts, in order, from a trace.
 pub fn attempt_outcomes(trace: &Value, index: usize) -> Vec<String> {
     trace["tasks"][index]["attempts"]
