@@ -357,6 +357,11 @@ impl Dispatcher {
     /// The task's input with `{{tasks.X.output...}}` replaced by upstream outputs.
     fn resolve_input(&self, i: usize) -> Result<AgentInput, TaskError> {
         let agent = &self.tasks[i].agent;
+        // Validation only lets a task reference its dependencies, so a task without any has
+        // nothing to substitute: skip the JSON round trip on the hot path.
+        if self.tasks[i].dependencies.is_empty() {
+            return Ok(agent.clone());
+        }
         let mut input = agent.input_value();
         let ids: HashMap<&str, usize> = self.tasks[i]
             .dependencies
