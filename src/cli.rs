@@ -178,6 +178,7 @@ impl InputArgs {
             max_depth: self.max_depth,
             max_tasks: self.max_tasks,
             max_string_bytes: self.max_string_bytes,
+            ..Limits::default()
         }
     }
 }
@@ -202,7 +203,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: Option<u32>,
     /// Bytes kept of each captured output stream (overrides config.max_output_bytes).
-    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_name = "BYTES",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_OUTPUT_BYTES as u64))]
     pub max_output_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]

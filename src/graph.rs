@@ -4,12 +4,12 @@
 //! This module only knows task indices and ids; it never runs anything. The scheduler consumes the
 //! `Plan` it builds.
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 
-use crate::batch::issue::{Issue, pointer_token};
+use crate::batch::issue::{Issue, pointer_token, quote};
 
 /// The checked dependency structure of a batch. Task `i` is the `i`-th task of the input.
 #[derive(Debug, Clone)]
@@ -54,7 +54,10 @@ impl Plan {
                 if let Some(&first) = index.get(id.as_str()) {
                     issues.push(Issue::new(
                         format!("/tasks/{i}/task_id"),
-                        format!("duplicate task_id '{id}' (first used by /tasks/{first})"),
+                        format!(
+                            "duplicate task_id {} (first used by /tasks/{first})",
+                            quote(id)
+                        ),
                     ));
                 } else {
                     index.insert(id, i);
@@ -73,7 +76,7 @@ impl Plan {
                 match index.get(dep.as_str()) {
                     None => issues.push(Issue::new(
                         path(),
-                        format!("task '{name}' depends on unknown task '{dep}'"),
+                        format!("task '{name}' depends on unknown task {}", quote(dep)),
                     )),
                     Some(&d) if d == i => issues.push(Issue::new(
                         path(),
@@ -96,7 +99,9 @@ impl Plan {
             }
         }
 
-        for scc in tarjan_scc(&graph) {
+        // Kosaraju's algorithm is iterative; petgraph's Tarjan recurses once per task on a path and
+        // overflows the stack on a long chain or cycle.
+        for scc in kosaraju_scc(&graph) {
             if scc.len() > 1 {
                 issues.push(describe_cycle(&graph, &scc, tasks));
             }
@@ -277,8 +282,8 @@ fn describe_cycle(graph: &DiGraph<usize, usize>, scc: &[NodeIndex], tasks: &[Gra
         }
         path.extend(back.into_iter().rev());
     }
-    let name = |n: &NodeIndex| tasks[graph[*n]].id.clone().unwrap_or_default();
-    let mut names: Vec<String> = path.iter().map(name).collect();
+    let name = |n: &NodeIndex| tasks[graph[*n]].id.as_deref().unwrap_or_default();
+    let mut names: Vec<&str> = path.iter().map(name).collect();
     names.push(name(&start));
     let first = graph[start];
     let second = path.get(1).copied().unwrap_or(start);
@@ -291,8 +296,26 @@ fn describe_cycle(graph: &DiGraph<usize, usize>, scc: &[NodeIndex], tasks: &[Gra
         format!("/tasks/{first}/dependencies/{dep_pos}"),
         format!(
             "dependency cycle: {} (each task depends on the next)",
-            names.join(" -> ")
+            join_capped(&names, CYCLE_SHOWN)
         ),
+    )
+}
+
+/// Task names shown at each end of a long cycle: a cycle of a million tasks is named by its
+/// start and its end, not in a message of a million names.
+const CYCLE_SHOWN: usize = 10;
+
+/// `names` joined with ` -> `; more than `2 * shown` of them are cut to the first and last
+/// `shown`, with the count of those left out between.
+fn join_capped(names: &[&str], shown: usize) -> String {
+    if names.len() <= 2 * shown + 1 {
+        return names.join(" -> ");
+    }
+    format!(
+        "{} -> ... ({} more) ... -> {}",
+        names[..shown].join(" -> "),
+        names.len() - 2 * shown,
+        names[names.len() - shown..].join(" -> ")
     )
 }
 
@@ -386,6 +409,63 @@ mod tests {
             "{}",
             errs[0].message
         );
+    }
+
+    fn ring(n: usize, closed: bool) -> Vec<GraphInput> {
+        (0..n)
+            .map(|i| GraphInput {
+                id: Some(format!("t{i}")),
+                deps: if i > 0 {
+                    vec![(0, format!("t{}", i - 1))]
+                } else if closed {
+                    vec![(0, format!("t{}", n - 1))]
+                } else {
+                    vec![]
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_million_task_cycle_is_one_short_issue() {
+        let errs = Plan::build(&ring(1_000_000, true)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let m = &errs[0].message;
+        assert_eq!(errs[0].path, "/tasks/0/dependencies/0");
+        assert!(
+            m.starts_with("dependency cycle: t0 -> t999999 -> t999998 -> "),
+            "{m}"
+        );
+        assert!(m.contains(" -> ... (999981 more) ... -> "), "{m}");
+        assert!(m.contains("t2 -> t1 -> t0 (each task"), "{m}");
+        assert!(m.len() < 400, "{} bytes", m.len());
+    }
+
+    #[test]
+    fn a_million_task_chain_with_an_unrelated_error() {
+        // Listed last task first, so the graph is walked against input order.
+        let mut tasks = ring(1_000_000, false);
+        tasks.reverse();
+        assert_eq!(
+            Plan::build(&tasks).unwrap().summary().critical_path.len(),
+            1_000_000
+        );
+        tasks.push(GraphInput {
+            id: Some("x".into()),
+            deps: vec![(0, "nope".into())],
+        });
+        let errs = Plan::build(&tasks).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("unknown task 'nope'"));
+    }
+
+    #[test]
+    fn short_cycles_are_named_in_full() {
+        let names: Vec<String> = (0..21).map(|i| i.to_string()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(join_capped(&names, 10), names.join(" -> "));
+        let more: Vec<&str> = (0..22).map(|_| "x").collect();
+        assert!(join_capped(&more, 10).contains("... (2 more) ..."));
     }
 
     #[test]

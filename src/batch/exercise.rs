@@ -17,6 +17,11 @@ use crate::scheduler::Scheduler;
 /// Runs `data` through every input path, as text and as the recipe for a batch (see
 /// [`structured`]); panics if an invariant breaks.
 pub fn exercise(data: &[u8]) {
+    // Inputs starting with this byte also become one large dependency graph (see
+    // [`large_graph`]), under the default limits.
+    if let Some((&LARGE, rest)) = data.split_first() {
+        check_text_with(&large_graph(rest), Limits::default());
+    }
     check_text(&String::from_utf8_lossy(data));
     let text = structured(data).to_string();
     check_text(&text);
@@ -113,34 +118,103 @@ pub fn structured(data: &[u8]) -> Value {
     json!({"tasks": tasks, "config": config})
 }
 
+/// The first byte that makes [`exercise`] also build a [`large_graph`].
+pub const LARGE: u8 = 0xC7;
+
+/// A batch of thousands of tasks in one long chain or cycle, listed last task first, with or
+/// without unrelated problems: the shapes that once overflowed the stack of a recursive graph
+/// walk. `data[0]` picks the shape, the next two bytes the size (2,000 to 67,535 tasks), the
+/// rest where the problems go.
+pub fn large_graph(data: &[u8]) -> String {
+    let byte = |i: usize| data.get(i).copied().unwrap_or(0) as usize;
+    let shape = byte(0) % 7;
+    let n = 2000 + (byte(1) << 8 | byte(2));
+    let at = |i: usize| (byte(3 + i) * 7919) % n;
+    let cyclic = matches!(shape, 0 | 3 | 5 | 6);
+    let mut tasks = Vec::with_capacity(n);
+    for i in (0..n).rev() {
+        let dep = if i > 0 {
+            format!(r#","dependencies":["t{}"]"#, i - 1)
+        } else if cyclic {
+            format!(r#","dependencies":["t{}"]"#, n - 1)
+        } else {
+            String::new()
+        };
+        tasks.push(format!(
+            r#"{{"task_id":"t{i}","agent":"command","input_data":{{"argv":["true"]}}{dep}}}"#
+        ));
+    }
+    match shape {
+        // A valid chain plus a dependency on an unknown task.
+        2 => tasks.push(r#"{"task_id":"x","agent":"command","input_data":{"argv":["true"]},"dependencies":["nope"]}"#.into()),
+        // A cycle plus an unknown field.
+        3 => tasks[at(0)] = tasks[at(0)].replacen('{', r#"{"extra":1,"#, 1),
+        // A chain with a repeated key.
+        4 => tasks[at(0)] = tasks[at(0)].replacen('{', r#"{"description":"a","description":"b","#, 1),
+        // A cycle with an argument no program can take.
+        5 => tasks[at(0)] = tasks[at(0)].replace(r#"["true"]"#, r#"["a\u0000b"]"#),
+        // A cycle with a task that depends on itself and one a reference names without depending on it.
+        6 => {
+            let i = at(0);
+            tasks[i] = format!(r#"{{"task_id":"self","agent":"command","input_data":{{"argv":["{{{{tasks.t{}.output.stdout}}}}"]}},"dependencies":["self"]}}"#, at(1));
+        }
+        _ => {}
+    }
+    format!(r#"{{"tasks":[{}]}}"#, tasks.join(","))
+}
+
 fn check_text(text: &str) {
     // Small limits, so the fuzzer also reaches the limit errors cheaply.
-    let limits = Limits {
-        max_input_bytes: 1 << 20,
-        max_depth: 16,
-        max_tasks: 500,
-        max_string_bytes: 4096,
-    };
+    check_text_with(
+        text,
+        Limits {
+            max_input_bytes: 1 << 20,
+            max_depth: 16,
+            max_tasks: 500,
+            max_string_bytes: 4096,
+            ..Limits::default()
+        },
+    );
+}
+
+fn check_text_with(text: &str, limits: Limits) {
     let ctx = ValidationContext {
         limits,
         ..ValidationContext::default()
     };
     // Differential check: whatever the streaming path accepts, the full check accepts too, with
-    // the same batch and plan.
-    if let Some(fast) = crate::batch::fast::validate(text, &limits) {
-        let value = serde_json::from_str(text).expect("the streaming path accepted bad JSON");
-        let full = validate_value_with(value, &ctx).unwrap_or_else(|issues| {
-            panic!("the streaming path accepted a batch the full check rejects: {issues:?}")
-        });
-        assert_eq!(
-            serde_json::to_value(&fast.batch).expect("serializes"),
-            serde_json::to_value(&full.batch).expect("serializes"),
-            "the two paths read the batch differently"
-        );
-        assert_eq!(
-            serde_json::to_value(fast.plan.summary()).expect("serializes"),
-            serde_json::to_value(full.plan.summary()).expect("serializes"),
-        );
+    // the same batch and plan; whatever it rejects for its graph, the full check rejects with the
+    // same issues.
+    match crate::batch::fast::check(text, &limits) {
+        Some(Ok(fast)) => {
+            let value = serde_json::from_str(text).expect("the streaming path accepted bad JSON");
+            let full = validate_value_with(value, &ctx).unwrap_or_else(|issues| {
+                panic!("the streaming path accepted a batch the full check rejects: {issues:?}")
+            });
+            assert_eq!(
+                serde_json::to_value(&fast.batch).expect("serializes"),
+                serde_json::to_value(&full.batch).expect("serializes"),
+                "the two paths read the batch differently"
+            );
+            assert_eq!(
+                serde_json::to_value(fast.plan.summary()).expect("serializes"),
+                serde_json::to_value(full.plan.summary()).expect("serializes"),
+            );
+        }
+        Some(Err(rejected)) => {
+            let value = serde_json::from_str(text).expect("the streaming path read bad JSON");
+            match validate_value_with(value, &ctx) {
+                Ok(_) => panic!(
+                    "the streaming path rejected a batch the full check accepts: {:?}",
+                    rejected.issues
+                ),
+                Err(issues) => assert_eq!(
+                    rejected.issues, issues,
+                    "the two paths word the problems differently"
+                ),
+            }
+        }
+        None => {}
     }
     match validate_text_with(text, &ctx) {
         Ok(validated) => check_valid(&validated),

@@ -20,14 +20,32 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::agents::{AgentInput, CommandInput, McpInput};
-use crate::batch::limits::Limits;
+use crate::batch::issue::Issue;
+use crate::batch::limits::{Limits, MAX_OUTPUT_BYTES};
 use crate::batch::schema::batch_validator;
-use crate::batch::validate::{RefSite, collect_sites, reference_issues};
+use crate::batch::validate::{RefSite, collect_sites, reference_issues, spawnable};
 use crate::batch::{Batch, BatchConfig, Task, ValidatedBatch};
-use crate::graph::{GraphInput, Plan};
+use crate::graph::{GraphInput, Plan, natural_path_cmp};
 
 /// The checked batch, or `None` when anything at all is off (the caller then checks in full).
+#[cfg(test)]
 pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
+    check(text, limits)?.ok()
+}
+
+/// A batch whose every task passed its own checks but whose dependency graph or references did
+/// not: the issues are those the full check finds, from the same functions, without building
+/// the document's `Value` tree (a cycle through a million tasks is rejected at the cost of
+/// reading it). `batch` is still to be checked against the run's context.
+#[derive(Debug)]
+pub struct GraphRejected {
+    pub batch: Batch,
+    pub issues: Vec<Issue>,
+}
+
+/// As [`validate`], but also answers for batches whose only problems are in the dependency graph
+/// or the references between tasks.
+pub fn check(text: &str, limits: &Limits) -> Option<Result<ValidatedBatch, GraphRejected>> {
     // One pass over the text: each task is typed and checked as soon as it is read.
     let mut cx = Cx {
         limits,
@@ -43,8 +61,9 @@ pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
     };
 
     let ids = tasks.iter().map(|t| t.task_id.clone()).collect();
-    let plan = Plan::build_valid(ids, |i| &tasks[i].dependencies)?;
-    if !cx.sites.is_empty() {
+    let plan = Plan::build_valid(ids, |i| &tasks[i].dependencies);
+    let mut issues = Vec::new();
+    if plan.is_none() || !cx.sites.is_empty() {
         let inputs: Vec<GraphInput> = tasks
             .iter()
             .map(|t| GraphInput {
@@ -52,15 +71,22 @@ pub fn validate(text: &str, limits: &Limits) -> Option<ValidatedBatch> {
                 deps: t.dependencies.iter().cloned().enumerate().collect(),
             })
             .collect();
+        if plan.is_none() {
+            issues = Plan::build(&inputs).err()?;
+        }
         let agents: Vec<Option<&str>> = tasks.iter().map(|t| Some(t.agent.name())).collect();
-        if !reference_issues(&cx.sites, &agents, &inputs).is_empty() {
-            return None;
+        issues.extend(reference_issues(&cx.sites, &agents, &inputs));
+    }
+    let batch = Batch { tasks, config };
+    match plan {
+        Some(plan) if issues.is_empty() => Some(Ok(ValidatedBatch { batch, plan })),
+        _ => {
+            // As the full check orders them.
+            issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
+            issues.dedup();
+            Some(Err(GraphRejected { batch, issues }))
         }
     }
-    Some(ValidatedBatch {
-        batch: Batch { tasks, config },
-        plan,
-    })
 }
 
 /// Any reason to leave the batch to the full check; which one does not matter.
@@ -279,7 +305,7 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         "command" => {
             let mut input: CommandInput = serde_json::from_str(input).ok()?;
             input.argv.shrink_to_fit();
-            (!input.argv.is_empty()).then_some(AgentInput::Command(input))?
+            (!input.argv.is_empty() && spawnable(&input)).then_some(AgentInput::Command(input))?
         }
         "mcp" => {
             let input: McpInput = serde_json::from_str(input).ok()?;
@@ -343,7 +369,8 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
         && c.retries.is_none_or(|r| r <= 100)
         && c.retry_backoff_ms.is_none_or(|ms| ms <= 3_600_000)
         && c.retry_backoff_max_ms.is_none_or(|ms| ms <= 3_600_000)
-        && c.max_output_bytes.is_none_or(|b| b >= 1)
+        && c.max_output_bytes
+            .is_none_or(|b| (1..=limits.max_output_bytes.min(MAX_OUTPUT_BYTES)).contains(&b))
         && c.circuit_breaker
             .recovery_timeout_seconds
             .is_none_or(|s| s >= 0.0);
@@ -357,28 +384,54 @@ fn is_task_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Whether a value's text stays within the nesting and string limits, judged from the text
-/// alone: nesting by counting brackets outside strings (`depth` is the nesting the value sits
-/// in), strings by their escaped length (never shorter than the string itself). The text is
-/// JSON already read by the parser.
+/// Most keys of one object this path compares; an object with more is left to the full check,
+/// so a hostile object of many keys costs no quadratic time here.
+const MAX_KEYS_COMPARED: usize = 64;
+
+/// Whether a value's text stays within the nesting and string limits and repeats no key in any
+/// object, judged from the text alone: nesting by counting brackets outside strings (`depth` is
+/// the nesting the value sits in), strings by their escaped length (never shorter than the
+/// string itself), keys by their text (a key written with an escape is left to the full check,
+/// which compares keys decoded). The text is JSON already read by the parser.
 fn within_limits(text: &str, mut depth: usize, limits: &Limits) -> bool {
-    let mut bytes = text.bytes();
-    while let Some(c) = bytes.next() {
-        match c {
+    let b = text.as_bytes();
+    // One entry per open container: for an object, where its keys start in `keys`.
+    let mut open: Vec<Option<usize>> = Vec::new();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
             b'"' => {
-                let mut len = 0usize;
-                loop {
-                    match bytes.next() {
-                        Some(b'"') | None => break,
-                        Some(b'\\') => {
-                            bytes.next();
-                            len += 2;
-                        }
-                        Some(_) => len += 1,
+                let start = i + 1;
+                let (mut len, mut escaped) = (0usize, false);
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        escaped = true;
+                        i += 2;
+                        len += 2;
+                    } else {
+                        i += 1;
+                        len += 1;
                     }
                 }
                 if len > limits.max_string_bytes {
                     return false;
+                }
+                if expect_key {
+                    expect_key = false;
+                    let Some(&Some(from)) = open.last() else {
+                        return false;
+                    };
+                    let key = &b[start..i.min(b.len())];
+                    if escaped
+                        || keys.len() - from >= MAX_KEYS_COMPARED
+                        || keys[from..].contains(&key)
+                    {
+                        return false;
+                    }
+                    keys.push(key);
                 }
             }
             b'{' | b'[' => {
@@ -386,10 +439,20 @@ fn within_limits(text: &str, mut depth: usize, limits: &Limits) -> bool {
                 if depth > limits.max_depth {
                     return false;
                 }
+                open.push((b[i] == b'{').then_some(keys.len()));
+                expect_key = b[i] == b'{';
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if let Some(Some(from)) = open.pop() {
+                    keys.truncate(from);
+                }
+                expect_key = false;
+            }
+            b',' => expect_key = matches!(open.last(), Some(Some(_))),
             _ => {}
         }
+        i += 1;
     }
     true
 }
@@ -476,13 +539,31 @@ mod tests {
                 "the full check accepts {bad}"
             );
         }
-        // Duplicate keys: the full check takes the last one; this path leaves them to it.
+        // Repeated keys, anywhere: this path leaves them to the full check, which reports them.
         for dup in [
             r#"{"tasks": [], "tasks": []}"#.to_string(),
             format!(r#"{{"tasks": [{{"task_id": "a", {cmd}, "task_id": "b"}}]}}"#),
+            r#"{"tasks": [{"task_id": "a", "agent": "command", "input_data": {"argv": ["x"], "env": {"A": "1", "A": "2"}}}]}"#.into(),
+            r#"{"tasks": [{"task_id": "a", "agent": "mcp", "input_data": {"tool": "t", "arguments": {"x": {"y": 1, "y": 1}}}}]}"#.into(),
+            r#"{"tasks": [], "config": {"retries": 1, "retries": 2}}"#.into(),
         ] {
             assert!(validate(&dup, &limits).is_none(), "accepted {dup}");
-            assert!(crate::batch::validate_text(&dup).is_ok(), "{dup}");
+            let issues = crate::batch::validate_text(&dup).unwrap_err();
+            assert!(issues[0].message.starts_with("duplicate key"), "{issues:?}");
+        }
+        // Strings no program can be given: the full check names them.
+        for unspawnable in [
+            r#"{"argv": ["x\u0000y"]}"#,
+            r#"{"argv": ["x"], "cwd": "\u0000"}"#,
+            r#"{"argv": ["x"], "env": {"A=B": "c"}}"#,
+            r#"{"argv": ["x"], "env": {"": "c"}}"#,
+            r#"{"argv": ["x"], "env": {"A": "\u0000"}}"#,
+        ] {
+            let text = format!(
+                r#"{{"tasks": [{{"task_id": "a", "agent": "command", "input_data": {unspawnable}}}]}}"#
+            );
+            assert!(validate(&text, &limits).is_none(), "accepted {text}");
+            assert!(crate::batch::validate_text(&text).is_err(), "{text}");
         }
         let one = format!(r#"{{"tasks": [{{"task_id": "a", {cmd}}}]}}"#);
         for tight in [
@@ -567,5 +648,23 @@ mod tests {
         assert!(within_limits(r#"[{}, {}, [], {"k": "\"\\"}]"#, 0, &limits));
         assert!(!within_limits(r#"{"abcde": 1}"#, 0, &limits));
         assert!(!within_limits(r#"["\"\"\""]"#, 0, &limits));
+    }
+
+    #[test]
+    fn limits_scan_declines_repeated_and_escaped_keys() {
+        let l = Limits::default();
+        assert!(within_limits(
+            r#"{"a": {"a": 1, "b": [{"a": 2}]}, "b": "a"}"#,
+            0,
+            &l
+        ));
+        assert!(within_limits(r#"{"a": "x,\"a\":1", "b": 2}"#, 0, &l));
+        assert!(!within_limits(r#"{"a": 1, "b": {"c": 1}, "a": 2}"#, 0, &l));
+        assert!(!within_limits(r#"[{"k": [1, {"z": 0, "z": 0}]}]"#, 0, &l));
+        assert!(!within_limits(r#"{"\u0061": 1}"#, 0, &l));
+        let many: Vec<String> = (0..MAX_KEYS_COMPARED + 1)
+            .map(|i| format!("\"k{i}\": 1"))
+            .collect();
+        assert!(!within_limits(&format!("{{{}}}", many.join(",")), 0, &l));
     }
 }

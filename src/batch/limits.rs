@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_DEPTH: usize = 64;
 pub const PARSER_MAX_DEPTH: usize = 127;
 pub const DEFAULT_MAX_TASKS: usize = 1_000_000;
 pub const DEFAULT_MAX_STRING_BYTES: usize = 4 * 1024 * 1024;
+/// The most `max_output_bytes` may ever be (the schema's maximum, and the ceiling of the
+/// `--max-output-bytes` flags): each stream is held in memory, then in the result and the trace.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Sizes a batch may not exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,9 @@ pub struct Limits {
     pub max_tasks: usize,
     /// Bytes of any one string, object keys included.
     pub max_string_bytes: usize,
+    /// The most `config.max_output_bytes` may ask for. A server sets it to its own cap, so a
+    /// batch cannot raise what the server keeps of each output stream.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +42,7 @@ impl Default for Limits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_tasks: DEFAULT_MAX_TASKS,
             max_string_bytes: DEFAULT_MAX_STRING_BYTES,
+            max_output_bytes: MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -200,6 +207,7 @@ mod tests {
             max_depth: 4,
             max_tasks: 2,
             max_string_bytes: 5,
+            max_output_bytes: MAX_OUTPUT_BYTES,
         }
     }
 

@@ -5,6 +5,7 @@ mod fast;
 pub mod issue;
 pub mod limits;
 pub mod model;
+mod scan;
 pub mod schema;
 pub mod template;
 pub mod validate;

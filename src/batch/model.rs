@@ -79,7 +79,7 @@ pub struct BatchConfig {
     pub fail_fast: Option<bool>,
     /// Bytes kept of each captured output stream; the rest is dropped and `truncated` set (default 1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = crate::batch::limits::MAX_OUTPUT_BYTES))]
     pub max_output_bytes: Option<usize>,
     /// Circuit breaker settings, one breaker per agent.
     #[serde(default, skip_serializing_if = "BreakerConfig::is_empty")]

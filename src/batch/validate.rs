@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use crate::agents;
 use crate::batch::Batch;
-use crate::batch::issue::Issue;
+use crate::batch::issue::{Issue, pointer_token, quote};
 use crate::batch::limits::Limits;
+use crate::batch::scan;
 use crate::batch::schema::{available_agents, batch_schema, batch_validator};
 use crate::batch::template::{self, Piece};
 use crate::graph::{GraphInput, Plan, natural_path_cmp};
@@ -46,13 +47,28 @@ pub fn validate_text_with(
     ctx.limits.check_text(text).map_err(|e| vec![e])?;
     // Valid batches take the streaming path (one task's JSON tree at a time); anything it does
     // not accept is checked again below in full, which finds and words every problem.
-    if let Some(validated) = crate::batch::fast::validate(text, &ctx.limits)
-        && typed_agent_issues_absent(&validated, ctx)
-    {
-        return Ok(validated);
+    // It also answers for batches whose only problems are in the graph (a cycle through a
+    // million tasks), which would otherwise cost the whole document's `Value` tree.
+    match crate::batch::fast::check(text, &ctx.limits) {
+        Some(Ok(validated)) if typed_agent_issues_absent(&validated.batch.tasks, ctx) => {
+            return Ok(validated);
+        }
+        Some(Err(rejected)) if typed_agent_issues_absent(&rejected.batch.tasks, ctx) => {
+            return Err(rejected.issues);
+        }
+        _ => {}
+    }
+    // Limits and repeated keys first, in a pass that builds nothing: the `Value` tree below
+    // costs many times the text, and would keep only the last of repeated keys.
+    let found = scan::scan(text, &ctx.limits).map_err(|e| vec![json_syntax_issue(&e)])?;
+    if !found.over_limits.is_empty() {
+        let mut issues = found.over_limits;
+        issues.extend(found.duplicates);
+        issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
+        return Err(issues);
     }
     let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
-    validate_value_with(value, ctx)
+    check_value(value, ctx, found.duplicates)
 }
 
 /// The error for text that is not JSON, naming line and column.
@@ -89,7 +105,18 @@ pub fn validate_value_with(
     if !over.is_empty() {
         return Err(over);
     }
-    let mut issues = schema_issues(&value);
+    check_value(value, ctx, Vec::new())
+}
+
+/// The full check of a document within the limits; `issues` holds what was found before it
+/// was parsed (repeated keys).
+fn check_value(
+    value: Value,
+    ctx: &ValidationContext,
+    mut issues: Vec<Issue>,
+) -> Result<ValidatedBatch, Vec<Issue>> {
+    issues.extend(schema_issues(&value));
+    issues.extend(config_issues(&value, &ctx.limits));
     let tasks = value
         .get("tasks")
         .and_then(Value::as_array)
@@ -113,6 +140,7 @@ pub fn validate_value_with(
         &graph_inputs,
     ));
     issues.extend(agent_issues(tasks, ctx));
+    issues.extend(spawn_issues(tasks));
 
     if issues.is_empty() {
         match serde_json::from_value::<Batch>(value) {
@@ -139,7 +167,7 @@ fn schema_issues(value: &Value) -> Vec<Issue> {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 let expected = expected_fields(err.schema_path().as_str());
                 for field in unexpected {
-                    let mut message = format!("unknown field '{field}'");
+                    let mut message = format!("unknown field {}", quote(field));
                     if !expected.is_empty() {
                         message.push_str(&format!("; expected one of: {}", expected.join(", ")));
                     }
@@ -312,8 +340,8 @@ pub(crate) fn reference_issues(
 /// Agent-specific checks that need the run's context (see [`agents::check_input`]).
 /// Whether the agents' own checks (e.g. known MCP servers) pass on a batch the streaming path
 /// accepted; if not, the full check runs and reports them with everything else.
-fn typed_agent_issues_absent(validated: &ValidatedBatch, ctx: &ValidationContext) -> bool {
-    validated.batch.tasks.iter().all(|task| {
+fn typed_agent_issues_absent(tasks: &[crate::batch::Task], ctx: &ValidationContext) -> bool {
+    tasks.iter().all(|task| {
         let agent = task.agent.name();
         !agents::has_input_checks(agent)
             || agents::check_input(agent, &task.agent.input_value(), ctx).is_empty()
@@ -337,4 +365,94 @@ fn agent_issues(tasks: &[Value], ctx: &ValidationContext) -> Vec<Issue> {
         }
     }
     issues
+}
+
+/// `config` against the caller's limits (the schema holds the fixed ranges).
+fn config_issues(value: &Value, limits: &Limits) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if let Some(n) = value
+        .pointer("/config/max_output_bytes")
+        .and_then(Value::as_u64)
+        && n > limits.max_output_bytes as u64
+    {
+        issues.push(Issue::new(
+            "/config/max_output_bytes",
+            format!(
+                "{n} is more than the limit of {} bytes this runner allows",
+                limits.max_output_bytes
+            ),
+        ));
+    }
+    issues
+}
+
+/// Why a `command` string can never reach the program, if it cannot: the operating system takes
+/// arguments, variables and paths as C strings, which end at the first NUL.
+fn nul(s: &str) -> Option<&'static str> {
+    s.contains('\0').then_some(
+        "contains a NUL character, which a program's arguments, environment and paths cannot hold",
+    )
+}
+
+/// `command` inputs that would pass the schema but can never be spawned: a NUL in `argv`, `cwd`
+/// or `env`, and `env` names that are empty or hold `=` (`"A=B": "c"` would set `A` to `B=c`).
+fn spawn_issues(tasks: &[Value]) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        if task.get("agent").and_then(Value::as_str) != Some("command") {
+            continue;
+        }
+        let Some(input) = task.get("input_data") else {
+            continue;
+        };
+        let at = |rest: String| format!("/tasks/{i}/input_data/{rest}");
+        if let Some(argv) = input.get("argv").and_then(Value::as_array) {
+            for (j, arg) in argv.iter().enumerate() {
+                if let Some(why) = arg.as_str().and_then(nul) {
+                    issues.push(Issue::new(at(format!("argv/{j}")), why));
+                }
+            }
+        }
+        if let Some(why) = input.get("cwd").and_then(Value::as_str).and_then(nul) {
+            issues.push(Issue::new(at("cwd".into()), why));
+        }
+        if let Some(env) = input.get("env").and_then(Value::as_object) {
+            for (name, v) in env {
+                let path = at(format!("env/{}", pointer_token(name)));
+                if let Some(why) = env_name_problem(name) {
+                    issues.push(Issue::new(
+                        path.clone(),
+                        format!("environment variable name {} {why}", quote(name)),
+                    ));
+                }
+                if let Some(why) = v.as_str().and_then(nul) {
+                    issues.push(Issue::new(path, why));
+                }
+            }
+        }
+    }
+    issues
+}
+
+/// What is wrong with an environment variable name, if anything.
+pub(crate) fn env_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('=') {
+        Some("contains '=', which would end the name there")
+    } else if name.contains('\0') {
+        Some("contains a NUL character")
+    } else {
+        None
+    }
+}
+
+/// Whether the `command` input can be spawned as far as its strings go (see [`spawn_issues`]).
+pub(crate) fn spawnable(input: &crate::agents::CommandInput) -> bool {
+    !input.argv.iter().any(|a| a.contains('\0'))
+        && !input.cwd.as_ref().is_some_and(|c| c.contains('\0'))
+        && input
+            .env
+            .iter()
+            .all(|(k, v)| env_name_problem(k).is_none() && !v.contains('\0'))
 }
