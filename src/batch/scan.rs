@@ -178,12 +178,11 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let st = self.st;
         st.container();
-        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut seen = Seen::Few(Vec::new());
         while let Some(key) = map.next_key_seed(Key)? {
             let len = key.len();
-            if !seen.contains(&key) {
-                seen.insert(key.clone());
-            } else if st.duplicates.len() < MAX_DUPLICATES_REPORTED {
+            let duplicate = !seen.insert(&key);
+            if duplicate && st.duplicates.len() < MAX_DUPLICATES_REPORTED {
                 st.duplicates.push(Issue::new(
                     st.pointer(),
                     format!(
@@ -192,7 +191,7 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
                         quote(&key)
                     ),
                 ));
-            } else if !st.more_duplicates {
+            } else if duplicate && !st.more_duplicates {
                 st.more_duplicates = true;
                 st.duplicates.push(Issue::new(
                     "",
@@ -207,6 +206,33 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
             st.path.pop();
         }
         Ok(())
+    }
+}
+
+/// The keys of one object so far: most objects have a few, compared in a list; one with many
+/// gets a hash set, so a hostile object costs no quadratic time.
+enum Seen<'de> {
+    Few(Vec<Cow<'de, str>>),
+    Many(HashSet<Cow<'de, str>>),
+}
+
+impl<'de> Seen<'de> {
+    /// Adds `key`; false if it was there already.
+    fn insert(&mut self, key: &Cow<'de, str>) -> bool {
+        match self {
+            Seen::Few(keys) if keys.contains(key) => false,
+            Seen::Few(keys) if keys.len() < 16 => {
+                keys.push(key.clone());
+                true
+            }
+            Seen::Few(keys) => {
+                let mut set: HashSet<Cow<'de, str>> = keys.drain(..).collect();
+                set.insert(key.clone());
+                *self = Seen::Many(set);
+                true
+            }
+            Seen::Many(set) => set.insert(key.clone()),
+        }
     }
 }
 

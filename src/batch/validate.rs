@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use jsonschema::error::ValidationErrorKind;
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 
 use crate::agents;
 use crate::batch::Batch;
@@ -67,8 +69,88 @@ pub fn validate_text_with(
         issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
         return Err(issues);
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| vec![json_syntax_issue(&e)])?;
-    check_value(value, ctx, found.duplicates)
+    let mut check = FullCheck::new(ctx, found.duplicates);
+    let top = stream_tasks(text, &mut check).map_err(|e| vec![json_syntax_issue(&e)])?;
+    let plan = check.finish(&top)?;
+    // Only a batch without any problem is read into its types, straight from the text.
+    let batch = serde_json::from_str::<Batch>(text).map_err(type_mismatch)?;
+    Ok(ValidatedBatch { batch, plan })
+}
+
+/// A batch that passed every check but does not fit the types: the schema is derived from the
+/// same types, so this means a schema/type mismatch.
+fn type_mismatch(e: serde_json::Error) -> Vec<Issue> {
+    vec![Issue::new("", format!("invalid batch: {e}"))]
+}
+
+/// Reads the document with its `tasks` array (if it is one) fed to `check` task by task; returns
+/// the document with `tasks` left empty. The text is known to be JSON within the limits.
+fn stream_tasks(text: &str, check: &mut FullCheck) -> Result<Value, serde_json::Error> {
+    if !text.trim_start().starts_with('{') {
+        return serde_json::from_str(text);
+    }
+    // The top level as (key, text of value) pairs, then as a map the way `Value` builds one: a
+    // repeated key keeps its first place and its last value.
+    let entries: Vec<(String, &RawValue)> = serde_json::from_str::<Entries>(text)?.0;
+    let mut top = Map::new();
+    let mut tasks = None;
+    for (key, raw) in entries {
+        if key == "tasks" {
+            tasks = Some(raw);
+            top.insert(key, Value::Null);
+        } else {
+            top.insert(key, serde_json::from_str(raw.get())?);
+        }
+    }
+    if let Some(raw) = tasks {
+        top["tasks"] = if raw.get().starts_with('[') {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            de.deserialize_seq(TaskStream(check))?;
+            Value::Array(Vec::new())
+        } else {
+            serde_json::from_str(raw.get())?
+        };
+    }
+    Ok(Value::Object(top))
+}
+
+/// The top-level entries of a JSON object, values left as text.
+struct Entries<'de>(Vec<(String, &'de RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Feeds the elements of `tasks`, one `Value` at a time, to the check.
+struct TaskStream<'a, 'c>(&'a mut FullCheck<'c>);
+
+impl<'de> Visitor<'de> for TaskStream<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(task) = seq.next_element::<Value>()? {
+            self.0.task(task);
+        }
+        Ok(())
+    }
 }
 
 /// The error for text that is not JSON, naming line and column.
@@ -108,55 +190,123 @@ pub fn validate_value_with(
     check_value(value, ctx, Vec::new())
 }
 
-/// The full check of a document within the limits; `issues` holds what was found before it
-/// was parsed (repeated keys).
+/// The full check of a document within the limits; `duplicates` holds the repeated keys found
+/// in its text.
 fn check_value(
     value: Value,
     ctx: &ValidationContext,
-    mut issues: Vec<Issue>,
+    duplicates: Vec<Issue>,
 ) -> Result<ValidatedBatch, Vec<Issue>> {
-    issues.extend(schema_issues(&value));
-    issues.extend(config_issues(&value, &ctx.limits));
-    let tasks = value
-        .get("tasks")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let graph_inputs = graph_inputs(tasks);
-    let plan = match Plan::build(&graph_inputs) {
-        Ok(plan) => Some(plan),
-        Err(mut e) => {
-            issues.append(&mut e);
-            None
-        }
-    };
-    let agents: Vec<Option<&str>> = tasks
-        .iter()
-        .map(|t| t.get("agent").and_then(Value::as_str))
-        .collect();
-    issues.extend(reference_issues(
-        &reference_sites(tasks),
-        &agents,
-        &graph_inputs,
-    ));
-    issues.extend(agent_issues(tasks, ctx));
-    issues.extend(spawn_issues(tasks));
+    let mut check = FullCheck::new(ctx, duplicates);
+    let mut top = value;
+    let mut tasks = Vec::new();
+    if let Some(t) = top.get_mut("tasks").filter(|t| t.is_array()) {
+        let Value::Array(all) = std::mem::replace(t, Value::Array(Vec::new())) else {
+            unreachable!("an array")
+        };
+        tasks = all.into_iter().map(|t| check.task(t)).collect();
+    }
+    let plan = check.finish(&top)?;
+    top["tasks"] = Value::Array(tasks);
+    let batch = serde_json::from_value::<Batch>(top).map_err(type_mismatch)?;
+    Ok(ValidatedBatch { batch, plan })
+}
 
-    if issues.is_empty() {
-        match serde_json::from_value::<Batch>(value) {
-            Ok(batch) => {
-                return Ok(ValidatedBatch {
-                    batch,
-                    plan: plan.expect("no graph issues"),
-                });
-            }
-            // The schema is derived from the same types, so this means a schema/type mismatch.
-            Err(e) => issues.push(Issue::new("", format!("invalid batch: {e}"))),
+/// Every check of a batch, fed one task at a time (so a batch of a million tasks is never one
+/// `Value` tree), then the rest of the document. Problems are kept by kind and put together in
+/// one order at the end, so the result does not depend on how the tasks were fed.
+struct FullCheck<'c> {
+    ctx: &'c ValidationContext,
+    duplicates: Vec<Issue>,
+    task_schema: Vec<Issue>,
+    agent: Vec<Issue>,
+    spawn: Vec<Issue>,
+    inputs: Vec<GraphInput>,
+    agents: Vec<Option<&'static str>>,
+    sites: Vec<RefSite>,
+}
+
+impl<'c> FullCheck<'c> {
+    fn new(ctx: &'c ValidationContext, duplicates: Vec<Issue>) -> Self {
+        FullCheck {
+            ctx,
+            duplicates,
+            task_schema: Vec::new(),
+            agent: Vec::new(),
+            spawn: Vec::new(),
+            inputs: Vec::new(),
+            agents: Vec::new(),
+            sites: Vec::new(),
         }
     }
-    issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
-    issues.dedup();
-    Err(issues)
+
+    /// The next task of `tasks`, handed back.
+    fn task(&mut self, task: Value) -> Value {
+        let i = self.inputs.len();
+        // The task checked against the schema as the only task of a batch (tasks are checked
+        // independently by `items`), its paths then moved to its own place.
+        let mut one = json!({"tasks": [task]});
+        // `is_valid` stops at the first problem and builds no errors: most tasks have none.
+        if !batch_validator().is_valid(&one) {
+            let mut found = schema_issues(&one);
+            for issue in &mut found {
+                if let Some(rest) = issue.path.strip_prefix("/tasks/0") {
+                    issue.path = format!("/tasks/{i}{rest}");
+                }
+            }
+            self.task_schema.append(&mut found);
+        }
+        let task = one["tasks"][0].take();
+
+        self.inputs.push(graph_input(&task));
+        let agent = task.get("agent").and_then(Value::as_str);
+        self.agents.push(
+            agents::ALL_AGENTS
+                .iter()
+                .copied()
+                .find(|a| Some(*a) == agent),
+        );
+        if let (Some(agent), Some(input)) = (agent, task.get("input_data")) {
+            collect_sites(i, input, &mut self.sites);
+            for (pointer, message) in agents::check_input(agent, input, self.ctx) {
+                self.agent.push(Issue::new(
+                    format!("/tasks/{i}/input_data{pointer}"),
+                    message,
+                ));
+            }
+            if agent == "command" {
+                spawn_issues(i, input, &mut self.spawn);
+            }
+        }
+        task
+    }
+
+    /// The rest of the document (`tasks` emptied, or whatever stood there if not an array);
+    /// the plan if the batch has no problem at all.
+    fn finish(self, top: &Value) -> Result<Plan, Vec<Issue>> {
+        let mut issues = self.duplicates;
+        issues.extend(schema_issues(top));
+        issues.extend(self.task_schema);
+        issues.extend(config_issues(top, &self.ctx.limits));
+        let plan = match Plan::build(&self.inputs) {
+            Ok(plan) => Some(plan),
+            Err(mut e) => {
+                issues.append(&mut e);
+                None
+            }
+        };
+        issues.extend(reference_issues(&self.sites, &self.agents, &self.inputs));
+        issues.extend(self.agent);
+        issues.extend(self.spawn);
+        match plan {
+            Some(plan) if issues.is_empty() => Ok(plan),
+            _ => {
+                issues.sort_by(|a, b| natural_path_cmp(&a.path, &b.path));
+                issues.dedup();
+                Err(issues)
+            }
+        }
+    }
 }
 
 fn schema_issues(value: &Value) -> Vec<Issue> {
@@ -219,12 +369,6 @@ fn short(s: &str) -> String {
     }
 }
 
-/// Task ids and dependencies as far as they are well-formed, so graph problems are reported even
-/// when the schema found others.
-pub(crate) fn graph_inputs(tasks: &[Value]) -> Vec<GraphInput> {
-    tasks.iter().map(graph_input).collect()
-}
-
 /// One task's id and dependencies, as far as they are well-formed.
 pub(crate) fn graph_input(t: &Value) -> GraphInput {
     GraphInput {
@@ -262,16 +406,6 @@ pub(crate) fn collect_sites(task: usize, input: &Value, sites: &mut Vec<RefSite>
             });
         }
     });
-}
-
-fn reference_sites(tasks: &[Value]) -> Vec<RefSite> {
-    let mut sites = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        if let Some(input) = task.get("input_data") {
-            collect_sites(i, input, &mut sites);
-        }
-    }
-    sites
 }
 
 /// Checks every reference: it names a known task, listed in the dependencies, and a field that
@@ -348,25 +482,6 @@ fn typed_agent_issues_absent(tasks: &[crate::batch::Task], ctx: &ValidationConte
     })
 }
 
-fn agent_issues(tasks: &[Value], ctx: &ValidationContext) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        let (Some(agent), Some(input)) = (
-            task.get("agent").and_then(Value::as_str),
-            task.get("input_data"),
-        ) else {
-            continue;
-        };
-        for (pointer, message) in agents::check_input(agent, input, ctx) {
-            issues.push(Issue::new(
-                format!("/tasks/{i}/input_data{pointer}"),
-                message,
-            ));
-        }
-    }
-    issues
-}
-
 /// `config` against the caller's limits (the schema holds the fixed ranges).
 fn config_issues(value: &Value, limits: &Limits) -> Vec<Issue> {
     let mut issues = Vec::new();
@@ -394,44 +509,35 @@ fn nul(s: &str) -> Option<&'static str> {
     )
 }
 
-/// `command` inputs that would pass the schema but can never be spawned: a NUL in `argv`, `cwd`
-/// or `env`, and `env` names that are empty or hold `=` (`"A=B": "c"` would set `A` to `B=c`).
-fn spawn_issues(tasks: &[Value]) -> Vec<Issue> {
-    let mut issues = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        if task.get("agent").and_then(Value::as_str) != Some("command") {
-            continue;
-        }
-        let Some(input) = task.get("input_data") else {
-            continue;
-        };
-        let at = |rest: String| format!("/tasks/{i}/input_data/{rest}");
-        if let Some(argv) = input.get("argv").and_then(Value::as_array) {
-            for (j, arg) in argv.iter().enumerate() {
-                if let Some(why) = arg.as_str().and_then(nul) {
-                    issues.push(Issue::new(at(format!("argv/{j}")), why));
-                }
-            }
-        }
-        if let Some(why) = input.get("cwd").and_then(Value::as_str).and_then(nul) {
-            issues.push(Issue::new(at("cwd".into()), why));
-        }
-        if let Some(env) = input.get("env").and_then(Value::as_object) {
-            for (name, v) in env {
-                let path = at(format!("env/{}", pointer_token(name)));
-                if let Some(why) = env_name_problem(name) {
-                    issues.push(Issue::new(
-                        path.clone(),
-                        format!("environment variable name {} {why}", quote(name)),
-                    ));
-                }
-                if let Some(why) = v.as_str().and_then(nul) {
-                    issues.push(Issue::new(path, why));
-                }
+/// Problems of task `i`'s `command` input that pass the schema but can never be spawned: a NUL
+/// in `argv`, `cwd` or `env`, and `env` names that are empty or hold `=` (`"A=B": "c"` would set
+/// `A` to `B=c`).
+fn spawn_issues(i: usize, input: &Value, issues: &mut Vec<Issue>) {
+    let at = |rest: String| format!("/tasks/{i}/input_data/{rest}");
+    if let Some(argv) = input.get("argv").and_then(Value::as_array) {
+        for (j, arg) in argv.iter().enumerate() {
+            if let Some(why) = arg.as_str().and_then(nul) {
+                issues.push(Issue::new(at(format!("argv/{j}")), why));
             }
         }
     }
-    issues
+    if let Some(why) = input.get("cwd").and_then(Value::as_str).and_then(nul) {
+        issues.push(Issue::new(at("cwd".into()), why));
+    }
+    if let Some(env) = input.get("env").and_then(Value::as_object) {
+        for (name, v) in env {
+            let path = at(format!("env/{}", pointer_token(name)));
+            if let Some(why) = env_name_problem(name) {
+                issues.push(Issue::new(
+                    path.clone(),
+                    format!("environment variable name {} {why}", quote(name)),
+                ));
+            }
+            if let Some(why) = v.as_str().and_then(nul) {
+                issues.push(Issue::new(path, why));
+            }
+        }
+    }
 }
 
 /// What is wrong with an environment variable name, if anything.
