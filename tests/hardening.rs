@@ -380,3 +380,282 @@ fn a_hundred_thousand_tasks_pass_the_default_limits() {
     assert_eq!(run.json["task_count"], 100_000);
     assert_eq!(run.json["dependency_count"], 99_999);
 }
+
+/// A batch of `n` command tasks `t0`..`t{n-1}` where each depends on the one before, listed last
+/// task first; with `cyclic`, `t0` depends on the last one, closing one cycle through all.
+/// `extra` tasks (JSON text) are appended.
+fn long_graph(n: usize, cyclic: bool, extra: &[&str]) -> String {
+    let mut text = String::with_capacity(n * 100);
+    text.push_str(r#"{"tasks":["#);
+    for i in (0..n).rev() {
+        let dep = match i {
+            0 if cyclic => format!(r#","dependencies":["t{}"]"#, n - 1),
+            0 => String::new(),
+            _ => format!(r#","dependencies":["t{}"]"#, i - 1),
+        };
+        text.push_str(&format!(
+            r#"{{"task_id":"t{i}","agent":"command","input_data":{{"argv":["true"]}}{dep}}},"#
+        ));
+    }
+    for e in extra {
+        text.push_str(e);
+        text.push(',');
+    }
+    text.pop();
+    text.push_str("]}");
+    text
+}
+
+/// `validate -f` on `text`, with room for a batch of a million tasks (about 100 MB).
+fn validate_big(sb: &Sandbox, text: &str) -> Run {
+    let file = sb.write("big.json", text);
+    let child = sb
+        .cmd(&[
+            "validate",
+            "--max-input-bytes",
+            "400000000",
+            "--max-tasks",
+            "2000000",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = sb.to_run(wait_with_deadline(child, Duration::from_secs(300)));
+    assert!(!run.stderr.contains("overflow"), "{}", run.stderr);
+    run
+}
+
+/// The cycle error for a cycle through every task of [`long_graph`]: one issue, its message
+/// naming both ends of the cycle and the count between, not a million names.
+fn assert_long_cycle(errors: &[(String, String)], n: usize) {
+    let cycle: Vec<_> = errors
+        .iter()
+        .filter(|(_, m)| m.starts_with("dependency cycle"))
+        .collect();
+    assert_eq!(cycle.len(), 1, "{errors:?}");
+    let (path, message) = cycle[0];
+    assert_eq!(path, "/tasks/0/dependencies/0");
+    let last = n - 1;
+    assert!(
+        message.starts_with(&format!("dependency cycle: t{last} -> t{} -> ", last - 1)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(" -> ... ({} more) ... -> ", n + 1 - 20)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("t1 -> t0 -> t{last} (each")),
+        "{message}"
+    );
+    assert!(message.len() < 500, "{} bytes", message.len());
+}
+
+/// Above what once overflowed the stack (a recursive strongly-connected-components search).
+/// Release builds check the full million; debug builds, several times slower, a fifth of it.
+const LONG: usize = if cfg!(debug_assertions) {
+    200_000
+} else {
+    1_000_000
+};
+
+#[test]
+fn a_million_task_cycle_is_one_short_error_not_a_crash() {
+    let n = 1_000_000;
+    let sb = Sandbox::new();
+    let run = validate_big(&sb, &long_graph(n, true, &[]));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let errors = run.error_messages();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_long_cycle(&errors, n);
+    assert!(run.stdout.len() < 2_000, "{}", run.stdout);
+}
+
+#[test]
+fn a_million_task_chain_listed_backwards_is_valid() {
+    let n = 1_000_000;
+    let sb = Sandbox::new();
+    let run = validate_big(&sb, &long_graph(n, false, &[]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json["task_count"], n);
+    assert_eq!(run.json["levels"].as_array().unwrap().len(), n);
+    let path = run.json["critical_path"].as_array().unwrap();
+    assert_eq!(path.len(), n);
+    assert_eq!(path[0], "t0");
+}
+
+#[test]
+fn long_cycles_and_chains_with_unrelated_errors() {
+    let sb = Sandbox::new();
+    let unknown_field =
+        r#"{"task_id":"x","agent":"command","input_data":{"argv":["true"]},"bogus":1}"#;
+    let nul = r#"{"task_id":"y","agent":"command","input_data":{"argv":["a\u0000b"]}}"#;
+
+    let run = validate_big(&sb, &long_graph(LONG, true, &[unknown_field, nul]));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let errors = run.error_messages();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_long_cycle(&errors, LONG);
+    assert_eq!(errors[1].0, format!("/tasks/{LONG}/bogus"));
+    assert_eq!(
+        errors[2].0,
+        format!("/tasks/{}/input_data/argv/0", LONG + 1)
+    );
+
+    let run = validate_big(&sb, &long_graph(LONG, false, &[unknown_field]));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let errors = run.error_messages();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].1.contains("unknown field 'bogus'"), "{errors:?}");
+
+    // Only graph problems besides the cycle: an unknown dependency and a repeated key.
+    let unknown_dep = r#"{"task_id":"z","agent":"command","input_data":{"argv":["true"]},"dependencies":["nope"]}"#;
+    let repeated =
+        r#"{"task_id":"w","agent":"command","input_data":{"argv":["true"]},"task_id":"v"}"#;
+    let run = validate_big(&sb, &long_graph(LONG, true, &[unknown_dep, repeated]));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let errors = run.error_messages();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_long_cycle(&errors, LONG);
+    assert!(errors[1].1.contains("unknown task 'nope'"), "{errors:?}");
+    assert_eq!(errors[2].0, format!("/tasks/{}", LONG + 1));
+    assert!(
+        errors[2].1.contains("duplicate key 'task_id'"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn rejecting_an_over_limit_batch_builds_no_document_tree() {
+    // 60 MB of tasks, one more than --max-tasks allows: refused after reading, without the
+    // `Value` tree of the whole batch (gigabytes). Address space is capped at 1 GiB.
+    let n = 600_000;
+    let sb = Sandbox::new();
+    let file = sb.write("big.json", &long_graph(n, false, &[]));
+    let mut cmd = sb.cmd(&[
+        "validate",
+        "--max-tasks",
+        &(n - 1).to_string(),
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    limit_memory(&mut cmd, 1 << 30);
+    let started = std::time::Instant::now();
+    let run = sb.to_run(cmd.output().unwrap());
+    let (path, message) = only_error(&run);
+    assert_eq!(path, "/tasks");
+    assert!(
+        message.contains("600000 tasks is more than the limit of 599999"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+/// Caps the data segment of the command's process (`RLIMIT_DATA`, which counts heap and
+/// anonymous mappings), so a test fails when the runner allocates more.
+fn limit_memory(cmd: &mut std::process::Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_long_cycle_sent_to_the_server_is_a_400_and_the_server_lives_on() {
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd(&["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("DISPATCH_API_TOKEN")
+        .env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line.strip_prefix("dispatch_runner: listening on ")
+                && !sent
+            {
+                let _ = tx.send(addr.to_string());
+                sent = true;
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server listens");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Kill(child);
+    let client = dispatch_runner::http::client_builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+
+    // Another client's run, in flight while the cycle is checked.
+    let other = json!({"tasks": [sh_task("slow", "sleep 1; echo done", &[])]});
+    let other = tokio::spawn(
+        client
+            .post(format!("{base}/v1/dispatch"))
+            .header("content-type", "application/json")
+            .body(other.to_string())
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let cycle = long_graph(25_000, true, &[]);
+    assert!(cycle.len() > 2_000_000);
+    let resp = client
+        .post(format!("{base}/v1/dispatch"))
+        .header("content-type", "application/json")
+        .body(cycle)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "invalid");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(24981 more)"),
+        "{body}"
+    );
+
+    let other = other.await.unwrap().expect("the other run is answered");
+    assert_eq!(other.status().as_u16(), 200);
+    let result: Value = other.json().await.unwrap();
+    assert_eq!(result["results"][0]["status"], "success", "{result}");
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server is still up"
+    );
+}

@@ -359,6 +359,146 @@ fn hostile_shapes_get_exit_2_not_a_panic() {
 }
 
 #[test]
+fn repeated_keys_are_errors_wherever_they_are() {
+    // `Value` keeps the last of repeated keys: this batch would have run as task `b` with
+    // `A=2`, a retry count of 3 and `sh` instead of `true`.
+    let errors = invalid(
+        r#"{"tasks": [
+            {"task_id": "a", "agent": "command", "task_id": "b",
+             "input_data": {"argv": ["true"], "env": {"A": "1", "\u0041": "2"}, "argv": ["sh"]}},
+            {"task_id": "m", "agent": "mcp", "input_data": {"tool": "t", "arguments": {"x": {"y": 1, "y": 2}}}}],
+          "config": {"retries": 1, "retries": 3}}"#,
+    );
+    for (path, key) in [
+        ("/tasks/0", "'task_id'"),
+        ("/tasks/0/input_data", "'argv'"),
+        ("/tasks/0/input_data/env", "'A'"),
+        ("/tasks/1/input_data/arguments/x", "'y'"),
+        ("/config", "'retries'"),
+    ] {
+        assert!(
+            has(&errors, path, &format!("duplicate key {key}")),
+            "{path}: {errors:?}"
+        );
+    }
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    // The same names in different objects are fine.
+    let sb = Sandbox::new();
+    let ok = r#"{"tasks": [{"task_id": "a", "agent": "mcp", "input_data": {"tool": "t",
+        "arguments": {"tool": 1, "a": {"tool": 2, "a": [{"a": 3}]}}}}]}"#;
+    assert_eq!(sb.run(&["validate"], ok).code, 0);
+}
+
+#[test]
+fn command_inputs_that_can_never_spawn_are_errors() {
+    let errors = invalid(
+        r#"{"tasks": [{"task_id": "a", "agent": "command", "input_data": {
+            "argv": ["echo", "a\u0000b"], "cwd": "/tmp\u0000x",
+            "env": {"A=B": "c", "": "d", "N\u0000": "e", "OK": "f\u0000g"}}}]}"#,
+    );
+    let nul = "contains a NUL character";
+    assert!(
+        has(&errors, "/tasks/0/input_data/argv/1", nul),
+        "{errors:?}"
+    );
+    assert!(has(&errors, "/tasks/0/input_data/cwd", nul), "{errors:?}");
+    assert!(
+        has(
+            &errors,
+            "/tasks/0/input_data/env/A=B",
+            "name 'A=B' contains '='"
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "/tasks/0/input_data/env/", "name '' is empty"),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "/tasks/0/input_data/env/N\0", nul),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "/tasks/0/input_data/env/OK", nul),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 6, "{errors:?}");
+}
+
+#[test]
+fn max_output_bytes_has_a_maximum() {
+    let errors = invalid(r#"{"tasks": [], "config": {"max_output_bytes": 1000000000000}}"#);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "/config/max_output_bytes");
+    assert!(errors[0].1.contains("67108864"), "{errors:?}");
+    let sb = Sandbox::new();
+    let top = r#"{"tasks": [], "config": {"max_output_bytes": 67108864}}"#;
+    assert_eq!(sb.run(&["validate"], top).code, 0);
+    // Nor can the flag go past it.
+    let out = sb
+        .cmd(&["run", "--max-output-bytes", "67108865"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("67108864"), "{stderr}");
+}
+
+#[test]
+fn errors_quote_only_a_prefix_of_huge_values() {
+    // A 3 MB key (under the string limit) that is not a known field, and a 3 MB unknown
+    // dependency: each is named, but not echoed in full.
+    let key = "k".repeat(3_000_000);
+    let batch = format!(
+        r#"{{"tasks": [{{"task_id": "a", "agent": "command", "input_data": {{"argv": ["true"]}},
+           "dependencies": ["{key}"], "{key}": 1}}]}}"#
+    );
+    let sb = Sandbox::new();
+    let run = sb.run(&["validate"], &batch);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stdout.len() < 10_000,
+        "{} bytes on stdout",
+        run.stdout.len()
+    );
+    assert!(
+        run.stderr.len() < 10_000,
+        "{} bytes on stderr",
+        run.stderr.len()
+    );
+    let errors = run.error_messages();
+    assert!(
+        errors
+            .iter()
+            .any(|(p, m)| p.starts_with("/tasks/0/kkk") && m.contains("unknown field 'kkk")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|(_, m)| m.contains("(3000000 bytes)")),
+        "{errors:?}"
+    );
+    // Over the string limit (a 5 MB key): the same.
+    let key = "k".repeat(5_000_000);
+    let run = sb.run(&["validate"], &format!(r#"{{"tasks": [], "{key}": 1}}"#));
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.len() < 10_000,
+        "{} bytes on stdout",
+        run.stdout.len()
+    );
+    assert!(
+        run.stderr.len() < 10_000,
+        "{} bytes on stderr",
+        run.stderr.len()
+    );
+    assert!(
+        run.error_messages()[0]
+            .1
+            .contains("string of 5000000 bytes")
+    );
+}
+
+#[test]
 fn a_byte_order_mark_is_accepted() {
     let sb = Sandbox::new();
     let run = sb.run(&["validate"], "\u{feff}{\"tasks\": []}");

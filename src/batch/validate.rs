@@ -489,6 +489,8 @@ fn config_issues(value: &Value, limits: &Limits) -> Vec<Issue> {
         .pointer("/config/max_output_bytes")
         .and_then(Value::as_u64)
         && n > limits.max_output_bytes as u64
+        // Past the schema's maximum, the schema says so.
+        && n <= crate::batch::limits::MAX_OUTPUT_BYTES as u64
     {
         issues.push(Issue::new(
             "/config/max_output_bytes",
