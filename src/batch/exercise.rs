@@ -310,6 +310,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn large_graph_recipes_reach_each_shape() {
+        let messages = |shape: u8| -> Vec<String> {
+            match crate::batch::validate_text(&large_graph(&[shape, 0, 10, 3, 4])) {
+                Ok(v) => {
+                    assert_eq!(v.plan.len(), 2010);
+                    Vec::new()
+                }
+                Err(issues) => issues.into_iter().map(|i| i.message).collect(),
+            }
+        };
+        let has = |m: &[String], what: &str| m.iter().any(|s| s.contains(what));
+        assert!(has(&messages(0), "(1991 more)"));
+        assert!(messages(1).is_empty());
+        assert!(has(&messages(2), "unknown task 'nope'"));
+        let m = messages(3);
+        assert!(
+            has(&m, "dependency cycle") && has(&m, "unknown field 'extra'"),
+            "{m:?}"
+        );
+        assert!(has(&messages(4), "duplicate key 'description'"));
+        assert!(has(&messages(5), "NUL"));
+        let m = messages(6);
+        assert!(
+            has(&m, "depends on itself") && has(&m, "does not list it"),
+            "{m:?}"
+        );
+        exercise(&[LARGE, 6, 0, 10, 3, 4]);
+    }
+
+    #[test]
     fn recipes_reach_valid_batches_with_references_and_invalid_ones() {
         let mut rng = fastrand::Rng::with_seed(5);
         let (mut valid, mut with_refs, mut invalid) = (0, 0, 0);

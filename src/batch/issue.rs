@@ -70,6 +70,15 @@ impl std::fmt::Display for Issue {
     }
 }
 
+/// Escapes one reference token of a JSON Pointer (RFC 6901).
+pub fn pointer_token(token: &str) -> std::borrow::Cow<'_, str> {
+    if token.contains(['~', '/']) {
+        token.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        token.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,14 +95,5 @@ mod tests {
         assert_eq!(quote("abc"), "'abc'");
         let q = quote(&"é".repeat(100));
         assert!(q.ends_with("...' (200 bytes)"), "{q}");
-    }
-}
-
-/// Escapes one reference token of a JSON Pointer (RFC 6901).
-pub fn pointer_token(token: &str) -> std::borrow::Cow<'_, str> {
-    if token.contains(['~', '/']) {
-        token.replace('~', "~0").replace('/', "~1").into()
-    } else {
-        token.into()
     }
 }

@@ -181,7 +181,8 @@ impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
         let mut seen = Seen::Few(Vec::new());
         while let Some(key) = map.next_key_seed(Key)? {
             let len = key.len();
-            let duplicate = !seen.insert(&key);
+            // Borrowed keys (no escapes) clone without copying the text.
+            let duplicate = !seen.insert(key.clone());
             if duplicate && st.duplicates.len() < MAX_DUPLICATES_REPORTED {
                 st.duplicates.push(Issue::new(
                     st.pointer(),
@@ -218,20 +219,20 @@ enum Seen<'de> {
 
 impl<'de> Seen<'de> {
     /// Adds `key`; false if it was there already.
-    fn insert(&mut self, key: &Cow<'de, str>) -> bool {
+    fn insert(&mut self, key: Cow<'de, str>) -> bool {
         match self {
-            Seen::Few(keys) if keys.contains(key) => false,
+            Seen::Few(keys) if keys.contains(&key) => false,
             Seen::Few(keys) if keys.len() < 16 => {
-                keys.push(key.clone());
+                keys.push(key);
                 true
             }
             Seen::Few(keys) => {
                 let mut set: HashSet<Cow<'de, str>> = keys.drain(..).collect();
-                set.insert(key.clone());
+                set.insert(key);
                 *self = Seen::Many(set);
                 true
             }
-            Seen::Many(set) => set.insert(key.clone()),
+            Seen::Many(set) => set.insert(key),
         }
     }
 }
