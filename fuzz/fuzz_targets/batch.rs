@@ -1,5 +1,6 @@
 //! Arbitrary bytes through parsing, limits, schema validation, graph checks, scheduling and
-//! `{{tasks...}}` interpolation. See docs/fuzzing.md.
+//! `{{tasks...}}` interpolation; inputs starting with 0xC7 also become one long dependency chain or
+//! cycle (see `exercise::large_graph`). See docs/hardening.md.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -5,9 +5,11 @@
 //! limits are checked in one pass over the text. This keeps checking 100,000 tasks fast and small
 //! in memory.
 //!
-//! It only answers "valid, here is the batch" or "not sure": on any problem, and wherever serde
-//! and the schema could disagree, it returns `None` and the full check
-//! (`validate::validate_value_with`) runs instead, which finds and words every problem. So the
+//! It answers "valid, here is the batch", "every task is fine but the graph or the references
+//! between tasks are not, here are those problems" (found by the same functions the full check
+//! uses), or "not sure": on any other problem, and wherever serde and the schema could disagree
+//! (a repeated key, which serde would take silently), it returns `None` and the full check
+//! (`validate::validate_text_with`) runs instead, which finds and words every problem. So the
 //! error messages have exactly one source. Agents whose inputs hold enums (`coder`, `debug`:
 //! serde also takes `{"Effect": null}` for `"Effect"`) are checked per task against the compiled
 //! schema instead of by hand. The fuzz target checks that whatever this path accepts, the full

@@ -199,15 +199,17 @@ fn check_value(
 ) -> Result<ValidatedBatch, Vec<Issue>> {
     let mut check = FullCheck::new(ctx, duplicates);
     let mut top = value;
-    let mut tasks = Vec::new();
+    let mut tasks = None;
     if let Some(t) = top.get_mut("tasks").filter(|t| t.is_array()) {
         let Value::Array(all) = std::mem::replace(t, Value::Array(Vec::new())) else {
             unreachable!("an array")
         };
-        tasks = all.into_iter().map(|t| check.task(t)).collect();
+        tasks = Some(all.into_iter().map(|t| check.task(t)).collect());
     }
     let plan = check.finish(&top)?;
-    top["tasks"] = Value::Array(tasks);
+    if let (Some(tasks), Some(t)) = (tasks, top.get_mut("tasks")) {
+        *t = Value::Array(tasks);
+    }
     let batch = serde_json::from_value::<Batch>(top).map_err(type_mismatch)?;
     Ok(ValidatedBatch { batch, plan })
 }
