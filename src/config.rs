@@ -66,6 +66,9 @@ pub struct AgentSection {
     pub max_concurrency: Option<usize>,
     /// Backend for agents that have several (`coder`, `debug`).
     pub backend: Option<String>,
+    /// Put every task of this agent under one named circuit breaker (opt-in; a task's own
+    /// `breaker` wins). 1 to 64 of `A-Za-z0-9_.-`.
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -249,7 +252,15 @@ pub fn parse_file(path: &Path) -> Result<FileConfig, Vec<ConfigError>> {
             message,
         })
         .collect();
-    for name in file.agents.keys() {
+    for (name, section) in &file.agents {
+        if let Some(b) = &section.breaker
+            && !crate::policy::breaker::is_breaker_name(b)
+        {
+            problems.push(ConfigError {
+                path: format!("{}: agents.{name}.breaker", path.display()),
+                message: "a breaker name is 1 to 64 letters, digits, '_', '.' or '-'".into(),
+            });
+        }
         if !crate::agents::is_agent_name(name) {
             problems.push(ConfigError {
                 path: format!("{}: agents.{name}", path.display()),

@@ -46,6 +46,7 @@ pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod settings;
+pub mod signal;
 pub mod task_error;
 pub mod workspace;
 

@@ -33,6 +33,7 @@ pub struct RunSettings {
     pub retry_backoff_max_ms: u64,
     pub fail_fast: bool,
     pub max_output_bytes: usize,
+    pub breaker_enabled: bool,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_timeout_seconds: f64,
     /// Per-agent overrides from the configuration file.
@@ -65,6 +66,7 @@ impl RunSettings {
             retry_backoff_max_ms: merged.retry_backoff_max_ms.unwrap_or_default(),
             fail_fast: merged.fail_fast.unwrap_or_default(),
             max_output_bytes: merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+            breaker_enabled: breaker.enabled.unwrap_or(true),
             breaker_failure_threshold: breaker.failure_threshold.unwrap_or_default(),
             breaker_recovery_timeout_seconds: breaker.recovery_timeout_seconds.unwrap_or_default(),
             agents: BTreeMap::new(),
@@ -98,6 +100,11 @@ impl RunSettings {
         }
     }
 
+    /// The named breaker of a task, if it opted in: the task's own, else its agent's.
+    pub fn named_breaker<'a>(&'a self, agent: &str, task_override: Option<&'a str>) -> Option<&'a str> {
+        task_override.or_else(|| self.agents.get(agent).and_then(|a| a.breaker.as_deref()))
+    }
+
     pub fn breaker_recovery(&self) -> Duration {
         secs(self.breaker_recovery_timeout_seconds)
     }
@@ -121,6 +128,7 @@ impl BatchConfig {
             fail_fast: Some(false),
             max_output_bytes: Some(DEFAULT_MAX_OUTPUT_BYTES),
             circuit_breaker: BreakerConfig {
+                enabled: Some(true),
                 failure_threshold: Some(DEFAULT_BREAKER_THRESHOLD),
                 recovery_timeout_seconds: Some(DEFAULT_BREAKER_RECOVERY_SECONDS),
             },
@@ -139,6 +147,7 @@ impl BatchConfig {
             fail_fast: higher.fail_fast.or(self.fail_fast),
             max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
             circuit_breaker: BreakerConfig {
+                enabled: higher.circuit_breaker.enabled.or(self.circuit_breaker.enabled),
                 failure_threshold: higher
                     .circuit_breaker
                     .failure_threshold
@@ -175,6 +184,7 @@ mod tests {
             max_workers: Some(2),
             retries: Some(3),
             circuit_breaker: BreakerConfig {
+                enabled: None,
                 failure_threshold: Some(9),
                 recovery_timeout_seconds: Some(5.0),
             },
@@ -183,6 +193,7 @@ mod tests {
         let cli = BatchConfig {
             max_workers: Some(8),
             circuit_breaker: BreakerConfig {
+                enabled: None,
                 failure_threshold: Some(1),
                 recovery_timeout_seconds: None,
             },

@@ -52,6 +52,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A server answered something that is not valid protocol (invalid JSON, wrong shape).
     ProtocolError,
+    /// The executor lost track of the attempt (its worker went away); transient.
+    AttemptLost,
 }
 
 impl ErrorKind {
@@ -79,6 +81,7 @@ impl ErrorKind {
             ErrorKind::McpError => "mcp_error",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::ProtocolError => "protocol_error",
+            ErrorKind::AttemptLost => "attempt_lost",
         }
     }
 }

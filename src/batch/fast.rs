@@ -300,6 +300,8 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         dependencies: t.dependencies,
         timeout_seconds: t.timeout_seconds,
         retries: t.retries,
+        // A task naming a breaker is declined above and checked in full.
+        breaker: None,
     })
 }
 
@@ -323,6 +325,8 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         dependencies: t.dependencies,
         timeout_seconds: t.timeout_seconds,
         retries: t.retries,
+        // A task naming a breaker is declined above and checked in full.
+        breaker: None,
     })
 }
 

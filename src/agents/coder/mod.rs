@@ -242,6 +242,15 @@ fn target(input: &CoderInput) -> Result<(String, String), TaskError> {
     Ok((name, path))
 }
 
+/// The model this task will call, if any (for its circuit breaker); `None` for the offline
+/// template backend and for a configured backend name that the run will reject.
+pub fn model_backend(input: &CoderInput, llm: &crate::llm::LlmConfig) -> Option<ModelBackend> {
+    match input.backend {
+        Some(b) => b.model(),
+        None => CoderBackend::parse(llm.agents.coder.as_deref()?)?.model(),
+    }
+}
+
 pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, Failure> {
     let ws = workspace(ctx)?;
     let backend = match input.backend {

@@ -170,6 +170,18 @@ struct File {
     text: String,
 }
 
+/// The model this task will call, if any (for its circuit breaker): only a deep analysis with a
+/// model backend calls one.
+pub fn model_backend(input: &DebugInput, llm: &crate::llm::LlmConfig) -> Option<ModelBackend> {
+    if input.analysis_depth != AnalysisDepth::Deep {
+        return None;
+    }
+    match input.backend {
+        Some(b) => b.model(),
+        None => DebugBackend::parse(llm.agents.debug.as_deref()?)?.model(),
+    }
+}
+
 pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, Failure> {
     let ws = super::coder::workspace(ctx)?;
     let backend = match input.backend {
