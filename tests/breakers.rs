@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use dispatch_runner::reporter::metrics::{parse_text, sample};
 use serde_json::{Value, json};
 
 /// Six failing lint commands listed before six healthy test commands, one worker.
@@ -62,8 +63,34 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     tasks.push(sh_task("unrelated", "echo fine", &[]));
     let batch = json!({"tasks": tasks, "config": {"max_workers": 1,
         "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}}});
-    let run = sb.run_json(&[], &batch);
-    assert_eq!(run.code, 1);
+    // Every reporter handles attempts with and without a breaker.
+    let run = sb.run_json(
+        &[
+            "--metrics-file",
+            "metrics.prom",
+            "--html",
+            "report.html",
+            "--junit",
+            "junit.xml",
+            "--chrome-trace",
+            "chrome.json",
+            "--events",
+            "events.ndjson",
+        ],
+        &batch,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let metrics = std::fs::read_to_string(sb.path().join("metrics.prom")).unwrap();
+    let parsed = parse_text(&metrics).unwrap();
+    assert_eq!(
+        sample(&parsed, "dispatch_circuit_breaker_state", &[("breaker", "staging-db")]),
+        Some(2.0),
+        "open is 2: {metrics}"
+    );
+    let chrome = std::fs::read_to_string(sb.path().join("chrome.json")).unwrap();
+    assert!(chrome.contains("breaker staging-db"), "{chrome}");
+    let html = std::fs::read_to_string(sb.path().join("report.html")).unwrap();
+    assert!(html.contains("unrelated"));
     for i in 0..2 {
         assert_eq!(run.result(&format!("db{i}"))["error"]["kind"], "exit_status");
     }
