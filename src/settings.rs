@@ -101,7 +101,11 @@ impl RunSettings {
     }
 
     /// The named breaker of a task, if it opted in: the task's own, else its agent's.
-    pub fn named_breaker<'a>(&'a self, agent: &str, task_override: Option<&'a str>) -> Option<&'a str> {
+    pub fn named_breaker<'a>(
+        &'a self,
+        agent: &str,
+        task_override: Option<&'a str>,
+    ) -> Option<&'a str> {
         task_override.or_else(|| self.agents.get(agent).and_then(|a| a.breaker.as_deref()))
     }
 
@@ -147,7 +151,10 @@ impl BatchConfig {
             fail_fast: higher.fail_fast.or(self.fail_fast),
             max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
             circuit_breaker: BreakerConfig {
-                enabled: higher.circuit_breaker.enabled.or(self.circuit_breaker.enabled),
+                enabled: higher
+                    .circuit_breaker
+                    .enabled
+                    .or(self.circuit_breaker.enabled),
                 failure_threshold: higher
                     .circuit_breaker
                     .failure_threshold

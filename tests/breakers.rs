@@ -11,7 +11,13 @@ use serde_json::{Value, json};
 /// Six failing lint commands listed before six healthy test commands, one worker.
 fn ci_batch(config: Value) -> Value {
     let mut tasks: Vec<Value> = (0..6)
-        .map(|i| sh_task(&format!("lint{i}"), "echo 'style violation' >&2; exit 1", &[]))
+        .map(|i| {
+            sh_task(
+                &format!("lint{i}"),
+                "echo 'style violation' >&2; exit 1",
+                &[],
+            )
+        })
         .collect();
     tasks.extend((0..6).map(|i| sh_task(&format!("test{i}"), "echo ok", &[])));
     let mut config = config;
@@ -83,7 +89,11 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     let metrics = std::fs::read_to_string(sb.path().join("metrics.prom")).unwrap();
     let parsed = parse_text(&metrics).unwrap();
     assert_eq!(
-        sample(&parsed, "dispatch_circuit_breaker_state", &[("breaker", "staging-db")]),
+        sample(
+            &parsed,
+            "dispatch_circuit_breaker_state",
+            &[("breaker", "staging-db")]
+        ),
         Some(2.0),
         "open is 2: {metrics}"
     );
@@ -92,7 +102,10 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     let html = std::fs::read_to_string(sb.path().join("report.html")).unwrap();
     assert!(html.contains("unrelated"));
     for i in 0..2 {
-        assert_eq!(run.result(&format!("db{i}"))["error"]["kind"], "exit_status");
+        assert_eq!(
+            run.result(&format!("db{i}"))["error"]["kind"],
+            "exit_status"
+        );
     }
     for i in 2..5 {
         let r = run.result(&format!("db{i}"));
@@ -110,12 +123,19 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     let changes = events(&trace, "breaker_changed");
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(
-        (&changes[0]["breaker"], &changes[0]["from"], &changes[0]["to"]),
+        (
+            &changes[0]["breaker"],
+            &changes[0]["from"],
+            &changes[0]["to"]
+        ),
         (&json!("staging-db"), &json!("closed"), &json!("open"))
     );
     let started = events(&trace, "attempt_started");
     assert_eq!(started[0]["breaker"], "staging-db");
-    let unrelated = started.iter().find(|e| e["task_id"] == "unrelated").unwrap();
+    let unrelated = started
+        .iter()
+        .find(|e| e["task_id"] == "unrelated")
+        .unwrap();
     assert!(unrelated.get("breaker").is_none());
 }
 
@@ -130,7 +150,10 @@ fn a_named_breaker_can_be_set_for_every_command_in_the_config_file() {
     assert_eq!(run.code, 1);
     // The old behaviour, now by choice: five failures open `ci`, the rest is not attempted.
     for i in 0..5 {
-        assert_eq!(run.result(&format!("lint{i}"))["error"]["kind"], "exit_status");
+        assert_eq!(
+            run.result(&format!("lint{i}"))["error"]["kind"],
+            "exit_status"
+        );
     }
     assert_eq!(run.result("lint5")["error"]["kind"], "circuit_open");
     assert_eq!(run.result("test0")["error"]["kind"], "circuit_open");
@@ -141,7 +164,8 @@ fn a_named_breaker_can_be_set_for_every_command_in_the_config_file() {
 #[test]
 fn breakers_can_be_turned_off() {
     let sb = Sandbox::new();
-    let mut batch = ci_batch(json!({"circuit_breaker": {"enabled": false, "failure_threshold": 1}}));
+    let mut batch =
+        ci_batch(json!({"circuit_breaker": {"enabled": false, "failure_threshold": 1}}));
     for t in batch["tasks"].as_array_mut().unwrap() {
         t["breaker"] = json!("everything");
     }
@@ -158,7 +182,11 @@ fn breakers_can_be_turned_off() {
             .iter()
             .all(|e| e.get("breaker").is_none())
     );
-    assert_eq!(trace["config"]["breaker_enabled"], false, "{}", trace["config"]);
+    assert_eq!(
+        trace["config"]["breaker_enabled"], false,
+        "{}",
+        trace["config"]
+    );
 }
 
 #[test]
@@ -176,5 +204,29 @@ fn bad_breaker_names_are_rejected_where_they_are_written() {
         &json!({"tasks": [sh_task("a", "true", &[])]}),
     );
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("agents.command.breaker"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("agents.command.breaker"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn help_says_how_a_breaker_opens_and_how_to_turn_it_off() {
+    let sb = Sandbox::new();
+    let out = sb.cmd(&["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "one per MCP server",
+        "non-zero exit never count",
+        "\"breaker\": \"<name>\"",
+        "\"circuit_breaker\": {\"enabled\": false}",
+        "a second one KILLs them at once",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`run --help` lacks {needle:?}:\n{help}"
+        );
+    }
 }

@@ -129,7 +129,10 @@ fn a_second_signal_kills_every_process_group_at_once() {
         for &p in &left {
             send_signal(p as u32, libc::SIGKILL);
         }
-        assert!(left.is_empty(), "trial {trial}: still alive after the runner exited: {left:?}");
+        assert!(
+            left.is_empty(),
+            "trial {trial}: still alive after the runner exited: {left:?}"
+        );
         let run = sb.to_run(out);
         assert_eq!(run.code, 130, "trial {trial}: {}", run.stderr);
         for i in 0..5 {
@@ -156,7 +159,11 @@ fn a_signal_after_the_dispatch_loop_still_cuts_the_grace_period_short() {
     );
     let file = sb.path().join("pid");
     assert!(eventually(Duration::from_secs(30), || file.exists()));
-    let pid: i32 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // The task has finished (so the dispatch loop is over): the runner is in the grace period.
     assert!(eventually(Duration::from_secs(30), || {
         std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"task_finished\""))

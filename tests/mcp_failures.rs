@@ -227,8 +227,10 @@ fn an_inline_url_server_has_its_own_breaker_labelled_without_the_url() {
     let port = free_port();
     let url = format!("http://user:hunter22@127.0.0.1:{port}/mcp");
     let tasks: Vec<Value> = (0..4)
-        .map(|i| json!({"task_id": format!("t{i}"), "agent": "mcp",
-            "input_data": {"url": url, "tool": "echo", "arguments": {"message": "x"}}}))
+        .map(|i| {
+            json!({"task_id": format!("t{i}"), "agent": "mcp",
+            "input_data": {"url": url, "tool": "echo", "arguments": {"message": "x"}}})
+        })
         .collect();
     let sb = Sandbox::new();
     let run = sb.run_json(

@@ -227,7 +227,10 @@ mod tests {
         assert!(!dep.counts(&rejected));
         assert!(dep.counts(&down));
         assert!(dep.counts(&TaskError::transient(ErrorKind::ModelRateLimited, "429")));
-        assert!(named.counts(&exit), "a named breaker counts what the user grouped");
+        assert!(
+            named.counts(&exit),
+            "a named breaker counts what the user grouped"
+        );
         assert!(!named.counts(&tool), "permanent errors never count");
     }
 

@@ -18,8 +18,10 @@ use tokio::sync::mpsc;
 use crate::agents::AgentInput;
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
-use crate::events::{CancelReason, EventKind, EventSink, Summary, TaskInfo, TaskStatus, now_rfc3339};
 use crate::events::Event;
+use crate::events::{
+    CancelReason, EventKind, EventSink, Summary, TaskInfo, TaskStatus, now_rfc3339,
+};
 use crate::policy::breaker::{BreakerKey, CircuitBreaker, Transition};
 use crate::policy::concurrency::WorkerLimit;
 use crate::reporter::{Recorder, RunRecord};
@@ -577,11 +579,7 @@ impl<E: Executor> Dispatcher<E> {
     fn stop_run(&mut self, reason: CancelReason) {
         self.stop = Some(reason);
         self.bus.emit(EventKind::RunCancelled { reason });
-        let waiting: Vec<usize> = self
-            .backing_off
-            .drain()
-            .map(|Reverse((_, i))| i)
-            .collect();
+        let waiting: Vec<usize> = self.backing_off.drain().map(|Reverse((_, i))| i).collect();
         for i in waiting {
             let (events, failed) = self.lives[i].give_up(reason);
             self.publish(events);

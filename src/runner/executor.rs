@@ -314,7 +314,10 @@ mod tests {
         let mut ends = HashMap::new();
         while let Some(ev) = ex.next_event().await {
             if let ExecutorEvent::Finished { attempt_id, end } = ev {
-                assert!(ends.insert(attempt_id, end).is_none(), "one end per attempt");
+                assert!(
+                    ends.insert(attempt_id, end).is_none(),
+                    "one end per attempt"
+                );
             }
         }
         assert_eq!(ex.in_flight(), 0);

@@ -46,7 +46,10 @@ pub enum TaskState {
     Ready,
     Running(Attempt),
     /// An attempt failed transiently; the next one is due at `due`.
-    BackingOff { due: Instant, last: Failure },
+    BackingOff {
+        due: Instant,
+        last: Failure,
+    },
     Done(TaskStatus),
 }
 
@@ -196,10 +199,7 @@ impl TaskLife {
                             attempt: self.attempts + 1,
                             delay_ms: delay.as_millis() as u64,
                         });
-                        self.state = TaskState::BackingOff {
-                            due,
-                            last: failure,
-                        };
+                        self.state = TaskState::BackingOff { due, last: failure };
                         AfterAttempt::RetryAt(due)
                     }
                     None => {
@@ -296,7 +296,12 @@ mod tests {
     fn names(events: &[EventKind]) -> Vec<String> {
         events
             .iter()
-            .map(|e| serde_json::to_value(e).unwrap()["event"].as_str().unwrap().to_string())
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 
@@ -321,14 +326,30 @@ mod tests {
         let mut t = TaskLife::new("t");
         assert_eq!(names(&t.ready()), ["task_ready"]);
         let ev = t.start(AttemptId(1), 3, None, now);
-        assert!(matches!(&ev[0], EventKind::AttemptStarted { attempt: 1, worker: 3, breaker: None, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::AttemptStarted {
+                attempt: 1,
+                worker: 3,
+                breaker: None,
+                ..
+            }
+        ));
         let (attempt, after, ev) = t
-            .attempt_ended(AttemptId(1), AttemptEnd::Finished(Ok(json!({"x": 1}))), now + SEC, never, CancelReason::Sigint)
+            .attempt_ended(
+                AttemptId(1),
+                AttemptEnd::Finished(Ok(json!({"x": 1}))),
+                now + SEC,
+                never,
+                CancelReason::Sigint,
+            )
             .unwrap();
         assert_eq!(attempt.number, 1);
         assert_eq!(after, AfterAttempt::Succeeded);
         assert_eq!(names(&ev), ["attempt_finished", "task_finished"]);
-        assert!(matches!(&ev[0], EventKind::AttemptFinished { duration_ms, .. } if *duration_ms == 1000.0));
+        assert!(
+            matches!(&ev[0], EventKind::AttemptFinished { duration_ms, .. } if *duration_ms == 1000.0)
+        );
         assert_eq!(t.output, Some(json!({"x": 1})));
         assert!(matches!(t.state, TaskState::Done(TaskStatus::Success)));
     }
@@ -338,16 +359,32 @@ mod tests {
         let now = Instant::now();
         let mut t = running(now);
         let (_, after, ev) = t
-            .attempt_ended(AttemptId(1), failed(ErrorKind::ExitStatus), now, |n, _| (n < 3).then_some(SEC), CancelReason::Sigint)
+            .attempt_ended(
+                AttemptId(1),
+                failed(ErrorKind::ExitStatus),
+                now,
+                |n, _| (n < 3).then_some(SEC),
+                CancelReason::Sigint,
+            )
             .unwrap();
         assert_eq!(after, AfterAttempt::RetryAt(now + SEC));
         assert_eq!(names(&ev), ["attempt_finished", "retry_scheduled"]);
-        assert!(matches!(&ev[1], EventKind::RetryScheduled { attempt: 2, delay_ms: 1000, .. }));
+        assert!(matches!(
+            &ev[1],
+            EventKind::RetryScheduled {
+                attempt: 2,
+                delay_ms: 1000,
+                ..
+            }
+        ));
         assert!(!t.retry_due(now), "not due yet");
         assert!(t.retry_due(now + SEC));
         assert!(matches!(t.state, TaskState::Ready));
         let ev = t.start(AttemptId(2), 0, None, now);
-        assert!(matches!(&ev[0], EventKind::AttemptStarted { attempt: 2, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::AttemptStarted { attempt: 2, .. }
+        ));
     }
 
     #[test]
@@ -355,11 +392,30 @@ mod tests {
         let now = Instant::now();
         let mut t = running(now);
         let (_, after, ev) = t
-            .attempt_ended(AttemptId(1), failed(ErrorKind::Timeout), now, never, CancelReason::Sigint)
+            .attempt_ended(
+                AttemptId(1),
+                failed(ErrorKind::Timeout),
+                now,
+                never,
+                CancelReason::Sigint,
+            )
             .unwrap();
         assert_eq!(after, AfterAttempt::Failed);
-        assert!(matches!(&ev[0], EventKind::AttemptFinished { outcome: AttemptOutcome::Timeout, .. }));
-        assert!(matches!(&ev[1], EventKind::TaskFinished { status: TaskStatus::Timeout, attempts: 1, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::AttemptFinished {
+                outcome: AttemptOutcome::Timeout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &ev[1],
+            EventKind::TaskFinished {
+                status: TaskStatus::Timeout,
+                attempts: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -367,11 +423,20 @@ mod tests {
         let now = Instant::now();
         let mut t = running(now);
         let ok = || AttemptEnd::Finished(Ok(json!(1)));
-        assert!(t.attempt_ended(AttemptId(9), ok(), now, never, CancelReason::Sigint).is_none());
+        assert!(
+            t.attempt_ended(AttemptId(9), ok(), now, never, CancelReason::Sigint)
+                .is_none()
+        );
         assert!(t.current().is_some(), "a stray report changes nothing");
-        assert!(t.attempt_ended(AttemptId(1), ok(), now, never, CancelReason::Sigint).is_some());
+        assert!(
+            t.attempt_ended(AttemptId(1), ok(), now, never, CancelReason::Sigint)
+                .is_some()
+        );
         // Delivered twice (a queue may): the second is ignored, not a panic.
-        assert!(t.attempt_ended(AttemptId(1), ok(), now, never, CancelReason::Sigint).is_none());
+        assert!(
+            t.attempt_ended(AttemptId(1), ok(), now, never, CancelReason::Sigint)
+                .is_none()
+        );
         assert!(matches!(t.state, TaskState::Done(TaskStatus::Success)));
     }
 
@@ -380,12 +445,28 @@ mod tests {
         let now = Instant::now();
         let mut t = running(now);
         let (_, after, ev) = t
-            .attempt_ended(AttemptId(1), AttemptEnd::Cancelled, now, never, CancelReason::Sigterm)
+            .attempt_ended(
+                AttemptId(1),
+                AttemptEnd::Cancelled,
+                now,
+                never,
+                CancelReason::Sigterm,
+            )
             .unwrap();
         assert_eq!(after, AfterAttempt::Cancelled);
-        assert!(matches!(&ev[0], EventKind::AttemptFinished { outcome: AttemptOutcome::Cancelled, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::AttemptFinished {
+                outcome: AttemptOutcome::Cancelled,
+                ..
+            }
+        ));
         match &ev[1] {
-            EventKind::TaskFinished { status, error: Some(e), .. } => {
+            EventKind::TaskFinished {
+                status,
+                error: Some(e),
+                ..
+            } => {
                 assert_eq!(*status, TaskStatus::Cancelled);
                 assert!(e.message.contains("SIGTERM"));
             }
@@ -401,8 +482,14 @@ mod tests {
             (CancelReason::Sigint, false, TaskStatus::Cancelled),
         ] {
             let mut t = running(now);
-            t.attempt_ended(AttemptId(1), failed(ErrorKind::ExitStatus), now, |_, _| Some(SEC), CancelReason::Sigint)
-                .unwrap();
+            t.attempt_ended(
+                AttemptId(1),
+                failed(ErrorKind::ExitStatus),
+                now,
+                |_, _| Some(SEC),
+                CancelReason::Sigint,
+            )
+            .unwrap();
             let (ev, failed) = t.give_up(reason);
             assert_eq!(failed, fails);
             assert!(matches!(&ev[0], EventKind::TaskFinished { status: s, .. } if *s == status));
@@ -417,10 +504,24 @@ mod tests {
     fn skipped_and_reused_tasks_are_done_without_attempts() {
         let mut t = TaskLife::new("t");
         let ev = t.skip("dependency 'a' did not succeed (error)".into());
-        assert!(matches!(&ev[0], EventKind::TaskFinished { status: TaskStatus::Skipped, attempts: 0, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::TaskFinished {
+                status: TaskStatus::Skipped,
+                attempts: 0,
+                ..
+            }
+        ));
         let mut r = TaskLife::new("r");
         let ev = r.reused(json!("old"));
-        assert!(matches!(&ev[0], EventKind::TaskFinished { reused: true, attempts: 0, .. }));
+        assert!(matches!(
+            &ev[0],
+            EventKind::TaskFinished {
+                reused: true,
+                attempts: 0,
+                ..
+            }
+        ));
         assert!(r.is_done() && t.is_done());
     }
 }
