@@ -175,7 +175,10 @@ impl BreakerKey {
     pub fn counts(&self, error: &crate::task_error::TaskError) -> bool {
         match self.scope {
             BreakerScope::Dependency => is_infrastructure_failure(error.kind),
-            BreakerScope::Named => error.transient,
+            // A lost attempt (its worker vanished) says nothing about what the tasks call.
+            BreakerScope::Named => {
+                error.transient && error.kind != crate::task_error::ErrorKind::AttemptLost
+            }
         }
     }
 }

@@ -229,7 +229,8 @@ impl<E: Executor> Dispatcher<E> {
             self.publish(events);
         }
         // What attempts left behind (process groups in their TERM grace period) must be gone
-        // before we report. Signals still count meanwhile: any of them ends the grace period.
+        // before we report. Signals still count meanwhile: any of them ends the grace period
+        // (KILL now). It does not change the outcome: every task has its final status already.
         loop {
             tokio::select! {
                 () = self.executor.drain() => break,
@@ -620,5 +621,129 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The dispatcher over an executor that is not the local one: it answers every attempt
+    //! itself, without running anything, and misbehaves the way a queue may.
+
+    use std::collections::VecDeque;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::batch::validate::validate_value;
+    use crate::events::AttemptOutcome;
+
+    /// Answers each attempt at once: the first attempt of `lost` is lost; every other attempt
+    /// succeeds with its task id, and every `Finished` is delivered twice, followed by progress
+    /// and an end for attempts that never existed.
+    #[derive(Default)]
+    struct Scripted {
+        queue: VecDeque<ExecutorEvent>,
+        in_flight: usize,
+        started: Vec<AttemptRequest>,
+    }
+
+    impl Executor for Scripted {
+        fn start(&mut self, request: AttemptRequest) {
+            let attempt_id = request.attempt_id;
+            self.in_flight += 1;
+            if request.task_id == "lost" && request.attempt == 1 {
+                self.queue.push_back(ExecutorEvent::Lost {
+                    attempt_id,
+                    reason: "worker went away".into(),
+                });
+            } else {
+                let end = || AttemptEnd::Finished(Ok(json!({"stdout": request.task_id.clone()})));
+                self.queue.push_back(ExecutorEvent::Finished {
+                    attempt_id,
+                    end: end(),
+                });
+                self.queue.push_back(ExecutorEvent::Finished {
+                    attempt_id,
+                    end: end(),
+                });
+            }
+            self.queue.push_back(ExecutorEvent::Progress {
+                attempt_id: AttemptId(999),
+                progress: 1.0,
+                total: None,
+                message: None,
+            });
+            self.queue.push_back(ExecutorEvent::Finished {
+                attempt_id: AttemptId(1000),
+                end: AttemptEnd::Cancelled,
+            });
+            self.started.push(request);
+        }
+        fn cancel(&mut self, _: AttemptId) {}
+        fn cancel_all(&mut self) {}
+        fn hurry(&mut self) {}
+        fn in_flight(&self) -> usize {
+            // Stays "busy" while duplicates are queued, as a queue consumer would.
+            self.in_flight.max(usize::from(!self.queue.is_empty()))
+        }
+        async fn next_event(&mut self) -> Option<ExecutorEvent> {
+            let event = self.queue.pop_front()?;
+            if matches!(
+                event,
+                ExecutorEvent::Finished { attempt_id, .. } | ExecutorEvent::Lost { attempt_id, .. }
+                    if attempt_id.0 < 999
+            ) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            Some(event)
+        }
+        async fn drain(&mut self) {}
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn duplicate_late_and_stray_reports_are_ignored_and_lost_attempts_retried() {
+        let batch = validate_value(json!({"tasks": [
+            {"task_id": "a", "agent": "command", "input_data": {"argv": ["x"]}},
+            {"task_id": "lost", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}},
+            {"task_id": "b", "agent": "command", "dependencies": ["a"],
+             "input_data": {"argv": ["echo", "{{tasks.a.output.stdout}}"]}}
+        ], "config": {"retry_backoff_ms": 0}}))
+        .unwrap();
+        let settings = RunSettings::resolve(&[&batch.batch.config]);
+        let dispatcher = Dispatcher::with_executor(
+            batch,
+            settings,
+            Arc::new(Services::default()),
+            Vec::new(),
+            Scripted::default(),
+        );
+        let (record, _, interrupted) = dispatcher.run("run-1".into(), None).await;
+        assert!(interrupted.is_none());
+        let statuses: Vec<_> = record.tasks.iter().map(|t| t.status).collect();
+        assert!(
+            statuses.iter().all(|s| *s == Some(TaskStatus::Success)),
+            "{statuses:?}"
+        );
+        let lost = &record.tasks[1];
+        let outcomes: Vec<_> = lost.attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Some(AttemptOutcome::Error), Some(AttemptOutcome::Success)]
+        );
+        // Each task finished exactly once although every end was delivered twice.
+        let finished = record
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::TaskFinished { .. }))
+            .count();
+        assert_eq!(finished, 3);
+        assert!(
+            !record
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::TaskProgress { .. })),
+            "progress of an unknown attempt is dropped"
+        );
     }
 }
