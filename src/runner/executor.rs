@@ -8,6 +8,13 @@
 //! that runs attempts on other machines implements the same trait over a queue; because a queue
 //! may deliver twice or late, the dispatcher ignores any event for an attempt that is no longer
 //! current.
+//!
+//! Plugging one in: implement [`Executor`] (`start` publishes the request, `next_event` reads
+//! results, `cancel`/`cancel_all`/`hurry` send control messages, `drain`/`close` release the
+//! connection) and hand it to `Dispatcher::with_executor`. On the worker side, a process turns
+//! each received [`AttemptRequest`] into a `LocalExecutor::start` and sends back what its
+//! `next_event` yields. Nothing else in the dispatcher, the scheduler or the task lifecycle
+//! changes.
 
 use std::collections::HashMap;
 use std::future::Future;
