@@ -315,11 +315,19 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
     for (name, a) in &file.agents {
         let at = |k: &str| format!("agents.{name}.{k}");
         if let Some(s) = a.timeout_seconds {
-            checks.push((at("timeout_seconds"), json!(s), &defs["Task"]["properties"]["timeout_seconds"]));
+            checks.push((
+                at("timeout_seconds"),
+                json!(s),
+                &defs["Task"]["properties"]["timeout_seconds"],
+            ));
         }
         floats.push((at("timeout_seconds"), a.timeout_seconds));
         if let Some(r) = a.retries {
-            checks.push((at("retries"), json!(r), &defs["Task"]["properties"]["retries"]));
+            checks.push((
+                at("retries"),
+                json!(r),
+                &defs["Task"]["properties"]["retries"],
+            ));
         }
         if let Some(n) = a.max_concurrency {
             checks.push((
@@ -502,7 +510,9 @@ pub fn explain(layers: &[Layer<'_>]) -> Value {
     }
     // Its default follows max_output_bytes, so it has no fixed default of its own.
     if !out.contains_key("max_expanded_input_bytes") {
-        let max_output = out["max_output_bytes"]["value"].as_u64().unwrap_or_default();
+        let max_output = out["max_output_bytes"]["value"]
+            .as_u64()
+            .unwrap_or_default();
         let value = crate::settings::default_expanded_input_bytes(max_output as usize);
         out.insert(
             "max_expanded_input_bytes".into(),
@@ -581,7 +591,12 @@ mod tests {
         .unwrap_err();
         let got: Vec<(String, String)> = e
             .iter()
-            .map(|e| (e.path.rsplit(": ").next().unwrap().to_string(), e.message.clone()))
+            .map(|e| {
+                (
+                    e.path.rsplit(": ").next().unwrap().to_string(),
+                    e.message.clone(),
+                )
+            })
             .collect();
         let find = |k: &str| {
             got.iter()
@@ -590,12 +605,24 @@ mod tests {
                 .1
                 .clone()
         };
-        assert!(find("dispatcher.timeout_seconds").contains("line 2 column 20"), "{got:?}");
+        assert!(
+            find("dispatcher.timeout_seconds").contains("line 2 column 20"),
+            "{got:?}"
+        );
         assert!(find("dispatcher.max_workers").contains("line 3"), "{got:?}");
         assert!(find("dispatcher.retries").contains("line 4"), "{got:?}");
-        assert!(find("agents.command.max_concurrency").contains("line 7"), "{got:?}");
-        assert!(find("agents.command.timeout_seconds").contains("finite"), "{got:?}");
-        assert!(find("circuit_breaker.recovery_timeout_seconds").contains("line 10"), "{got:?}");
+        assert!(
+            find("agents.command.max_concurrency").contains("line 7"),
+            "{got:?}"
+        );
+        assert!(
+            find("agents.command.timeout_seconds").contains("finite"),
+            "{got:?}"
+        );
+        assert!(
+            find("circuit_breaker.recovery_timeout_seconds").contains("line 10"),
+            "{got:?}"
+        );
         assert_eq!(got.len(), 6, "{got:?}");
         assert!(parse("dispatcher:\n  timeout_seconds: 0.5\n  max_workers: 4096\n").is_ok());
         assert!(parse("dispatcher: {timeout_seconds: 0}\n").is_err());

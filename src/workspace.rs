@@ -430,10 +430,12 @@ mod tests {
             let e = ws.write_atomic(&p, "x", overwrite).unwrap_err();
             assert_eq!(e.kind, ErrorKind::NotARegularFile, "{e:?}");
         }
-        assert!(std::fs::symlink_metadata(dir.path().join("pipe.py"))
-            .unwrap()
-            .file_type()
-            .is_fifo());
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("pipe.py"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
     }
 
     #[test]
@@ -448,7 +450,9 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let e = ws.read_text(&ws.resolve("sub").unwrap(), 5).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        let e = ws.read_text(&ws.resolve("none.py").unwrap(), 5).unwrap_err();
+        let e = ws
+            .read_text(&ws.resolve("none.py").unwrap(), 5)
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
     }
 }

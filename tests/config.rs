@@ -255,21 +255,73 @@ fn dispatch_debug_turns_on_debug_logs_on_stderr_only() {
 fn out_of_range_configuration_is_exit_3_with_key_path_and_line() {
     let sb = Sandbox::new();
     for (text, key, line) in [
-        ("dispatcher:\n  timeout_seconds: -1\n", "dispatcher.timeout_seconds", 2),
-        ("dispatcher:\n  timeout_seconds: 0\n", "dispatcher.timeout_seconds", 2),
-        ("dispatcher:\n  timeout_seconds: .nan\n", "dispatcher.timeout_seconds", 2),
-        ("dispatcher:\n  timeout_seconds: .inf\n", "dispatcher.timeout_seconds", 2),
-        ("dispatcher:\n  fail_fast: true\n  max_workers: 100000\n", "dispatcher.max_workers", 3),
-        ("dispatcher:\n  max_workers: 0\n", "dispatcher.max_workers", 2),
+        (
+            "dispatcher:\n  timeout_seconds: -1\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: 0\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: .nan\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: .inf\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  fail_fast: true\n  max_workers: 100000\n",
+            "dispatcher.max_workers",
+            3,
+        ),
+        (
+            "dispatcher:\n  max_workers: 0\n",
+            "dispatcher.max_workers",
+            2,
+        ),
         ("dispatcher:\n  retries: 100000\n", "dispatcher.retries", 2),
-        ("dispatcher:\n  retry_backoff_ms: 3600001\n", "dispatcher.retry_backoff_ms", 2),
-        ("dispatcher:\n  max_output_bytes: 0\n", "dispatcher.max_output_bytes", 2),
+        (
+            "dispatcher:\n  retry_backoff_ms: 3600001\n",
+            "dispatcher.retry_backoff_ms",
+            2,
+        ),
+        (
+            "dispatcher:\n  max_output_bytes: 0\n",
+            "dispatcher.max_output_bytes",
+            2,
+        ),
         ("dispatcher:\n  trace_dir: ''\n", "dispatcher.trace_dir", 2),
-        ("agents:\n  command:\n    max_concurrency: 0\n", "agents.command.max_concurrency", 3),
-        ("agents:\n  mcp:\n    timeout_seconds: -5\n", "agents.mcp.timeout_seconds", 3),
-        ("agents:\n  debug:\n    retries: 101\n", "agents.debug.retries", 3),
-        ("circuit_breaker:\n  recovery_timeout_seconds: -1\n", "circuit_breaker.recovery_timeout_seconds", 2),
-        ("dispatcher: {max_workers: 0}\n", "dispatcher.max_workers", 1),
+        (
+            "agents:\n  command:\n    max_concurrency: 0\n",
+            "agents.command.max_concurrency",
+            3,
+        ),
+        (
+            "agents:\n  mcp:\n    timeout_seconds: -5\n",
+            "agents.mcp.timeout_seconds",
+            3,
+        ),
+        (
+            "agents:\n  debug:\n    retries: 101\n",
+            "agents.debug.retries",
+            3,
+        ),
+        (
+            "circuit_breaker:\n  recovery_timeout_seconds: -1\n",
+            "circuit_breaker.recovery_timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher: {max_workers: 0}\n",
+            "dispatcher.max_workers",
+            1,
+        ),
     ] {
         sb.write("bad.yaml", text);
         let run = sb.run_json(&["--config", "bad.yaml"], &one_task());
@@ -296,9 +348,19 @@ fn out_of_range_configuration_is_exit_3_with_key_path_and_line() {
         .collect();
     got.sort();
     assert_eq!(got.len(), 3, "{got:?}");
-    assert!(got[0].starts_with("bad.yaml: agents.command.max_concurrency | out of range") && got[0].contains("line 6"), "{got:?}");
-    assert!(got[1].starts_with("bad.yaml: dispatcher.max_workers |") && got[1].contains("line 3"), "{got:?}");
-    assert!(got[2].starts_with("bad.yaml: dispatcher.timeout_seconds |") && got[2].contains("line 2"), "{got:?}");
+    assert!(
+        got[0].starts_with("bad.yaml: agents.command.max_concurrency | out of range")
+            && got[0].contains("line 6"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("bad.yaml: dispatcher.max_workers |") && got[1].contains("line 3"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("bad.yaml: dispatcher.timeout_seconds |") && got[2].contains("line 2"),
+        "{got:?}"
+    );
     // The edges of every range are fine, and those values are used.
     sb.write(
         "edge.yaml",

@@ -14,7 +14,11 @@ use serde_json::{Value, json};
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {p:?}");
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {p:?}"
+    );
 }
 
 /// Runs `batch` in `sb` and gives up (killing the runner) after `deadline`.
@@ -74,7 +78,12 @@ fn fifos_fail_at_once_with_their_own_kind_and_other_tasks_run() {
             "{id}: {msg}"
         );
     }
-    assert_eq!(run.status("debug_trace_names_fifo"), "success", "{}", run.stdout);
+    assert_eq!(
+        run.status("debug_trace_names_fifo"),
+        "success",
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.status("plain"), "success");
     // Refused before any timeout could fire (each task allows 30 s).
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -119,7 +128,10 @@ fn a_timeout_bites_while_an_agent_does_slow_file_work() {
     assert_eq!(kind(&run, "slow"), "timeout");
     assert_eq!(run.status("plain"), "success");
     let ms = run.result("slow")["execution_time_ms"].as_f64().unwrap();
-    assert!(ms < 3000.0, "the attempt ran {ms} ms past its 0.3 s timeout");
+    assert!(
+        ms < 3000.0,
+        "the attempt ran {ms} ms past its 0.3 s timeout"
+    );
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 

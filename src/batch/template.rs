@@ -232,7 +232,9 @@ fn expand<'o>(
             for p in pieces {
                 match p {
                     Piece::Text(t) => {
-                        *left = left.checked_sub(t.len()).ok_or_else(|| too_large(pointer))?;
+                        *left = left
+                            .checked_sub(t.len())
+                            .ok_or_else(|| too_large(pointer))?;
                         out.push_str(&t);
                     }
                     Piece::Ref(r) => match resolve(&r).map_err(SubstituteError::Unresolved)? {
@@ -398,7 +400,8 @@ mod tests {
     #[test]
     fn bounded_expansion_stops_at_the_limit() {
         let big = json!({"stdout": "x".repeat(1000), "list": vec![1; 500]});
-        let lookup_big = |r: &Reference| lookup(&big, &r.fields).ok_or_else(|| "missing".to_string());
+        let lookup_big =
+            |r: &Reference| lookup(&big, &r.fields).ok_or_else(|| "missing".to_string());
         // Within the limit: same result as the unbounded substitution.
         let mut v = json!({"a": ["{{tasks.build.output.stdout}}!", "{{tasks.build.output.list}}"]});
         substitute_bounded(&mut v, 10_000, &known, &lookup_big).unwrap();

@@ -395,12 +395,12 @@ impl Dispatcher {
                 .as_ref()
                 .ok_or_else(|| format!("task '{}' has no output", r.task_id))?;
             template::lookup(output, &r.fields).ok_or_else(|| {
-                    format!(
-                        "output of task '{}' has no field '{}'",
-                        r.task_id,
-                        r.fields.join(".")
-                    )
-                })
+                format!(
+                    "output of task '{}' has no field '{}'",
+                    r.task_id,
+                    r.fields.join(".")
+                )
+            })
         })
         .map_err(unresolved)?;
         agent.with_input(input).map_err(|e| {

@@ -366,7 +366,7 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
             message: t.message.clone(),
         });
         for raw in t.frames {
-            let mapped = map_frame(&ws, &files, &raw.file);
+            let mapped = map_frame(ws, &files, &raw.file);
             let snippet = mapped.as_ref().and_then(|m| {
                 let text = files
                     .iter()
