@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -337,6 +338,35 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             ));
         }
     }
+    // The model section has no batch counterpart: repair rounds are bounded like retries (each
+    // one is a paid model call), token limits must allow an answer, prices must be real amounts.
+    let llm = &file.llm;
+    checks.push((
+        "llm.max_repairs".into(),
+        json!(llm.max_repairs),
+        &defs["Task"]["properties"]["retries"],
+    ));
+    static AT_LEAST_ONE: LazyLock<Value> = LazyLock::new(|| json!({"minimum": 1}));
+    static NOT_NEGATIVE: LazyLock<Value> = LazyLock::new(|| json!({"minimum": 0}));
+    let (at_least_one, not_negative) = (&*AT_LEAST_ONE, &*NOT_NEGATIVE);
+    checks.push((
+        "llm.anthropic.max_tokens".into(),
+        json!(llm.anthropic.max_tokens),
+        at_least_one,
+    ));
+    if let Some(n) = llm.openai.max_tokens {
+        checks.push(("llm.openai.max_tokens".into(), json!(n), at_least_one));
+    }
+    for (model, price) in &llm.prices {
+        for (k, v) in [
+            ("input_per_mtok", price.input_per_mtok),
+            ("output_per_mtok", price.output_per_mtok),
+        ] {
+            let key = format!("llm.prices.{model}.{k}");
+            floats.push((key.clone(), Some(v)));
+            checks.push((key, json!(v), not_negative));
+        }
+    }
     let mut problems = Vec::new();
     // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see
     // them: `.nan` and `.inf` are refused here.
@@ -625,6 +655,22 @@ mod tests {
         );
         assert_eq!(got.len(), 6, "{got:?}");
         assert!(parse("dispatcher:\n  timeout_seconds: 0.5\n  max_workers: 4096\n").is_ok());
+        let e = parse(
+            "llm:\n  max_repairs: 100000\n  anthropic:\n    max_tokens: 0\n  prices:\n    m:\n      input_per_mtok: -1\n      output_per_mtok: .nan\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.path.rsplit(": ").next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "llm.prices.m.output_per_mtok",
+                "llm.max_repairs",
+                "llm.anthropic.max_tokens",
+                "llm.prices.m.input_per_mtok"
+            ],
+            "{e:?}"
+        );
+        assert!(e.iter().all(|e| e.message.contains(" at line ")), "{e:?}");
         assert!(parse("dispatcher: {timeout_seconds: 0}\n").is_err());
     }
 

@@ -353,6 +353,7 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
     let mut errors = Vec::new();
     let mut frames = Vec::new();
     for (i, text) in input.error_traces.iter().enumerate() {
+        stopped(stop)?;
         let Some(t) = traces::parse(text) else {
             notes.push(format!(
                 "error_traces[{i}] is not a Python traceback, Rust panic or JavaScript stack trace"
