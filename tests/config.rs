@@ -322,6 +322,7 @@ fn out_of_range_configuration_is_exit_3_with_key_path_and_line() {
             "dispatcher.max_workers",
             1,
         ),
+        ("llm:\n  max_repairs: 100000\n", "llm.max_repairs", 2),
     ] {
         sb.write("bad.yaml", text);
         let run = sb.run_json(&["--config", "bad.yaml"], &one_task());
