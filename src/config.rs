@@ -659,7 +659,10 @@ mod tests {
             "llm:\n  max_repairs: 100000\n  anthropic:\n    max_tokens: 0\n  prices:\n    m:\n      input_per_mtok: -1\n      output_per_mtok: .nan\n",
         )
         .unwrap_err();
-        let keys: Vec<&str> = e.iter().map(|e| e.path.rsplit(": ").next().unwrap()).collect();
+        let keys: Vec<&str> = e
+            .iter()
+            .map(|e| e.path.rsplit(": ").next().unwrap())
+            .collect();
         assert_eq!(
             keys,
             [
