@@ -233,6 +233,11 @@ pub struct RunArgs {
     /// Bytes kept of each captured output stream (overrides config.max_output_bytes).
     #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_output_bytes: Option<usize>,
+    /// Most bytes of a task's input after `{{tasks...}}` references are replaced; over it the
+    /// task fails with `input_too_large` (overrides config.max_expanded_input_bytes; default
+    /// 4 × max_output_bytes, at least 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_expanded_input_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
@@ -299,6 +304,7 @@ impl RunArgs {
             retries: self.retries,
             fail_fast: self.fail_fast.then_some(true),
             max_output_bytes: self.max_output_bytes,
+            max_expanded_input_bytes: self.max_expanded_input_bytes,
             ..BatchConfig::default()
         }
     }

@@ -578,11 +578,15 @@ fn with_runtime<F: Future<Output = ExitCode>>(
         Ok(rt) => rt,
         Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let (tx, rx) = mpsc::channel(4);
         if let Err(e) = dispatch_runner::signal::forward(tx) {
             return runner_error(&format!("cannot install signal handlers: {e}"), None);
         }
         body(rx).await
-    })
+    });
+    // Dropping a runtime waits for every blocking-pool thread; one stuck in a system call must
+    // not keep a finished (or interrupted) run from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -17,6 +17,10 @@ pub const DEFAULT_TRACE_DIR: &str = "./traces";
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
 pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 30_000;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// The default bound of an expanded input, in multiples of `max_output_bytes`: room for a few
+/// whole upstream outputs, far below what would exhaust memory.
+pub const EXPANDED_INPUT_FACTOR: usize = 4;
+pub const MIN_DEFAULT_EXPANDED_INPUT_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_RECOVERY_SECONDS: f64 = 60.0;
 /// Time between TERM and KILL when a process group is stopped.
@@ -34,6 +38,7 @@ pub struct RunSettings {
     pub fail_fast: bool,
     pub max_output_bytes: usize,
     pub breaker_enabled: bool,
+    pub max_expanded_input_bytes: usize,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_timeout_seconds: f64,
     /// Per-agent overrides from the configuration file.
@@ -56,6 +61,7 @@ impl RunSettings {
             merged = merged.overlay(layer);
         }
         let breaker = &merged.circuit_breaker;
+        let max_output_bytes = merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
         // Every field is set: `defaults()` is the lowest layer.
         RunSettings {
             max_workers: merged.max_workers.unwrap_or(DEFAULT_MAX_WORKERS).max(1),
@@ -65,7 +71,10 @@ impl RunSettings {
             retry_backoff_ms: merged.retry_backoff_ms.unwrap_or_default(),
             retry_backoff_max_ms: merged.retry_backoff_max_ms.unwrap_or_default(),
             fail_fast: merged.fail_fast.unwrap_or_default(),
-            max_output_bytes: merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+            max_output_bytes,
+            max_expanded_input_bytes: merged
+                .max_expanded_input_bytes
+                .unwrap_or(default_expanded_input_bytes(max_output_bytes)),
             breaker_enabled: breaker.enabled.unwrap_or(true),
             breaker_failure_threshold: breaker.failure_threshold.unwrap_or_default(),
             breaker_recovery_timeout_seconds: breaker.recovery_timeout_seconds.unwrap_or_default(),
@@ -114,6 +123,14 @@ impl RunSettings {
     }
 }
 
+/// The bound of an expanded input when none is set: a few whole upstream outputs, never less
+/// than [`MIN_DEFAULT_EXPANDED_INPUT_BYTES`] so a small `max_output_bytes` does not starve it.
+pub fn default_expanded_input_bytes(max_output_bytes: usize) -> usize {
+    max_output_bytes
+        .saturating_mul(EXPANDED_INPUT_FACTOR)
+        .max(MIN_DEFAULT_EXPANDED_INPUT_BYTES)
+}
+
 /// Seconds from configuration as a duration; out-of-range values saturate instead of panicking.
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
@@ -131,6 +148,8 @@ impl BatchConfig {
             retry_backoff_max_ms: Some(DEFAULT_RETRY_BACKOFF_MAX_MS),
             fail_fast: Some(false),
             max_output_bytes: Some(DEFAULT_MAX_OUTPUT_BYTES),
+            // Follows max_output_bytes unless set (see `RunSettings::resolve`).
+            max_expanded_input_bytes: None,
             circuit_breaker: BreakerConfig {
                 enabled: Some(true),
                 failure_threshold: Some(DEFAULT_BREAKER_THRESHOLD),
@@ -150,6 +169,9 @@ impl BatchConfig {
             retry_backoff_max_ms: higher.retry_backoff_max_ms.or(self.retry_backoff_max_ms),
             fail_fast: higher.fail_fast.or(self.fail_fast),
             max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
+            max_expanded_input_bytes: higher
+                .max_expanded_input_bytes
+                .or(self.max_expanded_input_bytes),
             circuit_breaker: BreakerConfig {
                 enabled: higher
                     .circuit_breaker

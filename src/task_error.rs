@@ -54,6 +54,11 @@ pub enum ErrorKind {
     ProtocolError,
     /// The executor lost track of the attempt (its worker went away); transient.
     AttemptLost,
+    /// A file an agent was to read or write is a FIFO, socket or device, not a regular file.
+    NotARegularFile,
+    /// A task's input would grow past `max_expanded_input_bytes` once `{{tasks...}}` references
+    /// are replaced by upstream outputs.
+    InputTooLarge,
 }
 
 impl ErrorKind {
@@ -82,6 +87,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::ProtocolError => "protocol_error",
             ErrorKind::AttemptLost => "attempt_lost",
+            ErrorKind::NotARegularFile => "not_a_regular_file",
+            ErrorKind::InputTooLarge => "input_too_large",
         }
     }
 }

@@ -348,6 +348,7 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
         && c.retry_backoff_ms.is_none_or(|ms| ms <= 3_600_000)
         && c.retry_backoff_max_ms.is_none_or(|ms| ms <= 3_600_000)
         && c.max_output_bytes.is_none_or(|b| b >= 1)
+        && c.max_expanded_input_bytes.is_none_or(|b| b >= 1)
         && c.circuit_breaker
             .recovery_timeout_seconds
             .is_none_or(|s| s >= 0.0);

@@ -87,6 +87,12 @@ pub struct BatchConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_output_bytes: Option<usize>,
+    /// Most bytes the strings of a task's input that contain `{{tasks...}}` references may hold
+    /// together once the references are replaced by upstream outputs; over it the task fails
+    /// with `input_too_large` (default 4 × `max_output_bytes`, at least 4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_expanded_input_bytes: Option<usize>,
     /// Circuit breaker settings: one breaker per remote dependency (MCP server, model endpoint)
     /// plus any named by tasks.
     #[serde(default, skip_serializing_if = "BreakerConfig::is_empty")]

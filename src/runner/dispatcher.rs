@@ -401,8 +401,19 @@ impl<E: Executor> Dispatcher<E> {
                     .map(|&j| (d.as_str(), j))
             })
             .collect();
-        let unresolved = |m: String| TaskError::permanent(ErrorKind::ReferenceUnresolved, m);
-        template::substitute(&mut input, &|id| ids.contains_key(id), &|r| {
+        let limit = self.settings.max_expanded_input_bytes;
+        let unresolved = |e: template::SubstituteError| match e {
+            template::SubstituteError::Unresolved(m) => {
+                TaskError::permanent(ErrorKind::ReferenceUnresolved, m)
+            }
+            template::SubstituteError::TooLarge { limit, pointer } => TaskError::permanent(
+                ErrorKind::InputTooLarge,
+                format!(
+                    "input_data{pointer} would be longer than max_expanded_input_bytes ({limit}) once references are replaced by upstream outputs"
+                ),
+            ),
+        };
+        template::substitute_bounded(&mut input, limit, &|id| ids.contains_key(id), &|r| {
             let j = ids
                 .get(r.task_id.as_str())
                 .ok_or_else(|| format!("'{}' is not a dependency", r.task_id))?;
@@ -410,15 +421,13 @@ impl<E: Executor> Dispatcher<E> {
                 .output
                 .as_ref()
                 .ok_or_else(|| format!("task '{}' has no output", r.task_id))?;
-            template::lookup(output, &r.fields)
-                .map(template::render)
-                .ok_or_else(|| {
-                    format!(
-                        "output of task '{}' has no field '{}'",
-                        r.task_id,
-                        r.fields.join(".")
-                    )
-                })
+            template::lookup(output, &r.fields).ok_or_else(|| {
+                format!(
+                    "output of task '{}' has no field '{}'",
+                    r.task_id,
+                    r.fields.join(".")
+                )
+            })
         })
         .map_err(unresolved)?;
         let resolved = agent.with_input(input).map_err(|e| {
