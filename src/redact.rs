@@ -10,7 +10,10 @@
 //! parameters stay, so the URL still says where it points.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::sync::{LazyLock, RwLock};
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use regex::Regex;
 use serde_json::Value;
@@ -33,7 +36,19 @@ const SECRET_WORDS: &[&[&str]] = &[
 /// document would destroy it and protect nothing.
 const MIN_SECRET_LEN: usize = 4;
 
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// The registered secrets, and one automaton that finds them all in a single pass over a text:
+/// redaction runs over every string of every document we write, so its cost must not grow with
+/// the number of secrets (a batch can register one per task).
+struct Registry {
+    values: BTreeSet<String>,
+    /// Built on first use after a registration; `None` while stale.
+    matcher: Option<AhoCorasick>,
+}
+
+static SECRETS: RwLock<Registry> = RwLock::new(Registry {
+    values: BTreeSet::new(),
+    matcher: None,
+});
 
 /// Registers a value that must never be written anywhere.
 pub fn register_secret(value: &str) {
@@ -41,10 +56,9 @@ pub fn register_secret(value: &str) {
         return;
     }
     let mut secrets = SECRETS.write().expect("secrets lock");
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_string());
-        // Longest first, so a secret that contains another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    if !secrets.values.contains(value) {
+        secrets.values.insert(value.to_string());
+        secrets.matcher = None;
     }
 }
 
@@ -87,15 +101,52 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
 }
 
 fn redact_registered(text: &str) -> Cow<'_, str> {
-    let secrets = SECRETS.read().expect("secrets lock");
-    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+    {
+        let secrets = SECRETS.read().expect("secrets lock");
+        if secrets.values.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        if let Some(m) = &secrets.matcher {
+            return replace_all(m, text);
+        }
+    }
+    let mut secrets = SECRETS.write().expect("secrets lock");
+    if secrets.matcher.is_none() {
+        // Leftmost-longest: a secret that contains another is replaced whole.
+        let built = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&secrets.values);
+        match built {
+            Ok(m) => secrets.matcher = Some(m),
+            Err(_) => return replace_one_by_one(&secrets.values, text),
+        }
+    }
+    replace_all(secrets.matcher.as_ref().expect("just built"), text)
+}
+
+fn replace_all<'a>(matcher: &AhoCorasick, text: &'a str) -> Cow<'a, str> {
+    if !matcher.is_match(text) {
         return Cow::Borrowed(text);
     }
-    let mut out = text.to_string();
-    for s in secrets.iter() {
-        out = out.replace(s.as_str(), REDACTED);
-    }
+    let mut out = String::with_capacity(text.len());
+    matcher.replace_all_with(text, &mut out, |_, _, dst| {
+        dst.push_str(REDACTED);
+        true
+    });
     Cow::Owned(out)
+}
+
+/// For a set of secrets too large for one automaton: longest first, one at a time.
+fn replace_one_by_one<'a>(values: &BTreeSet<String>, text: &'a str) -> Cow<'a, str> {
+    let mut sorted: Vec<&String> = values.iter().collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = Cow::Borrowed(text);
+    for s in sorted {
+        if out.contains(s.as_str()) {
+            out = Cow::Owned(out.replace(s.as_str(), REDACTED));
+        }
+    }
+    out
 }
 
 /// What a URL looks like in free text (log lines, error messages, JSON strings, metric labels):
@@ -480,6 +531,16 @@ mod tests {
         assert_eq!(
             v["tasks"][0]["input_data"]["url"],
             "http://***@h/mcp?api_key=[REDACTED]&x=1"
+        );
+    }
+
+    #[test]
+    fn the_longest_of_overlapping_secrets_is_replaced_whole() {
+        register_secret("inner-secret");
+        register_secret("outer-inner-secret-x");
+        assert_eq!(
+            redact_text("a outer-inner-secret-x b inner-secret c"),
+            "a [REDACTED] b [REDACTED] c"
         );
     }
 
