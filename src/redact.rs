@@ -526,7 +526,10 @@ mod tests {
         let pointers = redact_json_reporting(&mut v);
         assert_eq!(
             pointers,
-            ["/tasks/0/input_data/url", "/tasks/0/input_data/env/MY_TOKEN"]
+            [
+                "/tasks/0/input_data/url",
+                "/tasks/0/input_data/env/MY_TOKEN"
+            ]
         );
         assert_eq!(
             v["tasks"][0]["input_data"]["url"],

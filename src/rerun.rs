@@ -482,16 +482,16 @@ fn changed_kept_tasks(
         // inside redacted values shows as the fields holding them.
         let mut shown = new.clone();
         crate::redact::redact_json(&mut shown);
-        let mut fields: std::collections::BTreeSet<String> = match (stored.as_object(), shown.as_object())
-        {
-            (Some(a), Some(b)) => a
-                .keys()
-                .chain(b.keys())
-                .filter(|k| a.get(*k) != b.get(*k))
-                .cloned()
-                .collect(),
-            _ => Default::default(),
-        };
+        let mut fields: std::collections::BTreeSet<String> =
+            match (stored.as_object(), shown.as_object()) {
+                (Some(a), Some(b)) => a
+                    .keys()
+                    .chain(b.keys())
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .cloned()
+                    .collect(),
+                _ => Default::default(),
+            };
         if fields.is_empty() {
             fields = redacted
                 .iter()

@@ -175,12 +175,21 @@ fn a_task_holding_a_secret_never_reruns_with_the_redacted_value() {
     let text = std::fs::read_to_string(sb.path().join(&trace_file)).unwrap();
     for secret in [TOKEN, KEPT_SECRET] {
         assert!(!text.contains(secret), "{secret} in the trace");
-        assert!(!text.contains(&sha256_hex(secret)), "sha256({secret}) in the trace");
+        assert!(
+            !text.contains(&sha256_hex(secret)),
+            "sha256({secret}) in the trace"
+        );
     }
     let trace = first.trace();
     assert_eq!(trace["digests"]["algorithm"], "hmac-sha256");
-    assert_eq!(seal(&trace, "deploy")["redacted"], json!(["/input_data/env/API_TOKEN"]));
-    assert_eq!(seal(&trace, "stable")["redacted"], json!(["/input_data/env/SERVICE_API_KEY"]));
+    assert_eq!(
+        seal(&trace, "deploy")["redacted"],
+        json!(["/input_data/env/API_TOKEN"])
+    );
+    assert_eq!(
+        seal(&trace, "stable")["redacted"],
+        json!(["/input_data/env/SERVICE_API_KEY"])
+    );
     assert!(seal(&trace, "plain").get("redacted").is_none());
     assert_eq!(seal(&trace, "deploy")["digest"].as_str().unwrap().len(), 64);
     let key = std::fs::read(sb.path().join("traces/.dispatch-key")).unwrap();
@@ -228,7 +237,9 @@ fn a_task_holding_a_secret_never_reruns_with_the_redacted_value() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].1.contains("task 'stable'")
-            && errors[0].1.contains("changed since (input_data (a redacted value))"),
+            && errors[0]
+                .1
+                .contains("changed since (input_data (a redacted value))"),
         "{errors:?}"
     );
     assert!(!sb.path().join("seen").exists());
@@ -245,8 +256,8 @@ fn a_task_holding_a_secret_never_reruns_with_the_redacted_value() {
     );
     let runs = std::fs::read_to_string(sb.path().join("stable_runs")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the kept task did not run again");
-    let text = std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap()))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap())).unwrap();
     assert!(!text.contains(TOKEN) && !text.contains(KEPT_SECRET));
 }
 

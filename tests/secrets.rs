@@ -175,7 +175,10 @@ fn url_batch(live_port: u16, refused_port: u16) -> serde_json::Value {
 
 fn assert_no_url_credentials(name: &str, text: &str) {
     for secret in [URL_USER, URL_PASSWORD, URL_KEY] {
-        assert!(!text.contains(secret), "{secret} leaked into {name}:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into {name}:\n{text}"
+        );
     }
 }
 
@@ -253,7 +256,11 @@ fn credentials_in_mcp_urls_appear_in_no_output() {
 
     // A rerun from the trace would call the redacted URL: refused, naming the task.
     let rerun = sb.run(
-        &["run", "--rerun-failed", run.json["trace_file"].as_str().unwrap()],
+        &[
+            "run",
+            "--rerun-failed",
+            run.json["trace_file"].as_str().unwrap(),
+        ],
         "",
     );
     assert_eq!(rerun.code, 2, "{}", rerun.stdout);
@@ -288,7 +295,10 @@ async fn credentials_in_mcp_urls_stay_out_of_the_server_and_its_log() {
         {
             break addr.to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "server did not start:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not start:\n{text}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let client = dispatch_runner::http::client_builder()
