@@ -180,6 +180,36 @@ fn assert_no_url_credentials(name: &str, text: &str) {
             "{secret} leaked into {name}:\n{text}"
         );
     }
+    // Nor a plain hash of a URL with its credentials (in a breaker label, say), against which a
+    // guessed password could be checked.
+    for port in text_ports(text) {
+        let hash = sha256_hex(&url_with_credentials(port).0);
+        assert!(
+            !text.contains(&hash[..12]),
+            "hash of a secret URL in {name}:\n{text}"
+        );
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The ports of the redacted URLs shown in `text`.
+fn text_ports(text: &str) -> Vec<u16> {
+    text.split("http://***@127.0.0.1:")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 #[test]
