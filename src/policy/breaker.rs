@@ -196,10 +196,12 @@ pub fn is_infrastructure_failure(kind: crate::task_error::ErrorKind) -> bool {
 }
 
 /// A short, stable stand-in for text that must not appear in labels (a URL with credentials in
-/// it): the first 12 hex digits of its SHA-256.
+/// it): the first 12 hex digits of the SHA-256 of the text with its credentials redacted. A plain
+/// hash of the credentials would let anyone who sees the label test guesses of a short password
+/// or API key offline; endpoints that differ only in credentials share a label.
 pub fn short_digest(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(text.as_bytes());
+    let hash = Sha256::digest(crate::redact::redact_text(text).as_bytes());
     hash.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -243,6 +245,9 @@ mod tests {
         assert_eq!(d.len(), 12);
         assert_eq!(d, short_digest("http://user:pw@example.test/mcp"));
         assert_ne!(d, short_digest("http://example.test/mcp"));
+        assert_ne!(d, short_digest("http://user:pw@other.test/mcp"));
+        // The credentials do not enter the digest: a guess cannot be checked against it.
+        assert_eq!(d, short_digest("http://other:guess@example.test/mcp"));
         assert!(is_breaker_name("db-1.main"));
         assert!(!is_breaker_name("mcp:x"));
         assert!(!is_breaker_name(""));

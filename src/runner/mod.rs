@@ -136,6 +136,12 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
+    // Kept tasks of a rerun from the trace keep their digest entries in the new trace.
+    let carried = reuse.as_ref().map(|r| crate::rerun::Reuse {
+        seals: r.seals.clone(),
+        seal_key_id: r.seal_key_id.clone(),
+        ..Default::default()
+    });
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
@@ -148,6 +154,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let trace = Trace {
         format: TRACE_FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        digests: Some(crate::rerun::seal_batch(&batch, &dir, carried.as_ref())),
         batch,
         run: record,
     };
