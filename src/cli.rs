@@ -97,6 +97,38 @@ pub struct ServeArgs {
     /// Seconds in-flight runs may continue after SIGTERM before they are cancelled.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds_or_zero)]
     pub shutdown_grace_seconds: f64,
+    /// Seconds a client may take to send a request's headers; slower connections are closed.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout_seconds: f64,
+    /// Seconds a client may take to send a request's body; slower requests get 408.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_seconds)]
+    pub body_read_timeout_seconds: f64,
+    /// Another host name (or `*` for any) accepted in `Host` and `Origin` headers, besides the
+    /// listen address and loopback names (localhost, 127.0.0.1, [::1]). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Deepest nesting of arrays and objects accepted in a batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
+    pub max_depth: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// Longest string accepted anywhere in a batch (object keys included), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+}
+
+impl ServeArgs {
+    /// The input limits of batches sent to the server (the body limit is the size limit).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_body_bytes,
+            max_depth: self.max_depth,
+            max_tasks: self.max_tasks,
+            max_string_bytes: self.max_string_bytes,
+        }
+    }
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
