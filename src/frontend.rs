@@ -653,9 +653,7 @@ fn serve(config: &Config, args: ServeArgs) -> u8 {
 }
 
 /// Runs `body` on a multi-threaded runtime with SIGINT and SIGTERM arriving as interrupts.
-fn with_runtime<F: Future<Output = u8>>(
-    body: impl FnOnce(mpsc::Receiver<Interrupt>) -> F,
-) -> u8 {
+fn with_runtime<F: Future<Output = u8>>(body: impl FnOnce(mpsc::Receiver<Interrupt>) -> F) -> u8 {
     let runtime = match new_runtime() {
         Ok(rt) => rt,
         Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),

@@ -500,15 +500,16 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let limit = state.options.max_body_bytes;
     // Bodies sent in chunks have no Content-Length to refuse early; the limit applies as they
     // arrive.
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-        request.into_body(),
-        limit,
-    ));
+    let read =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(request.into_body(), limit));
     let body = match tokio::time::timeout(state.options.body_read_timeout, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
         Ok(Err(e)) => {
-            return error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            );
         }
         Err(_) => {
             let mut response = error(

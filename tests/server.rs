@@ -403,10 +403,7 @@ fn traces_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_cancel_its_run() {
-    let server = Server::start(
-        &["--max-concurrent-runs", "1", "--trace-dir", "tr"],
-        &[],
-    );
+    let server = Server::start(&["--max-concurrent-runs", "1", "--trace-dir", "tr"], &[]);
     let run = json!({"tasks": [sh_task("slow", "sleep 2; echo done > finished.txt", &[])]});
     let body = run.to_string();
     let base = server.base.clone();
@@ -449,8 +446,12 @@ async fn wait_false_answers_202_and_the_run_can_be_followed_to_its_result() {
         sh_task("slow", "sleep 2; echo slow", &[]),
         sh_task("after", "echo after", &["slow"]),
     ]});
-    let (status, headers, accepted) =
-        post(&server.url("/v1/dispatch?wait=false"), run.to_string(), None).await;
+    let (status, headers, accepted) = post(
+        &server.url("/v1/dispatch?wait=false"),
+        run.to_string(),
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{accepted}");
     let run_id = accepted["run_id"].as_str().unwrap().to_string();
     let location = headers["location"].to_str().unwrap().to_string();
@@ -492,7 +493,10 @@ async fn wait_false_answers_202_and_the_run_can_be_followed_to_its_result() {
     }
     assert_eq!(finished["state"], "finished", "never finished");
     assert_eq!(finished["result"]["status"], "success", "{finished}");
-    assert_eq!(finished["result"]["results"][2]["output"]["stdout"], "after\n");
+    assert_eq!(
+        finished["result"]["results"][2]["output"]["stdout"],
+        "after\n"
+    );
     assert_eq!(finished["run_id"], run_id.as_str());
     assert_eq!(event_names(&finished).last().unwrap(), "run_finished");
     assert!(server.wrote_trace_of(&finished["result"]));
@@ -502,8 +506,12 @@ async fn wait_false_answers_202_and_the_run_can_be_followed_to_its_result() {
 async fn delete_cancels_a_run_kills_its_processes_and_writes_its_trace() {
     let server = Server::start(&["--trace-dir", "tr"], &[]);
     let run = json!({"tasks": [sh_task("long", "sleep 434.34", &[]), sh_task("next", "true", &["long"])]});
-    let (status, _, accepted) =
-        post(&server.url("/v1/dispatch?wait=false"), run.to_string(), None).await;
+    let (status, _, accepted) = post(
+        &server.url("/v1/dispatch?wait=false"),
+        run.to_string(),
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{accepted}");
     let url = server.url(accepted["location"].as_str().unwrap());
     let started = tokio::task::spawn_blocking(|| {
@@ -530,7 +538,11 @@ async fn delete_cancels_a_run_kills_its_processes_and_writes_its_trace() {
     assert_eq!(view["state"], "finished");
     assert_eq!(view["result"]["results"][0]["status"], "cancelled");
     let resp = client().delete(&url).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 409, "a finished run cannot be cancelled");
+    assert_eq!(
+        resp.status().as_u16(),
+        409,
+        "a finished run cannot be cancelled"
+    );
     let resp = client()
         .delete(server.url("/v1/runs/20990101T000000Z-000000"))
         .send()
@@ -577,7 +589,11 @@ async fn an_unknown_mcp_server_is_400_as_it_is_exit_2_on_the_command_line() {
 #[tokio::test]
 async fn a_byte_order_mark_is_accepted_as_on_the_command_line() {
     let mut bytes = b"\xef\xbb\xbf".to_vec();
-    bytes.extend_from_slice(json!({"tasks": [sh_task("a", "echo bom", &[])]}).to_string().as_bytes());
+    bytes.extend_from_slice(
+        json!({"tasks": [sh_task("a", "echo bom", &[])]})
+            .to_string()
+            .as_bytes(),
+    );
     let ((code, cli), (status, body)) = cli_and_server(&bytes).await;
     assert_eq!(code, 0, "{cli}");
     assert_eq!(status, 200, "{body}");
@@ -585,14 +601,23 @@ async fn a_byte_order_mark_is_accepted_as_on_the_command_line() {
     // And bytes that are not UTF-8 are refused the same way by both.
     let ((code, cli), (status, body)) = cli_and_server(b"{\"tasks\": [\xff]}").await;
     assert_eq!((code, status), (2, 400), "{cli} {body}");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("not UTF-8"));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8")
+    );
 }
 
 #[tokio::test]
 async fn every_error_answer_is_a_json_document() {
-    let server = Server::start(&["--max-body-bytes", "1000"], &[("DISPATCH_API_TOKEN", "tok-json-errors")]);
+    let server = Server::start(
+        &["--max-body-bytes", "1000"],
+        &[("DISPATCH_API_TOKEN", "tok-json-errors")],
+    );
     let auth = "Authorization: Bearer tok-json-errors\r\nContent-Type: application/json\r\n";
-    let (status, headers, body) = raw_post(&server.base, "Content-Type: application/json\r\n", b"{}");
+    let (status, headers, body) =
+        raw_post(&server.base, "Content-Type: application/json\r\n", b"{}");
     assert_eq!(status, 401);
     assert_json_error(status, &headers, &body);
     let (status, headers, body) = raw_post(&server.base, auth, &[b' '; 5000]);
@@ -600,9 +625,24 @@ async fn every_error_answer_is_a_json_document() {
     assert_json_error(status, &headers, &body);
     let host = server.base.trim_start_matches("http://");
     for (request, expected) in [
-        (format!("GET /nowhere HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\n\r\n"), 404),
-        (format!("GET /v1/runs/nope HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\n\r\n"), 404),
-        (format!("PUT /v1/dispatch HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\nContent-Length: 0\r\n\r\n"), 405),
+        (
+            format!(
+                "GET /nowhere HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\n\r\n"
+            ),
+            404,
+        ),
+        (
+            format!(
+                "GET /v1/runs/nope HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\n\r\n"
+            ),
+            404,
+        ),
+        (
+            format!(
+                "PUT /v1/dispatch HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer tok-json-errors\r\nContent-Length: 0\r\n\r\n"
+            ),
+            405,
+        ),
     ] {
         let (status, headers, body) = raw_exchange(&server.base, request.as_bytes());
         assert_eq!(status, expected, "{request}");
@@ -612,7 +652,12 @@ async fn every_error_answer_is_a_json_document() {
 
     let server = Server::start(&["--max-concurrent-runs", "1"], &[]);
     let slow = json!({"tasks": [sh_task("slow", "sleep 2", &[])]});
-    let (status, _, _) = post(&server.url("/v1/dispatch?wait=false"), slow.to_string(), None).await;
+    let (status, _, _) = post(
+        &server.url("/v1/dispatch?wait=false"),
+        slow.to_string(),
+        None,
+    )
+    .await;
     assert_eq!(status, 202);
     let (status, headers, body) = raw_post(
         &server.base,
@@ -629,7 +674,8 @@ async fn a_413_reaches_clients_that_send_the_whole_body_before_reading() {
     let server = Server::start(&["--max-body-bytes", "1000"], &[]);
     // A raw client: everything written (2 MB, far more than socket buffers hold), then read.
     let big = vec![b' '; 2 * 1024 * 1024];
-    let (status, headers, body) = raw_post(&server.base, "Content-Type: application/json\r\n", &big);
+    let (status, headers, body) =
+        raw_post(&server.base, "Content-Type: application/json\r\n", &big);
     assert_eq!(status, 413);
     assert_json_error(status, &headers, &body);
 
@@ -683,7 +729,10 @@ async fn content_length_over_the_limit_is_refused_before_the_body_is_sent() {
     .unwrap();
     assert_eq!(status, 413);
     assert_json_error(status, &headers, &body);
-    assert!(waited < Duration::from_secs(15), "answered after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -693,14 +742,23 @@ async fn cross_site_requests_are_refused() {
     let port = server.base.rsplit(':').next().unwrap().to_string();
 
     // A web page's "simple" request: text/plain needs no pre-flight.
-    let (status, headers, body) = raw_post(&server.base, "Content-Type: text/plain\r\n", touch.as_bytes());
+    let (status, headers, body) = raw_post(
+        &server.base,
+        "Content-Type: text/plain\r\n",
+        touch.as_bytes(),
+    );
     assert_eq!(status, 415);
     assert_json_error(status, &headers, &body);
     let (status, _, _) = raw_post(&server.base, "", touch.as_bytes());
     assert_eq!(status, 415, "no content type at all");
 
     // A foreign page, with the right content type (a browser would pre-flight; we refuse anyway).
-    for origin in ["http://evil.example", "null", &format!("http://evil.example:{port}"), "http://localhost:3000"] {
+    for origin in [
+        "http://evil.example",
+        "null",
+        &format!("http://evil.example:{port}"),
+        "http://localhost:3000",
+    ] {
         let (status, headers, body) = raw_post(
             &server.base,
             &format!("Content-Type: application/json\r\nOrigin: {origin}\r\n"),
@@ -721,13 +779,22 @@ async fn cross_site_requests_are_refused() {
         assert_eq!(status, 403, "{foreign}");
         assert_json_error(status, &headers, &body);
     }
-    assert!(!server.sb.path().join("pwned").exists(), "nothing may have run");
+    assert!(
+        !server.sb.path().join("pwned").exists(),
+        "nothing may have run"
+    );
 
     // This server's own names and origin, and the allowed name, are fine.
     for (host_header, origin) in [
         (host.to_string(), format!("http://{host}")),
-        (format!("localhost:{port}"), format!("http://localhost:{port}")),
-        ("dispatch.internal".to_string(), "https://dispatch.internal".to_string()),
+        (
+            format!("localhost:{port}"),
+            format!("http://localhost:{port}"),
+        ),
+        (
+            "dispatch.internal".to_string(),
+            "https://dispatch.internal".to_string(),
+        ),
     ] {
         let request = format!(
             "POST /v1/dispatch HTTP/1.1\r\nHost: {host_header}\r\nOrigin: {origin}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{touch}",
@@ -742,7 +809,12 @@ async fn cross_site_requests_are_refused() {
 #[tokio::test]
 async fn slow_senders_are_dropped_after_the_read_timeouts() {
     let server = Server::start(
-        &["--header-read-timeout-seconds", "1", "--body-read-timeout-seconds", "1"],
+        &[
+            "--header-read-timeout-seconds",
+            "1",
+            "--body-read-timeout-seconds",
+            "1",
+        ],
         &[],
     );
     let base = server.base.clone();
@@ -823,13 +895,17 @@ async fn slow_senders_are_dropped_after_the_read_timeouts() {
 #[tokio::test]
 async fn a_token_of_blanks_is_no_token() {
     let sb = Sandbox::new();
-    let out = sb
-        .cmd(&["serve", "--listen", "0.0.0.0:0"])
-        .env("DISPATCH_API_TOKEN", "   ")
-        .output()
-        .unwrap();
+    let mut cmd = sb.cmd(&["serve", "--listen", "0.0.0.0:0"]);
+    cmd.env("DISPATCH_API_TOKEN", "   ")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let out = wait_with_deadline(child, Duration::from_secs(20));
     let run = sb.to_run(out);
-    assert_eq!(run.code, 3, "a blank token must not protect a public address");
+    assert_eq!(
+        run.code, 3,
+        "a blank token must not protect a public address"
+    );
     assert!(run.error_messages()[0].1.contains("DISPATCH_API_TOKEN"));
 
     let server = Server::start(&[], &[("DISPATCH_API_TOKEN", " \t ")]);
