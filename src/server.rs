@@ -125,8 +125,7 @@ struct RunHandle {
 
 struct AppState {
     options: ServerOptions,
-    /// The address actually bound (port 0 resolved): an `Origin` of this server names its port.
-    local: SocketAddr,
+    hosts: HostPolicy,
     /// Cumulative across every run this instance served.
     metrics: Metrics,
     slots: Arc<Semaphore>,
@@ -152,7 +151,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     on_listening(local);
     let state = Arc::new(AppState {
-        local,
+        hosts: HostPolicy::new(local, &options.allowed_hosts),
         metrics: Metrics::new(),
         slots: Arc::new(Semaphore::new(options.max_concurrent_runs.max(1))),
         options,
@@ -296,7 +295,7 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()));
     match host {
-        Some(host) if state.host_allowed(host_name(host)) => {}
+        Some(host) if state.hosts.host(&host_name(host)) => {}
         Some(host) => {
             return error(
                 StatusCode::FORBIDDEN,
@@ -309,7 +308,7 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         None => return error(StatusCode::BAD_REQUEST, "the Host header is missing"),
     }
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !state.origin_allowed(origin)
+        && !state.hosts.origin(origin)
     {
         let shown = printable(origin.to_str().unwrap_or("(not text)"));
         return error(
@@ -378,34 +377,46 @@ fn host_name(host: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-impl AppState {
-    fn allows_any_host(&self) -> bool {
-        self.options.allowed_hosts.iter().any(|h| h == "*")
-    }
+/// Which names a request may use for this server, in `Host` and `Origin`.
+#[derive(Debug, Clone)]
+struct HostPolicy {
+    /// The address actually bound (port 0 resolved).
+    local: SocketAddr,
+    /// Extra names (`--allow-host`), normalised; `*` accepts any.
+    allowed: Vec<String>,
+}
 
-    fn explicitly_allowed(&self, name: &str) -> bool {
-        self.options
-            .allowed_hosts
+impl HostPolicy {
+    fn new(local: SocketAddr, allowed: &[String]) -> Self {
+        let allowed = allowed
             .iter()
-            .any(|h| host_name(h) == name)
+            .map(|h| if h == "*" { h.clone() } else { host_name(h) })
+            .collect();
+        HostPolicy { local, allowed }
     }
 
-    /// Loopback names and addresses, the listen address, and the allow-list.
-    fn host_allowed(&self, name: String) -> bool {
-        if self.allows_any_host() || name == "localhost" || self.explicitly_allowed(&name) {
+    fn any(&self) -> bool {
+        self.allowed.iter().any(|h| h == "*")
+    }
+
+    /// `localhost`, a loopback address, the listen address (any address when listening on all of
+    /// them), or a name on the allow-list. A DNS-rebinding page always arrives under its own
+    /// domain name, which is none of these.
+    fn host(&self, name: &str) -> bool {
+        if self.any() || name == "localhost" || self.allowed.iter().any(|h| h == name) {
             return true;
         }
         match name.parse::<IpAddr>() {
-            Ok(ip) => ip.is_loopback() || ip == self.local.ip(),
+            Ok(ip) => ip.is_loopback() || ip == self.local.ip() || self.local.ip().is_unspecified(),
             Err(_) => false,
         }
     }
 
-    /// An `Origin` is this server itself: an allowed host on the port we listen on (or a name on
-    /// the allow-list, which may sit behind a proxy on another port). This server serves no
+    /// An `Origin` is this server itself: an accepted host on the port we listen on, or a name on
+    /// the allow-list (which may sit behind a proxy on another port). This server serves no
     /// pages, so any other origin is a foreign page calling it.
-    fn origin_allowed(&self, origin: &HeaderValue) -> bool {
-        if self.allows_any_host() {
+    fn origin(&self, origin: &HeaderValue) -> bool {
+        if self.any() {
             return true;
         }
         let Some(url) = origin
@@ -419,10 +430,10 @@ impl AppState {
             return false;
         };
         let name = host_name(host);
-        if self.explicitly_allowed(&name) {
+        if self.allowed.iter().any(|h| *h == name) {
             return true;
         }
-        self.host_allowed(name) && url.port_or_known_default() == Some(self.local.port())
+        self.host(&name) && url.port_or_known_default() == Some(self.local.port())
     }
 }
 
@@ -564,7 +575,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     settings.trace_dir = options.trace_dir.clone();
     let run_id = new_run_id();
     let (interrupts, rx) = mpsc::channel(2);
-    let live = Arc::new(Mutex::new(LiveStatus::default()));
+    // Complete from the start: a GET may come before the run has published anything.
+    let live = Arc::new(Mutex::new(LiveStatus::new(
+        validated.batch.tasks.iter().map(|t| t.task_id.clone()),
+    )));
     let (done_tx, done) = watch::channel(None);
     let mut run_options = RunOptions::new(settings);
     run_options.run_id = Some(run_id.clone());
@@ -757,6 +771,33 @@ struct LiveTask {
 }
 
 impl LiveStatus {
+    fn new(task_ids: impl Iterator<Item = String>) -> Self {
+        let mut live = LiveStatus::default();
+        live.reset(task_ids);
+        live
+    }
+
+    /// Every task pending.
+    fn reset(&mut self, task_ids: impl Iterator<Item = String>) {
+        self.tasks = task_ids
+            .map(|task_id| LiveTask {
+                task_id,
+                status: "pending",
+                attempts: 0,
+            })
+            .collect();
+        self.index = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.task_id.clone(), i))
+            .collect();
+        self.summary = Summary {
+            total_tasks: self.tasks.len(),
+            ..Summary::default()
+        };
+    }
+
     fn view(&self, run_id: &str) -> Value {
         let running = self.tasks.iter().filter(|t| t.status == "running").count();
         let mut summary = serde_json::to_value(&self.summary).unwrap_or(Value::Null);
@@ -792,20 +833,7 @@ impl EventSink for LiveSink {
         match &event.kind {
             EventKind::RunStarted { tasks, .. } => {
                 live.started_at = Some(event.at.clone());
-                live.summary.total_tasks = tasks.len();
-                live.index = tasks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (t.task_id.clone(), i))
-                    .collect();
-                live.tasks = tasks
-                    .iter()
-                    .map(|t| LiveTask {
-                        task_id: t.task_id.clone(),
-                        status: "pending",
-                        attempts: 0,
-                    })
-                    .collect();
+                live.reset(tasks.iter().map(|t| t.task_id.clone()));
             }
             EventKind::TaskReady { task_id } => live.set(task_id, "ready", None),
             EventKind::AttemptStarted {
@@ -921,6 +949,37 @@ mod tests {
         assert_eq!(host_name("[::1]:80"), "::1");
         assert_eq!(host_name("evil.example."), "evil.example");
         assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn host_policy() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let policy = HostPolicy::new(local, &["Dispatch.Internal:443".into()]);
+        for ok in [
+            "localhost",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "dispatch.internal",
+        ] {
+            assert!(policy.host(ok), "{ok}");
+        }
+        for bad in ["evil.example", "10.0.0.5", "localhost.evil.example", ""] {
+            assert!(!policy.host(bad), "{bad}");
+        }
+        let origin = |o: &str| policy.origin(&HeaderValue::from_str(o).unwrap());
+        assert!(origin("http://127.0.0.1:8080"));
+        assert!(origin("http://localhost:8080"));
+        assert!(origin("https://dispatch.internal"));
+        assert!(!origin("http://localhost:3000"));
+        assert!(!origin("http://evil.example:8080"));
+        assert!(!origin("null"));
+
+        // Listening on every address: any address literal is the listen address, names are not.
+        let all = HostPolicy::new("0.0.0.0:8080".parse().unwrap(), &[]);
+        assert!(all.host("10.0.0.5"));
+        assert!(!all.host("evil.example"));
+        assert!(HostPolicy::new(local, &["*".into()]).host("evil.example"));
     }
 
     #[test]

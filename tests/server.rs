@@ -912,3 +912,40 @@ async fn a_token_of_blanks_is_no_token() {
     let (status, _, result) = post(&server.url("/v1/dispatch"), batch().to_string(), None).await;
     assert_eq!(status, 200, "{result}");
 }
+
+#[tokio::test]
+async fn sigterm_also_ends_runs_nobody_waits_for_and_writes_their_traces() {
+    let server = Server::start(
+        &["--shutdown-grace-seconds", "0.5", "--trace-dir", "tr"],
+        &[],
+    );
+    let long = json!({"tasks": [sh_task("long", "sleep 454.54", &[])]});
+    let (status, _, accepted) = post(
+        &server.url("/v1/dispatch?wait=false"),
+        long.to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let started = tokio::task::spawn_blocking(|| {
+        eventually(Duration::from_secs(10), || {
+            !processes_matching("sleep 454.54").is_empty()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(started);
+    send_signal(server.child.id(), libc::SIGTERM);
+    let mut server = server;
+    let (exit, server) = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (status, server)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let trace = read_json(&server.sb.path().join(format!("tr/dispatch-{run_id}.json")));
+    assert_eq!(trace["tasks"][0]["status"], "cancelled", "{trace}");
+    assert!(processes_matching("sleep 454.54").is_empty());
+}
