@@ -430,7 +430,7 @@ impl HostPolicy {
             return false;
         };
         let name = host_name(host);
-        if self.allowed.iter().any(|h| *h == name) {
+        if self.allowed.contains(&name) {
             return true;
         }
         self.host(&name) && url.port_or_known_default() == Some(self.local.port())
