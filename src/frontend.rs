@@ -685,3 +685,50 @@ fn forward_signals(tx: mpsc::Sender<Interrupt>) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intake() -> Intake {
+        Intake {
+            limits: Limits {
+                max_input_bytes: 200,
+                ..Limits::default()
+            },
+            mcp_servers: ["archon".to_string()].into(),
+        }
+    }
+
+    const BATCH: &str =
+        r#"{"tasks": [{"task_id": "a", "agent": "command", "input_data": {"argv": ["true"]}}]}"#;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_bad_utf8_named() {
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend_from_slice(BATCH.as_bytes());
+        assert!(intake().check(bytes, "stdin").is_ok());
+        let issues = intake()
+            .check(b"{\"tasks\": \xff}".to_vec(), "request body")
+            .unwrap_err();
+        assert_eq!(
+            issues[0].message,
+            "request body is not UTF-8 text (invalid byte at offset 10)"
+        );
+    }
+
+    #[test]
+    fn size_limit_and_mcp_server_names_are_checked() {
+        let issues = intake().check(vec![b' '; 201], "stdin").unwrap_err();
+        assert!(
+            issues[0]
+                .message
+                .starts_with("stdin is larger than the input limit of 200")
+        );
+        let unknown = r#"{"tasks": [{"task_id": "m", "agent": "mcp", "input_data": {"server": "nope", "tool": "t"}}]}"#;
+        let issues = intake()
+            .check(unknown.as_bytes().to_vec(), "x")
+            .unwrap_err();
+        assert_eq!(issues[0].path, "/tasks/0/input_data/server");
+    }
+}

@@ -983,6 +983,56 @@ mod tests {
     }
 
     #[test]
+    fn live_status_follows_the_event_stream() {
+        let live = Arc::new(Mutex::new(LiveStatus::new(
+            ["a", "b"].into_iter().map(String::from),
+        )));
+        let mut sink = LiveSink(live.clone());
+        let mut seq = 0;
+        let mut emit = |kind: EventKind| {
+            sink.on_event(&Event {
+                seq,
+                at: "2026-01-01T00:00:00.000Z".into(),
+                elapsed_ms: 0.0,
+                kind,
+            });
+            seq += 1;
+        };
+        emit(EventKind::TaskReady {
+            task_id: "a".into(),
+        });
+        emit(EventKind::AttemptStarted {
+            task_id: "a".into(),
+            attempt: 1,
+            worker: 0,
+            breaker: String::new(),
+        });
+        let view = lock(&live).view("r1");
+        assert_eq!(view["state"], "running");
+        assert_eq!(view["summary"]["total_tasks"], 2);
+        assert_eq!(view["summary"]["running"], 1);
+        assert_eq!(view["tasks"][0]["status"], "running");
+        assert_eq!(view["tasks"][1]["status"], "pending");
+        emit(EventKind::TaskFinished {
+            task_id: "a".into(),
+            status: crate::events::TaskStatus::Success,
+            output: None,
+            error: None,
+            attempts: 1,
+            reused: false,
+        });
+        emit(EventKind::RunCancelled {
+            reason: crate::events::CancelReason::Sigterm,
+        });
+        let view = lock(&live).view("r1");
+        assert_eq!(view["state"], "cancelling");
+        assert_eq!(view["summary"]["successful"], 1);
+        assert_eq!(view["summary"]["running"], 0);
+        assert_eq!(view["tasks"][0]["status"], "success");
+        assert_eq!(view["tasks"][0]["attempts"], 1);
+    }
+
+    #[test]
     fn wait_parameter() {
         assert_eq!(wait_param(None), Ok(true));
         assert_eq!(wait_param(Some("wait=false")), Ok(false));
