@@ -573,13 +573,27 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         &options.agents,
     );
     settings.trace_dir = options.trace_dir.clone();
-    let run_id = new_run_id();
     let (interrupts, rx) = mpsc::channel(2);
     // Complete from the start: a GET may come before the run has published anything.
     let live = Arc::new(Mutex::new(LiveStatus::new(
         validated.batch.tasks.iter().map(|t| t.task_id.clone()),
     )));
     let (done_tx, done) = watch::channel(None);
+    let handle = RunHandle {
+        interrupts,
+        live: live.clone(),
+        done: done.clone(),
+    };
+    // Ids are time plus 24 random bits: taken and registered under one lock, so two runs of the
+    // same second can never share one.
+    let run_id = {
+        let mut runs = lock(&state.runs);
+        let id = std::iter::repeat_with(new_run_id)
+            .find(|id| !runs.contains_key(id))
+            .expect("an endless supply of ids");
+        runs.insert(id.clone(), handle);
+        id
+    };
     let mut run_options = RunOptions::new(settings);
     run_options.run_id = Some(run_id.clone());
     run_options.sinks = vec![
@@ -592,14 +606,6 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let mut services = (*options.services).clone();
     services.mcp_pool = Arc::new(crate::mcp::McpPool::new());
     run_options.services = Arc::new(services);
-    lock(&state.runs).insert(
-        run_id.clone(),
-        RunHandle {
-            interrupts,
-            live,
-            done: done.clone(),
-        },
-    );
     let registration = Registration {
         state: state.clone(),
         run_id: run_id.clone(),
