@@ -10,14 +10,42 @@ use crate::batch::BatchConfig;
 use crate::batch::limits::{self, Limits};
 use crate::reporter::outputs::OutputPlan;
 
-pub const EXIT_CODES: &str = "\
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0    every task succeeded (validate: the batch is valid)
   1    the batch ran and at least one task did not succeed (doctor: a server is unhealthy)
   2    the input was invalid; nothing ran
   3    the runner itself could not work (e.g. the trace directory cannot be created)
   130  interrupted by SIGINT (results and trace are still written)
-  143  terminated by SIGTERM (results and trace are still written)";
+  143  terminated by SIGTERM (results and trace are still written)"
+    };
+}
+
+pub const EXIT_CODES: &str = exit_codes!();
+
+/// `run --help`: how breakers and signals behave, then the exit codes.
+pub const RUN_HELP: &str = concat!(
+    "\
+Circuit breakers:
+  A breaker protects a remote dependency: one per MCP server, one per model endpoint. Commands
+  and the offline coder/debug backends have none, so a failing command never stops another.
+  It opens after circuit_breaker.failure_threshold (default 5) consecutive infrastructure
+  failures: connection refused or reset, HTTP 5xx or 429, timeouts of calls to it. A tool's
+  error result, a model refusing a request, or a non-zero exit never count. While open, tasks
+  behind it end `circuit_open` without running; after recovery_timeout_seconds (default 60)
+  one probe decides. Opt in for commands with a task's \"breaker\": \"<name>\" (or
+  agents.command.breaker in the config file): those tasks share it and their failures count.
+  Turn breakers off with \"config\": {\"circuit_breaker\": {\"enabled\": false}}.
+
+Signals:
+  The first SIGINT/SIGTERM stops starting tasks and sends TERM to running process groups (KILL
+  after 2 s); a second one KILLs them at once.
+
+",
+    exit_codes!()
+);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +55,8 @@ Exit codes:
     long_about = "Check a batch of tasks (JSON on stdin), run it in parallel on typed agents, print one JSON result.\n\n\
         Without a subcommand, `dispatch_runner` is `dispatch_runner run`. stdout carries only the JSON \
         document; logs and messages go to stderr (RUST_LOG sets the log level).",
-    after_help = EXIT_CODES
+    after_help = EXIT_CODES,
+    after_long_help = RUN_HELP
 )]
 pub struct Cli {
     /// Configuration file (YAML). Default: $PARALLEL_DISPATCH_CONFIG, else ./dispatch.yaml, else
@@ -43,7 +72,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate and run a batch, print the result document (the default command).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, after_long_help = RUN_HELP)]
     Run(RunArgs),
     /// Check a batch without running it and print the plan: task count, dependency levels and the
     /// longest dependency chain.
@@ -244,6 +273,11 @@ pub struct RunArgs {
     /// Bytes kept of each captured output stream (overrides config.max_output_bytes).
     #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_output_bytes: Option<usize>,
+    /// Most bytes of a task's input after `{{tasks...}}` references are replaced; over it the
+    /// task fails with `input_too_large` (overrides config.max_expanded_input_bytes; default
+    /// 4 × max_output_bytes, at least 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_expanded_input_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
@@ -310,6 +344,7 @@ impl RunArgs {
             retries: self.retries,
             fail_fast: self.fail_fast.then_some(true),
             max_output_bytes: self.max_output_bytes,
+            max_expanded_input_bytes: self.max_expanded_input_bytes,
             ..BatchConfig::default()
         }
     }

@@ -658,32 +658,17 @@ fn with_runtime<F: Future<Output = u8>>(body: impl FnOnce(mpsc::Receiver<Interru
         Ok(rt) => rt,
         Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let (tx, rx) = mpsc::channel(4);
-        if let Err(e) = forward_signals(tx) {
+        if let Err(e) = crate::signal::forward(tx) {
             return runner_error(&format!("cannot install signal handlers: {e}"), None);
         }
         body(rx).await
-    })
-}
-
-/// Turns SIGINT and SIGTERM into interrupt messages for the dispatcher.
-fn forward_signals(tx: mpsc::Sender<Interrupt>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::spawn(async move {
-        loop {
-            let which = tokio::select! {
-                _ = int.recv() => Interrupt::Sigint,
-                _ = term.recv() => Interrupt::Sigterm,
-            };
-            if tx.send(which).await.is_err() {
-                return;
-            }
-        }
     });
-    Ok(())
+    // Dropping a runtime waits for every blocking-pool thread; one stuck in a system call must
+    // not keep a finished (or interrupted) run from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! # Overview
 //! - [`batch`]: the input model, its JSON Schema, `{{tasks...}}` output references, validation.
 //! - [`graph`]: dependency checks, levels, critical path. [`scheduler`]: which task is ready next.
-//! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
+//! - [`runner`]: a task's lifecycle (`runner::task_state`), the dispatcher (run state, events)
+//!   and the [`Executor`](runner::executor::Executor) seam (where attempts run).
 //! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
 //! - [`llm`]: model backends (Anthropic, OpenAI-compatible, a CLI agent) for `coder`/`debug`.
@@ -49,6 +50,7 @@ pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod settings;
+pub mod signal;
 pub mod task_error;
 pub mod workspace;
 

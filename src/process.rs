@@ -12,39 +12,63 @@ use tokio::task::JoinHandle;
 /// exits instead of leaving processes behind.
 #[derive(Clone, Default)]
 pub struct Reaper {
-    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    inner: Arc<Mutex<ReaperState>>,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    /// Watchers that send KILL when a grace period ends; [`Reaper::wait`] takes them.
+    watchers: Vec<JoinHandle<()>>,
+    /// Groups whose grace period is running (a watcher removes its group when it ends).
+    in_grace: Vec<i32>,
+    /// Set by [`Reaper::hurry`]: every group terminated from now on is killed at once.
+    hurried: bool,
 }
 
 impl Reaper {
-    /// Sends TERM to the group now and KILL after `grace` if anything in it is still alive.
+    /// Sends TERM to the group now and KILL after `grace` if anything in it is still alive; once
+    /// [`hurry`](Self::hurry) was called, sends KILL at once instead.
     pub fn terminate_group(&self, pgid: i32, grace: Duration) {
+        let mut state = self.inner.lock().expect("reaper lock");
+        if state.hurried {
+            signal_group(pgid, libc::SIGKILL);
+            return;
+        }
         if !signal_group(pgid, libc::SIGTERM) {
             return;
         }
-        let handle = tokio::spawn(async move {
+        let inner = self.inner.clone();
+        let watcher = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + grace;
-            while tokio::time::Instant::now() < deadline {
+            while tokio::time::Instant::now() < deadline && group_alive(pgid) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if !group_alive(pgid) {
-                    return;
-                }
+            }
+            // Under the lock, so a concurrent `hurry` either sees this group or sees it gone.
+            let mut state = inner.lock().expect("reaper lock");
+            if let Some(at) = state.in_grace.iter().position(|&g| g == pgid) {
+                state.in_grace.swap_remove(at);
             }
             signal_group(pgid, libc::SIGKILL);
         });
-        self.pending.lock().expect("reaper lock").push(handle);
+        state.in_grace.push(pgid);
+        state.watchers.push(watcher);
     }
 
-    /// Kills every group still in its grace period at once (a second interrupt).
+    /// Kills every group still in its grace period at once, and every group terminated later
+    /// (a second interrupt). Watchers are not aborted: each sees its group gone and ends, so
+    /// [`wait`](Self::wait) still returns only when the kills have landed.
     pub fn hurry(&self) {
-        for h in self.pending.lock().expect("reaper lock").iter() {
-            h.abort();
+        let mut state = self.inner.lock().expect("reaper lock");
+        state.hurried = true;
+        for &pgid in &state.in_grace {
+            signal_group(pgid, libc::SIGKILL);
         }
     }
 
     /// Waits until every terminated group is gone or was killed.
     pub async fn wait(&self) {
         loop {
-            let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("reaper lock"));
+            let batch = std::mem::take(&mut self.inner.lock().expect("reaper lock").watchers);
             if batch.is_empty() {
                 return;
             }

@@ -1011,7 +1011,7 @@ mod tests {
             task_id: "a".into(),
             attempt: 1,
             worker: 0,
-            breaker: String::new(),
+            breaker: None,
         });
         let view = lock(&live).view("r1");
         assert_eq!(view["state"], "running");

@@ -1,8 +1,11 @@
-//! Running a validated batch: the dispatcher (run state, scheduling decisions, events) and the
-//! executor (where attempts run), plus the entry point that ties them to the trace file.
+//! Running a validated batch: the dispatcher (run state, scheduling decisions, events), the
+//! lifecycle of one task (`task_state`), and the executor (where attempts run: the `Executor`
+//! trait and the in-process `LocalExecutor`), plus the entry point that ties them to the trace
+//! file.
 
 pub mod dispatcher;
 pub mod executor;
+pub mod task_state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,10 +140,9 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
+    // The dispatcher's executor ends the run's MCP sessions before it returns.
     let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
     sinks.remove(0);
-    // Sessions belong to one run: end them (and stop stdio servers) before reporting.
-    services.mcp_pool.close_all().await;
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {
