@@ -89,22 +89,30 @@ pub enum Command {
     /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
     /// health report per server. Exit 0 when all are healthy, 1 otherwise.
     Doctor(DoctorArgs),
-    /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health, GET /metrics.
+    /// Serve the runner over HTTP: POST /v1/dispatch, GET and DELETE /v1/runs/{run_id}, GET /health,
+    /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 }
 
 pub const SERVE_HELP: &str = "\
-Endpoints:
-  POST /v1/dispatch       a batch in; 200 with the result document, 400 with the invalid document,
-                          413 body too large, 429 too many runs (Retry-After), 401 bad token
-  GET  /v1/runs/{run_id}  that run's trace
+Endpoints (every error answer is a JSON document):
+  POST /v1/dispatch       a batch in (Content-Type: application/json); 200 with the result
+                          document, 400 with the invalid document (the same checks as `run`),
+                          413 body too large, 415 not JSON, 429 too many runs (Retry-After)
+  POST /v1/dispatch?wait=false
+                          202 at once with the run id and Location: /v1/runs/{run_id}
+  GET  /v1/runs/{run_id}  a running run's live status, or a finished run's trace and result
+  DELETE /v1/runs/{run_id}
+                          cancel a running run (its processes are killed, its trace is written)
   GET  /health            {\"status\": \"healthy\", \"version\", \"agents_available\", \"mcp\"}
   GET  /metrics           Prometheus text format, cumulative across the runs served
 
-With DISPATCH_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`;
-without it the server only listens on loopback addresses. SIGTERM or SIGINT: stop accepting,
-let in-flight runs finish for the grace period, then cancel them (their traces are written).
+A run belongs to the server: a client that disconnects does not cancel it. With
+DISPATCH_API_TOKEN set (not blank), every endpoint but /health needs `Authorization: Bearer
+<token>`; without it the server only listens on loopback addresses. Requests whose Host or Origin
+names another site are refused (403; see --allow-host). SIGTERM or SIGINT: stop accepting, let
+in-flight runs finish for the grace period, then cancel them (their traces are written).
 
 Exit codes: 0 clean shutdown; 3 cannot start (address in use, unprotected non-loopback address,
 bad configuration).";
@@ -126,6 +134,38 @@ pub struct ServeArgs {
     /// Seconds in-flight runs may continue after SIGTERM before they are cancelled.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds_or_zero)]
     pub shutdown_grace_seconds: f64,
+    /// Seconds a client may take to send a request's headers; slower connections are closed.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout_seconds: f64,
+    /// Seconds a client may take to send a request's body; slower requests get 408.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_seconds)]
+    pub body_read_timeout_seconds: f64,
+    /// Another host name (or `*` for any) accepted in `Host` and `Origin` headers, besides the
+    /// listen address and loopback names (localhost, 127.0.0.1, [::1]). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Deepest nesting of arrays and objects accepted in a batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
+    pub max_depth: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// Longest string accepted anywhere in a batch (object keys included), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+}
+
+impl ServeArgs {
+    /// The input limits of batches sent to the server (the body limit is the size limit).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_body_bytes,
+            max_depth: self.max_depth,
+            max_tasks: self.max_tasks,
+            max_string_bytes: self.max_string_bytes,
+        }
+    }
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {

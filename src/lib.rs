@@ -11,6 +11,8 @@
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
 //! - [`llm`]: model backends (Anthropic, OpenAI-compatible, a CLI agent) for `coder`/`debug`.
 //! - [`workspace`]: the root agents' file paths must stay in; atomic, no-clobber writes.
+//! - [`frontend`]: the command line and the server's shared entry point: reading and checking a
+//!   batch, settings layering, the status documents and exit codes.
 //! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace, progress,
 //!   NDJSON events, metrics, JUnit, HTML report, Chrome trace). [`redact`]: secrets out of all of it.
 //!
@@ -33,6 +35,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod frontend;
 pub mod graph;
 pub mod http;
 pub mod llm;
