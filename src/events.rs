@@ -160,6 +160,8 @@ pub enum CancelReason {
     FailFast,
     Sigint,
     Sigterm,
+    /// A client asked for it (`DELETE /v1/runs/{run_id}`).
+    Request,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

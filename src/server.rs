@@ -754,7 +754,7 @@ async fn cancel_run(State(state): State<Arc<AppState>>, Path(run_id): Path<Strin
     };
     // The run cancels as on SIGTERM: no new tasks, running ones are terminated (then killed),
     // the trace is written. A full channel means a cancel is already on its way.
-    let _ = interrupts.try_send(Interrupt::Sigterm);
+    let _ = interrupts.try_send(Interrupt::Request);
     answer_when_done(done).await
 }
 

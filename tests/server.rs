@@ -530,6 +530,8 @@ async fn delete_cancels_a_run_kills_its_processes_and_writes_its_trace() {
     let result: Value = resp.json().await.unwrap();
     assert_eq!(result["results"][0]["status"], "cancelled", "{result}");
     assert_eq!(result["results"][1]["status"], "cancelled", "{result}");
+    let message = result["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a client cancelled the run"), "{message}");
     assert!(processes_matching("sleep 434.34").is_empty());
     assert!(server.wrote_trace_of(&result));
 

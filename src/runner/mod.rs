@@ -25,6 +25,8 @@ use crate::settings::RunSettings;
 pub enum Interrupt {
     Sigint,
     Sigterm,
+    /// A client cancelled the run (server mode); handled as SIGTERM.
+    Request,
 }
 
 impl Interrupt {
@@ -32,6 +34,7 @@ impl Interrupt {
         match self {
             Interrupt::Sigint => CancelReason::Sigint,
             Interrupt::Sigterm => CancelReason::Sigterm,
+            Interrupt::Request => CancelReason::Request,
         }
     }
 
@@ -39,7 +42,7 @@ impl Interrupt {
     pub fn exit_code(self) -> i32 {
         match self {
             Interrupt::Sigint => 130,
-            Interrupt::Sigterm => 143,
+            Interrupt::Sigterm | Interrupt::Request => 143,
         }
     }
 }

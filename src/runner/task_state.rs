@@ -282,6 +282,7 @@ pub fn cancelled_error(reason: CancelReason) -> TaskError {
         CancelReason::FailFast => "not started: the run stopped after a failure (fail_fast)",
         CancelReason::Sigint => "cancelled: the run was interrupted (SIGINT)",
         CancelReason::Sigterm => "cancelled: the run was terminated (SIGTERM)",
+        CancelReason::Request => "cancelled: a client cancelled the run (DELETE /v1/runs/{run_id})",
     };
     TaskError::permanent(ErrorKind::Cancelled, message)
 }
