@@ -10,14 +10,42 @@ use crate::batch::BatchConfig;
 use crate::batch::limits::{self, Limits};
 use crate::reporter::outputs::OutputPlan;
 
-pub const EXIT_CODES: &str = "\
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0    every task succeeded (validate: the batch is valid)
   1    the batch ran and at least one task did not succeed (doctor: a server is unhealthy)
   2    the input was invalid; nothing ran
   3    the runner itself could not work (e.g. the trace directory cannot be created)
   130  interrupted by SIGINT (results and trace are still written)
-  143  terminated by SIGTERM (results and trace are still written)";
+  143  terminated by SIGTERM (results and trace are still written)"
+    };
+}
+
+pub const EXIT_CODES: &str = exit_codes!();
+
+/// `run --help`: how breakers and signals behave, then the exit codes.
+pub const RUN_HELP: &str = concat!(
+    "\
+Circuit breakers:
+  A breaker protects a remote dependency: one per MCP server, one per model endpoint. Commands
+  and the offline coder/debug backends have none, so a failing command never stops another.
+  It opens after circuit_breaker.failure_threshold (default 5) consecutive infrastructure
+  failures: connection refused or reset, HTTP 5xx or 429, timeouts of calls to it. A tool's
+  error result, a model refusing a request, or a non-zero exit never count. While open, tasks
+  behind it end `circuit_open` without running; after recovery_timeout_seconds (default 60)
+  one probe decides. Opt in for commands with a task's \"breaker\": \"<name>\" (or
+  agents.command.breaker in the config file): those tasks share it and their failures count.
+  Turn breakers off with \"config\": {\"circuit_breaker\": {\"enabled\": false}}.
+
+Signals:
+  The first SIGINT/SIGTERM stops starting tasks and sends TERM to running process groups (KILL
+  after 2 s); a second one KILLs them at once.
+
+",
+    exit_codes!()
+);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +55,8 @@ Exit codes:
     long_about = "Check a batch of tasks (JSON on stdin), run it in parallel on typed agents, print one JSON result.\n\n\
         Without a subcommand, `dispatch_runner` is `dispatch_runner run`. stdout carries only the JSON \
         document; logs and messages go to stderr (RUST_LOG sets the log level).",
-    after_help = EXIT_CODES
+    after_help = EXIT_CODES,
+    after_long_help = RUN_HELP
 )]
 pub struct Cli {
     /// Configuration file (YAML). Default: $PARALLEL_DISPATCH_CONFIG, else ./dispatch.yaml, else
@@ -43,7 +72,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate and run a batch, print the result document (the default command).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, after_long_help = RUN_HELP)]
     Run(RunArgs),
     /// Check a batch without running it and print the plan: task count, dependency levels and the
     /// longest dependency chain.
@@ -60,22 +89,30 @@ pub enum Command {
     /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
     /// health report per server. Exit 0 when all are healthy, 1 otherwise.
     Doctor(DoctorArgs),
-    /// Serve the runner over HTTP: POST /v1/dispatch, GET /v1/runs/{run_id}, GET /health, GET /metrics.
+    /// Serve the runner over HTTP: POST /v1/dispatch, GET and DELETE /v1/runs/{run_id}, GET /health,
+    /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 }
 
 pub const SERVE_HELP: &str = "\
-Endpoints:
-  POST /v1/dispatch       a batch in; 200 with the result document, 400 with the invalid document,
-                          413 body too large, 429 too many runs (Retry-After), 401 bad token
-  GET  /v1/runs/{run_id}  that run's trace
+Endpoints (every error answer is a JSON document):
+  POST /v1/dispatch       a batch in (Content-Type: application/json); 200 with the result
+                          document, 400 with the invalid document (the same checks as `run`),
+                          413 body too large, 415 not JSON, 429 too many runs (Retry-After)
+  POST /v1/dispatch?wait=false
+                          202 at once with the run id and Location: /v1/runs/{run_id}
+  GET  /v1/runs/{run_id}  a running run's live status, or a finished run's trace and result
+  DELETE /v1/runs/{run_id}
+                          cancel a running run (its processes are killed, its trace is written)
   GET  /health            {\"status\": \"healthy\", \"version\", \"agents_available\", \"mcp\"}
   GET  /metrics           Prometheus text format, cumulative across the runs served
 
-With DISPATCH_API_TOKEN set, every endpoint but /health needs `Authorization: Bearer <token>`;
-without it the server only listens on loopback addresses. SIGTERM or SIGINT: stop accepting,
-let in-flight runs finish for the grace period, then cancel them (their traces are written).
+A run belongs to the server: a client that disconnects does not cancel it. With
+DISPATCH_API_TOKEN set (not blank), every endpoint but /health needs `Authorization: Bearer
+<token>`; without it the server only listens on loopback addresses. Requests whose Host or Origin
+names another site are refused (403; see --allow-host). SIGTERM or SIGINT: stop accepting, let
+in-flight runs finish for the grace period, then cancel them (their traces are written).
 
 Exit codes: 0 clean shutdown; 3 cannot start (address in use, unprotected non-loopback address,
 bad configuration).";
@@ -97,6 +134,39 @@ pub struct ServeArgs {
     /// Seconds in-flight runs may continue after SIGTERM before they are cancelled.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds_or_zero)]
     pub shutdown_grace_seconds: f64,
+    /// Seconds a client may take to send a request's headers; slower connections are closed.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub header_read_timeout_seconds: f64,
+    /// Seconds a client may take to send a request's body; slower requests get 408.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_seconds)]
+    pub body_read_timeout_seconds: f64,
+    /// Another host name (or `*` for any) accepted in `Host` and `Origin` headers, besides the
+    /// listen address and loopback names (localhost, 127.0.0.1, [::1]). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Deepest nesting of arrays and objects accepted in a batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
+    pub max_depth: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+    /// Longest string accepted anywhere in a batch (object keys included), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+}
+
+impl ServeArgs {
+    /// The input limits of batches sent to the server (the body limit is the size limit).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_body_bytes,
+            max_depth: self.max_depth,
+            max_tasks: self.max_tasks,
+            max_string_bytes: self.max_string_bytes,
+            ..Limits::default()
+        }
+    }
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
@@ -206,6 +276,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_OUTPUT_BYTES as u64))]
     pub max_output_bytes: Option<usize>,
+    /// Most bytes of a task's input after `{{tasks...}}` references are replaced; over it the
+    /// task fails with `input_too_large` (overrides config.max_expanded_input_bytes; default
+    /// 4 × max_output_bytes, at least 4 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_expanded_input_bytes: Option<usize>,
     /// Stop starting tasks after the first failure (overrides config.fail_fast).
     #[arg(long)]
     pub fail_fast: bool,
@@ -272,6 +347,7 @@ impl RunArgs {
             retries: self.retries,
             fail_fast: self.fail_fast.then_some(true),
             max_output_bytes: self.max_output_bytes,
+            max_expanded_input_bytes: self.max_expanded_input_bytes,
             ..BatchConfig::default()
         }
     }

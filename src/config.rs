@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,7 @@ pub struct DispatcherSection {
     pub retry_backoff_max_ms: Option<u64>,
     pub fail_fast: Option<bool>,
     pub max_output_bytes: Option<usize>,
+    pub max_expanded_input_bytes: Option<usize>,
     /// Root that agents' file paths must stay inside (default: the current directory).
     pub workspace: Option<String>,
 }
@@ -66,6 +68,9 @@ pub struct AgentSection {
     pub max_concurrency: Option<usize>,
     /// Backend for agents that have several (`coder`, `debug`).
     pub backend: Option<String>,
+    /// Put every task of this agent under one named circuit breaker (opt-in; a task's own
+    /// `breaker` wins). 1 to 64 of `A-Za-z0-9_.-`.
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -139,6 +144,7 @@ impl Config {
             retry_backoff_max_ms: d.retry_backoff_max_ms,
             fail_fast: d.fail_fast,
             max_output_bytes: d.max_output_bytes,
+            max_expanded_input_bytes: d.max_expanded_input_bytes,
             circuit_breaker: self.file.circuit_breaker.clone(),
         }
     }
@@ -249,7 +255,26 @@ pub fn parse_file(path: &Path) -> Result<FileConfig, Vec<ConfigError>> {
             message,
         })
         .collect();
-    for name in file.agents.keys() {
+    problems.extend(
+        range_problems(&file)
+            .into_iter()
+            .map(|(key, message)| ConfigError {
+                message: match line_of(&text, &key) {
+                    Some((line, column)) => format!("{message} at line {line} column {column}"),
+                    None => message,
+                },
+                path: format!("{}: {key}", path.display()),
+            }),
+    );
+    for (name, section) in &file.agents {
+        if let Some(b) = &section.breaker
+            && !crate::policy::breaker::is_breaker_name(b)
+        {
+            problems.push(ConfigError {
+                path: format!("{}: agents.{name}.breaker", path.display()),
+                message: "a breaker name is 1 to 64 letters, digits, '_', '.' or '-'".into(),
+            });
+        }
         if !crate::agents::is_agent_name(name) {
             problems.push(ConfigError {
                 path: format!("{}: agents.{name}", path.display()),
@@ -264,6 +289,200 @@ pub fn parse_file(path: &Path) -> Result<FileConfig, Vec<ConfigError>> {
         Ok(file)
     } else {
         Err(problems)
+    }
+}
+
+/// Values that parsed but are out of range, as `(key path, message)`. The rules are the batch
+/// schema's own (the `dispatcher` keys are the batch's `config` keys, an agent's `timeout_seconds`
+/// and `retries` are a task's, its `max_concurrency` is a worker count), so a value is accepted
+/// in the file exactly when it would be accepted in a batch.
+fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
+    let defs = &crate::batch::schema::batch_schema()["$defs"];
+    let mut checks: Vec<(String, Value, &Value)> = Vec::new();
+    let mut floats: Vec<(String, Option<f64>)> = Vec::new();
+    let fields = |v: Value| match v {
+        Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => Vec::new(),
+    };
+    let dispatcher = serde_json::to_value(&file.dispatcher).expect("serializable");
+    for (k, v) in fields(dispatcher) {
+        if let Some(rule) = defs["BatchConfig"]["properties"].get(&k) {
+            checks.push((format!("dispatcher.{k}"), v, rule));
+        }
+    }
+    floats.push((
+        "dispatcher.timeout_seconds".into(),
+        file.dispatcher.timeout_seconds,
+    ));
+    let breaker = serde_json::to_value(&file.circuit_breaker).expect("serializable");
+    for (k, v) in fields(breaker) {
+        if let Some(rule) = defs["BreakerConfig"]["properties"].get(&k) {
+            checks.push((format!("circuit_breaker.{k}"), v, rule));
+        }
+    }
+    floats.push((
+        "circuit_breaker.recovery_timeout_seconds".into(),
+        file.circuit_breaker.recovery_timeout_seconds,
+    ));
+    for (name, a) in &file.agents {
+        let at = |k: &str| format!("agents.{name}.{k}");
+        if let Some(s) = a.timeout_seconds {
+            checks.push((
+                at("timeout_seconds"),
+                json!(s),
+                &defs["Task"]["properties"]["timeout_seconds"],
+            ));
+        }
+        floats.push((at("timeout_seconds"), a.timeout_seconds));
+        if let Some(r) = a.retries {
+            checks.push((
+                at("retries"),
+                json!(r),
+                &defs["Task"]["properties"]["retries"],
+            ));
+        }
+        if let Some(n) = a.max_concurrency {
+            checks.push((
+                at("max_concurrency"),
+                json!(n),
+                &defs["BatchConfig"]["properties"]["max_workers"],
+            ));
+        }
+    }
+    // The model section has no batch counterpart: repair rounds are bounded like retries (each
+    // one is a paid model call), token limits must allow an answer, prices must be real amounts.
+    let llm = &file.llm;
+    checks.push((
+        "llm.max_repairs".into(),
+        json!(llm.max_repairs),
+        &defs["Task"]["properties"]["retries"],
+    ));
+    static AT_LEAST_ONE: LazyLock<Value> = LazyLock::new(|| json!({"minimum": 1}));
+    static NOT_NEGATIVE: LazyLock<Value> = LazyLock::new(|| json!({"minimum": 0}));
+    let (at_least_one, not_negative) = (&*AT_LEAST_ONE, &*NOT_NEGATIVE);
+    checks.push((
+        "llm.anthropic.max_tokens".into(),
+        json!(llm.anthropic.max_tokens),
+        at_least_one,
+    ));
+    if let Some(n) = llm.openai.max_tokens {
+        checks.push(("llm.openai.max_tokens".into(), json!(n), at_least_one));
+    }
+    for (model, price) in &llm.prices {
+        for (k, v) in [
+            ("input_per_mtok", price.input_per_mtok),
+            ("output_per_mtok", price.output_per_mtok),
+        ] {
+            let key = format!("llm.prices.{model}.{k}");
+            floats.push((key.clone(), Some(v)));
+            checks.push((key, json!(v), not_negative));
+        }
+    }
+    let mut problems = Vec::new();
+    // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see
+    // them: `.nan` and `.inf` are refused here.
+    for (key, v) in floats {
+        if v.is_some_and(|v| !v.is_finite()) {
+            problems.push((key, "must be a finite number".to_string()));
+        }
+    }
+    for (key, value, rule) in checks {
+        if problems.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let validator = jsonschema::validator_for(rule).expect("schema compiles");
+        if let Some(e) = validator.iter_errors(&value).next() {
+            problems.push((key, format!("out of range: {e}")));
+        }
+    }
+    problems
+}
+
+/// Line and column of the value at a dotted key path in YAML text, found by walking the
+/// document with serde and failing on purpose at that value: the parser's error carries its
+/// position. `None` when the path is not there (e.g. inside an alias).
+fn line_of(text: &str, key: &str) -> Option<(usize, usize)> {
+    use serde::de::DeserializeSeed;
+    let path: Vec<&str> = key.split('.').collect();
+    let de = yaml_serde::Deserializer::from_str(text);
+    let err = Probe(&path).deserialize(de).err()?;
+    if !err.to_string().contains(PROBE_HIT) {
+        return None;
+    }
+    err.location().map(|l| (l.line(), l.column()))
+}
+
+const PROBE_HIT: &str = "probe reached the key";
+
+/// Walks a document down a key path and errors at the value found there.
+struct Probe<'a>(&'a [&'a str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Probe<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Probe<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((first, rest)) = self.0.split_first() else {
+            return Err(serde::de::Error::custom(PROBE_HIT));
+        };
+        while let Some(k) = map.next_key::<yaml_serde::Value>()? {
+            if k.as_str() == Some(*first) {
+                map.next_value_seed(Probe(rest))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.0.is_empty() {
+            return Err(serde::de::Error::custom(PROBE_HIT));
+        }
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.scalar()
+    }
+}
+
+impl Probe<'_> {
+    fn scalar<E: serde::de::Error>(&self) -> Result<(), E> {
+        if self.0.is_empty() {
+            Err(E::custom(PROBE_HIT))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -330,6 +549,17 @@ pub fn explain(layers: &[Layer<'_>]) -> Value {
         }
         out.insert(key, json!({"value": value, "source": source}));
     }
+    // Its default follows max_output_bytes, so it has no fixed default of its own.
+    if !out.contains_key("max_expanded_input_bytes") {
+        let max_output = out["max_output_bytes"]["value"]
+            .as_u64()
+            .unwrap_or_default();
+        let value = crate::settings::default_expanded_input_bytes(max_output as usize);
+        out.insert(
+            "max_expanded_input_bytes".into(),
+            json!({"value": value, "source": "default"}),
+        );
+    }
     Value::Object(out)
 }
 
@@ -392,6 +622,70 @@ mod tests {
         assert!(e[0].path.ends_with("agents.shell"), "{e:?}");
         let e = parse("mcp:\n  servers:\n    x: {}\n").unwrap_err();
         assert!(e[0].path.ends_with("mcp.servers.x"), "{e:?}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_key_and_line() {
+        let e = parse(
+            "dispatcher:\n  timeout_seconds: -1\n  max_workers: 0\n  retries: 100000\nagents:\n  command:\n    max_concurrency: 0\n    timeout_seconds: .nan\ncircuit_breaker:\n  recovery_timeout_seconds: -2\n",
+        )
+        .unwrap_err();
+        let got: Vec<(String, String)> = e
+            .iter()
+            .map(|e| {
+                (
+                    e.path.rsplit(": ").next().unwrap().to_string(),
+                    e.message.clone(),
+                )
+            })
+            .collect();
+        let find = |k: &str| {
+            got.iter()
+                .find(|(p, _)| p == k)
+                .unwrap_or_else(|| panic!("{k} not reported: {got:?}"))
+                .1
+                .clone()
+        };
+        assert!(
+            find("dispatcher.timeout_seconds").contains("line 2 column 20"),
+            "{got:?}"
+        );
+        assert!(find("dispatcher.max_workers").contains("line 3"), "{got:?}");
+        assert!(find("dispatcher.retries").contains("line 4"), "{got:?}");
+        assert!(
+            find("agents.command.max_concurrency").contains("line 7"),
+            "{got:?}"
+        );
+        assert!(
+            find("agents.command.timeout_seconds").contains("finite"),
+            "{got:?}"
+        );
+        assert!(
+            find("circuit_breaker.recovery_timeout_seconds").contains("line 10"),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 6, "{got:?}");
+        assert!(parse("dispatcher:\n  timeout_seconds: 0.5\n  max_workers: 4096\n").is_ok());
+        let e = parse(
+            "llm:\n  max_repairs: 100000\n  anthropic:\n    max_tokens: 0\n  prices:\n    m:\n      input_per_mtok: -1\n      output_per_mtok: .nan\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e
+            .iter()
+            .map(|e| e.path.rsplit(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "llm.prices.m.output_per_mtok",
+                "llm.max_repairs",
+                "llm.anthropic.max_tokens",
+                "llm.prices.m.input_per_mtok"
+            ],
+            "{e:?}"
+        );
+        assert!(e.iter().all(|e| e.message.contains(" at line ")), "{e:?}");
+        assert!(parse("dispatcher: {timeout_seconds: 0}\n").is_err());
     }
 
     #[test]

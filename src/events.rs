@@ -46,9 +46,10 @@ pub enum EventKind {
         attempt: u32,
         /// Worker lane, from 0 to max_workers - 1 (for timelines).
         worker: usize,
-        /// The circuit breaker this attempt counts against (metrics, reports).
-        #[serde(default)]
-        breaker: String,
+        /// The circuit breaker this attempt counts against (metrics, reports); absent when the
+        /// task has none (local work, or breakers turned off).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        breaker: Option<String>,
     },
     AttemptFinished {
         task_id: String,
@@ -159,6 +160,8 @@ pub enum CancelReason {
     FailFast,
     Sigint,
     Sigterm,
+    /// A client asked for it (`DELETE /v1/runs/{run_id}`).
+    Request,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,14 @@
 //! # Overview
 //! - [`batch`]: the input model, its JSON Schema, `{{tasks...}}` output references, validation.
 //! - [`graph`]: dependency checks, levels, critical path. [`scheduler`]: which task is ready next.
-//! - [`runner`]: the dispatcher (run state, events) and the executor (where attempts run).
+//! - [`runner`]: a task's lifecycle (`runner::task_state`), the dispatcher (run state, events)
+//!   and the [`Executor`](runner::executor::Executor) seam (where attempts run).
 //! - [`policy`]: timeout, retry with backoff, circuit breaker, worker limit.
 //! - [`agents`]: one module per agent. [`process`]: process groups and their termination.
 //! - [`llm`]: model backends (Anthropic, OpenAI-compatible, a CLI agent) for `coder`/`debug`.
 //! - [`workspace`]: the root agents' file paths must stay in; atomic, no-clobber writes.
+//! - [`frontend`]: the command line and the server's shared entry point: reading and checking a
+//!   batch, settings layering, the status documents and exit codes.
 //! - [`events`]: the public event stream. [`reporter`]: its consumers (result, trace, progress,
 //!   NDJSON events, metrics, JUnit, HTML report, Chrome trace). [`redact`]: secrets out of all of it.
 //!
@@ -32,6 +35,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod frontend;
 pub mod graph;
 pub mod http;
 pub mod llm;
@@ -46,6 +50,7 @@ pub mod scheduler;
 pub mod server;
 pub mod services;
 pub mod settings;
+pub mod signal;
 pub mod task_error;
 pub mod workspace;
 

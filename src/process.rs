@@ -12,45 +12,82 @@ use tokio::task::JoinHandle;
 /// exits instead of leaving processes behind.
 #[derive(Clone, Default)]
 pub struct Reaper {
-    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    inner: Arc<Mutex<ReaperState>>,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    /// Watchers that send KILL when a grace period ends; each ends once its group is gone.
+    watchers: Vec<JoinHandle<()>>,
+    /// Groups whose grace period is running (a watcher removes its group when it ends).
+    in_grace: Vec<i32>,
+    /// Set by [`Reaper::hurry`]: every group terminated from now on is killed at once.
+    hurried: bool,
 }
 
 impl Reaper {
-    /// Sends TERM to the group now and KILL after `grace` if anything in it is still alive.
+    /// Sends TERM to the group now and KILL after `grace` if anything in it is still alive; once
+    /// [`hurry`](Self::hurry) was called, sends KILL at once instead.
     pub fn terminate_group(&self, pgid: i32, grace: Duration) {
+        let mut state = self.inner.lock().expect("reaper lock");
+        if state.hurried {
+            signal_group(pgid, libc::SIGKILL);
+            return;
+        }
         if !signal_group(pgid, libc::SIGTERM) {
             return;
         }
-        let handle = tokio::spawn(async move {
+        let inner = self.inner.clone();
+        let watcher = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + grace;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if !group_alive(pgid) {
-                    return;
-                }
+            let mut polls = 0u32;
+            while tokio::time::Instant::now() < deadline && group_alive(pgid, polls) {
+                tokio::time::sleep(POLL).await;
+                polls += 1;
             }
-            signal_group(pgid, libc::SIGKILL);
+            // Under the lock, so a concurrent `hurry` either sees this group or sees it gone.
+            {
+                let mut state = inner.lock().expect("reaper lock");
+                if let Some(at) = state.in_grace.iter().position(|&g| g == pgid) {
+                    state.in_grace.swap_remove(at);
+                }
+                signal_group(pgid, libc::SIGKILL);
+            }
+            // KILL cannot be ignored, but it lands when the kernel next runs each process: wait
+            // (briefly) until they are really gone, so nothing outlives the run.
+            let settle = tokio::time::Instant::now() + KILL_SETTLE;
+            while tokio::time::Instant::now() < settle && has_live_member(pgid) {
+                tokio::time::sleep(POLL).await;
+            }
         });
-        self.pending.lock().expect("reaper lock").push(handle);
+        state.in_grace.push(pgid);
+        state.watchers.push(watcher);
     }
 
-    /// Kills every group still in its grace period at once (a second interrupt).
+    /// Kills every group still in its grace period at once, and every group terminated later
+    /// (a second interrupt). Watchers are not aborted: each sees its group gone and ends, so
+    /// [`wait`](Self::wait) still returns only when the kills have landed.
     pub fn hurry(&self) {
-        for h in self.pending.lock().expect("reaper lock").iter() {
-            h.abort();
+        let mut state = self.inner.lock().expect("reaper lock");
+        state.hurried = true;
+        for &pgid in &state.in_grace {
+            signal_group(pgid, libc::SIGKILL);
         }
     }
 
-    /// Waits until every terminated group is gone or was killed.
+    /// Waits until every terminated group is gone. Cancel-safe: the watchers stay tracked until
+    /// they end, so a caller that abandons this wait (to [`hurry`](Self::hurry) on a second
+    /// signal) and waits again still waits for the killed groups to be gone, not just signalled.
     pub async fn wait(&self) {
         loop {
-            let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("reaper lock"));
-            if batch.is_empty() {
-                return;
+            {
+                let mut state = self.inner.lock().expect("reaper lock");
+                state.watchers.retain(|h| !h.is_finished());
+                if state.watchers.is_empty() {
+                    return;
+                }
             }
-            for h in batch {
-                let _ = h.await;
-            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -61,8 +98,53 @@ fn signal_group(pgid: i32, signal: i32) -> bool {
     unsafe { libc::killpg(pgid, signal) == 0 }
 }
 
-fn group_alive(pgid: i32) -> bool {
-    signal_group(pgid, 0)
+/// How often a watcher looks at its group.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a watcher waits for a killed group to be gone.
+const KILL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Whether anything in the group still runs. `killpg(0)` alone also counts zombies: a
+/// grandchild orphaned to an init that is slow to reap (common in containers) would hold every
+/// grace period to its end. So every fifth poll asks /proc whether a live member is left.
+fn group_alive(pgid: i32, polls: u32) -> bool {
+    if !signal_group(pgid, 0) {
+        return false;
+    }
+    polls % 5 != 4 || has_live_member(pgid)
+}
+
+/// Whether the group has a member that is not a zombie. Where /proc cannot be read, any member
+/// counts as live.
+fn has_live_member(pgid: i32) -> bool {
+    if !signal_group(pgid, 0) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+            return true;
+        }
+    }
+    false
 }
 
 /// Owns a running process group: dropping it (the attempt was cancelled or timed out) terminates

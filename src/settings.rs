@@ -17,6 +17,10 @@ pub const DEFAULT_TRACE_DIR: &str = "./traces";
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
 pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 30_000;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// The default bound of an expanded input, in multiples of `max_output_bytes`: room for a few
+/// whole upstream outputs, far below what would exhaust memory.
+pub const EXPANDED_INPUT_FACTOR: usize = 4;
+pub const MIN_DEFAULT_EXPANDED_INPUT_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_RECOVERY_SECONDS: f64 = 60.0;
 /// Time between TERM and KILL when a process group is stopped.
@@ -33,6 +37,8 @@ pub struct RunSettings {
     pub retry_backoff_max_ms: u64,
     pub fail_fast: bool,
     pub max_output_bytes: usize,
+    pub breaker_enabled: bool,
+    pub max_expanded_input_bytes: usize,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_timeout_seconds: f64,
     /// Per-agent overrides from the configuration file.
@@ -55,6 +61,7 @@ impl RunSettings {
             merged = merged.overlay(layer);
         }
         let breaker = &merged.circuit_breaker;
+        let max_output_bytes = merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
         // Every field is set: `defaults()` is the lowest layer.
         RunSettings {
             max_workers: merged.max_workers.unwrap_or(DEFAULT_MAX_WORKERS).max(1),
@@ -64,7 +71,11 @@ impl RunSettings {
             retry_backoff_ms: merged.retry_backoff_ms.unwrap_or_default(),
             retry_backoff_max_ms: merged.retry_backoff_max_ms.unwrap_or_default(),
             fail_fast: merged.fail_fast.unwrap_or_default(),
-            max_output_bytes: merged.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
+            max_output_bytes,
+            max_expanded_input_bytes: merged
+                .max_expanded_input_bytes
+                .unwrap_or(default_expanded_input_bytes(max_output_bytes)),
+            breaker_enabled: breaker.enabled.unwrap_or(true),
             breaker_failure_threshold: breaker.failure_threshold.unwrap_or_default(),
             breaker_recovery_timeout_seconds: breaker.recovery_timeout_seconds.unwrap_or_default(),
             agents: BTreeMap::new(),
@@ -98,9 +109,26 @@ impl RunSettings {
         }
     }
 
+    /// The named breaker of a task, if it opted in: the task's own, else its agent's.
+    pub fn named_breaker<'a>(
+        &'a self,
+        agent: &str,
+        task_override: Option<&'a str>,
+    ) -> Option<&'a str> {
+        task_override.or_else(|| self.agents.get(agent).and_then(|a| a.breaker.as_deref()))
+    }
+
     pub fn breaker_recovery(&self) -> Duration {
         secs(self.breaker_recovery_timeout_seconds)
     }
+}
+
+/// The bound of an expanded input when none is set: a few whole upstream outputs, never less
+/// than [`MIN_DEFAULT_EXPANDED_INPUT_BYTES`] so a small `max_output_bytes` does not starve it.
+pub fn default_expanded_input_bytes(max_output_bytes: usize) -> usize {
+    max_output_bytes
+        .saturating_mul(EXPANDED_INPUT_FACTOR)
+        .max(MIN_DEFAULT_EXPANDED_INPUT_BYTES)
 }
 
 /// Seconds from configuration as a duration; out-of-range values saturate instead of panicking.
@@ -120,7 +148,10 @@ impl BatchConfig {
             retry_backoff_max_ms: Some(DEFAULT_RETRY_BACKOFF_MAX_MS),
             fail_fast: Some(false),
             max_output_bytes: Some(DEFAULT_MAX_OUTPUT_BYTES),
+            // Follows max_output_bytes unless set (see `RunSettings::resolve`).
+            max_expanded_input_bytes: None,
             circuit_breaker: BreakerConfig {
+                enabled: Some(true),
                 failure_threshold: Some(DEFAULT_BREAKER_THRESHOLD),
                 recovery_timeout_seconds: Some(DEFAULT_BREAKER_RECOVERY_SECONDS),
             },
@@ -138,7 +169,14 @@ impl BatchConfig {
             retry_backoff_max_ms: higher.retry_backoff_max_ms.or(self.retry_backoff_max_ms),
             fail_fast: higher.fail_fast.or(self.fail_fast),
             max_output_bytes: higher.max_output_bytes.or(self.max_output_bytes),
+            max_expanded_input_bytes: higher
+                .max_expanded_input_bytes
+                .or(self.max_expanded_input_bytes),
             circuit_breaker: BreakerConfig {
+                enabled: higher
+                    .circuit_breaker
+                    .enabled
+                    .or(self.circuit_breaker.enabled),
                 failure_threshold: higher
                     .circuit_breaker
                     .failure_threshold
@@ -175,6 +213,7 @@ mod tests {
             max_workers: Some(2),
             retries: Some(3),
             circuit_breaker: BreakerConfig {
+                enabled: None,
                 failure_threshold: Some(9),
                 recovery_timeout_seconds: Some(5.0),
             },
@@ -183,6 +222,7 @@ mod tests {
         let cli = BatchConfig {
             max_workers: Some(8),
             circuit_breaker: BreakerConfig {
+                enabled: None,
                 failure_threshold: Some(1),
                 recovery_timeout_seconds: None,
             },

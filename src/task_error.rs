@@ -52,6 +52,13 @@ pub enum ErrorKind {
     Unavailable,
     /// A server answered something that is not valid protocol (invalid JSON, wrong shape).
     ProtocolError,
+    /// The executor lost track of the attempt (its worker went away); transient.
+    AttemptLost,
+    /// A file an agent was to read or write is a FIFO, socket or device, not a regular file.
+    NotARegularFile,
+    /// A task's input would grow past `max_expanded_input_bytes` once `{{tasks...}}` references
+    /// are replaced by upstream outputs.
+    InputTooLarge,
 }
 
 impl ErrorKind {
@@ -79,6 +86,9 @@ impl ErrorKind {
             ErrorKind::McpError => "mcp_error",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::ProtocolError => "protocol_error",
+            ErrorKind::AttemptLost => "attempt_lost",
+            ErrorKind::NotARegularFile => "not_a_regular_file",
+            ErrorKind::InputTooLarge => "input_too_large",
         }
     }
 }

@@ -6,8 +6,17 @@
 //! `path_outside_workspace`, whether it got out with `..`, as an absolute path, or through a
 //! symlink. Writes are atomic (temporary file in the same folder, then rename) and never replace
 //! an existing file unless the caller says so.
+//!
+//! Only regular files are ever opened: a FIFO, socket or device inside the workspace is refused
+//! with `not_a_regular_file` before any read (opening a FIFO for reading blocks until a writer
+//! shows up, and reading a device may never end). The type is checked on the opened descriptor,
+//! not only on the path, so a file swapped in between the check and the open is caught too.
+//! Everything here is blocking file system work: async callers go through [`blocking`] so a
+//! slow disk or a stuck read never holds an async runtime thread, and a timeout or cancellation
+//! of the task around it still takes effect.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::task_error::{ErrorKind, TaskError};
@@ -95,29 +104,54 @@ impl Workspace {
     }
 
     /// Reads a text file inside the workspace, keeping at most `cap` bytes. Returns the text and
-    /// whether it was cut.
+    /// whether it was cut. Never reads more than `cap + 1` bytes, and refuses anything but a
+    /// regular file. Blocking: from async code use [`Workspace::read_text_async`].
     pub fn read_text(&self, path: &WsPath, cap: usize) -> Result<(String, bool), TaskError> {
-        let bytes = std::fs::read(&path.real).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::InvalidInput
-            } else {
-                ErrorKind::Io
-            };
-            TaskError::permanent(kind, format!("cannot read '{}': {e}", path.display))
-        })?;
+        let file = open_regular(path)?;
+        let mut bytes = Vec::new();
+        file.take(cap as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                TaskError::permanent(
+                    ErrorKind::Io,
+                    format!("cannot read '{}': {e}", path.display),
+                )
+            })?;
         let cut = bytes.len() > cap;
         let mut end = bytes.len().min(cap);
         // Cut on a character boundary.
         while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
             end -= 1;
         }
-        Ok((String::from_utf8_lossy(&bytes[..end]).into_owned(), cut))
+        bytes.truncate(end);
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        Ok((text, cut))
+    }
+
+    /// [`Workspace::read_text`] on a blocking thread.
+    pub async fn read_text_async(
+        &self,
+        path: &WsPath,
+        cap: usize,
+    ) -> Result<(String, bool), TaskError> {
+        let (ws, path) = (self.clone(), path.clone());
+        blocking(move || ws.read_text(&path, cap)).await?
     }
 
     /// Fails with `file_exists` when `path` exists and `overwrite` is false: checked before any
-    /// work (or model call) is spent on the file.
+    /// work (or model call) is spent on the file. Something that is neither a regular file nor
+    /// a folder (a FIFO, socket or device) is refused with `not_a_regular_file` either way.
     pub fn check_writable(&self, path: &WsPath, overwrite: bool) -> Result<(), TaskError> {
-        if !overwrite && std::fs::symlink_metadata(&path.real).is_ok() {
+        let meta = std::fs::symlink_metadata(&path.real).ok();
+        if let Some(m) = &meta
+            && let Some(what) = special_kind(&m.file_type())
+        {
+            return Err(not_regular(path, what));
+        }
+        if !overwrite && meta.is_some() {
             return Err(TaskError::permanent(
                 ErrorKind::FileExists,
                 format!(
@@ -126,7 +160,7 @@ impl Workspace {
                 ),
             ));
         }
-        if path.real.is_dir() {
+        if meta.as_ref().is_some_and(|m| m.is_dir()) || path.real.is_dir() {
             return Err(TaskError::permanent(
                 ErrorKind::InvalidInput,
                 format!("'{}' is a directory", path.display),
@@ -135,8 +169,35 @@ impl Workspace {
         Ok(())
     }
 
+    /// [`Workspace::check_writable`] on a blocking thread; also says whether the file exists.
+    pub async fn check_writable_async(
+        &self,
+        path: &WsPath,
+        overwrite: bool,
+    ) -> Result<bool, TaskError> {
+        let (ws, path) = (self.clone(), path.clone());
+        blocking(move || {
+            ws.check_writable(&path, overwrite)?;
+            Ok(std::fs::symlink_metadata(&path.real).is_ok())
+        })
+        .await?
+    }
+
+    /// [`Workspace::write_atomic`] on a blocking thread.
+    pub async fn write_atomic_async(
+        &self,
+        path: &WsPath,
+        content: String,
+        overwrite: bool,
+    ) -> Result<(), TaskError> {
+        let (ws, path) = (self.clone(), path.clone());
+        blocking(move || ws.write_atomic(&path, &content, overwrite)).await?
+    }
+
     /// Writes `content` to `path` atomically, creating missing folders (inside the workspace).
     /// Without `overwrite`, an existing file is never replaced, even one created meanwhile.
+    /// The content goes to a fresh temporary file that is then renamed into place, so nothing
+    /// ever opens an existing file (a FIFO at the path cannot block the write).
     pub fn write_atomic(
         &self,
         path: &WsPath,
@@ -183,6 +244,92 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+/// Runs blocking work on tokio's blocking pool, so the calling task stays responsive to its
+/// timeout and to cancellation (the work itself then finishes in the background). A panic in
+/// `f` becomes an `internal` error of the task.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TaskError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        TaskError::permanent(
+            ErrorKind::Internal,
+            format!("internal error in blocking file work: {e}"),
+        )
+    })
+}
+
+/// What a non-regular, non-folder file is, for messages; `None` for regular files, folders and
+/// symlinks (resolved paths have none left but a racing one, which the open refuses).
+fn special_kind(t: &std::fs::FileType) -> Option<&'static str> {
+    if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() || t.is_char_device() {
+        Some("a device")
+    } else {
+        None
+    }
+}
+
+fn not_regular(path: &WsPath, what: &str) -> TaskError {
+    TaskError::permanent(
+        ErrorKind::NotARegularFile,
+        format!(
+            "'{}' is {what}, not a regular file; only regular files are read or written",
+            path.display
+        ),
+    )
+}
+
+/// Opens `path` for reading only if it is a regular file. The path is checked first so a FIFO
+/// or device is never opened at all; the open itself is non-blocking and does not follow a
+/// symlink, and the opened descriptor is checked again, which closes the window between the two.
+fn open_regular(path: &WsPath) -> Result<std::fs::File, TaskError> {
+    let io = |e: std::io::Error| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::InvalidInput
+        } else {
+            ErrorKind::Io
+        };
+        TaskError::permanent(kind, format!("cannot read '{}': {e}", path.display))
+    };
+    let kind_of = |m: &std::fs::Metadata| -> Result<(), TaskError> {
+        let t = m.file_type();
+        if let Some(what) = special_kind(&t) {
+            return Err(not_regular(path, what));
+        }
+        if t.is_dir() {
+            return Err(TaskError::permanent(
+                ErrorKind::InvalidInput,
+                format!("'{}' is a directory, not a file", path.display),
+            ));
+        }
+        if !t.is_file() {
+            return Err(not_regular(path, "of an unknown type"));
+        }
+        Ok(())
+    };
+    kind_of(&std::fs::symlink_metadata(&path.real).map_err(io)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(&path.real)
+        .map_err(|e| {
+            // O_NOFOLLOW fails with ELOOP when a symlink was swapped in after resolving.
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                TaskError::permanent(
+                    ErrorKind::PathOutsideWorkspace,
+                    format!("'{}' became a symlink while being opened", path.display),
+                )
+            } else {
+                io(e)
+            }
+        })?;
+    kind_of(&file.metadata().map_err(io)?)?;
+    Ok(file)
 }
 
 /// Follows symlinks through the longest existing prefix of `path` and appends the rest.
@@ -263,5 +410,49 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        let (dir, ws) = ws();
+        mkfifo(&dir.path().join("pipe.py"));
+        let p = ws.resolve("pipe.py").unwrap();
+        // Opening a FIFO for reading would block until a writer came: this returns at once.
+        let e = ws.read_text(&p, 100).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotARegularFile, "{e:?}");
+        assert!(e.message.contains("FIFO"), "{}", e.message);
+        for overwrite in [false, true] {
+            let e = ws.write_atomic(&p, "x", overwrite).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::NotARegularFile, "{e:?}");
+        }
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("pipe.py"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
+
+    #[test]
+    fn reads_are_capped_and_directories_named() {
+        let (dir, ws) = ws();
+        std::fs::write(dir.path().join("big.txt"), "é".repeat(100)).unwrap();
+        let p = ws.resolve("big.txt").unwrap();
+        let (text, cut) = ws.read_text(&p, 5).unwrap();
+        assert_eq!((text.as_str(), cut), ("éé", true));
+        let (text, cut) = ws.read_text(&p, 200).unwrap();
+        assert_eq!((text.len(), cut), (200, false));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let e = ws.read_text(&ws.resolve("sub").unwrap(), 5).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        let e = ws
+            .read_text(&ws.resolve("none.py").unwrap(), 5)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
     }
 }

@@ -250,3 +250,126 @@ fn dispatch_debug_turns_on_debug_logs_on_stderr_only() {
     let line: Value = serde_json::from_str(first).unwrap();
     assert_eq!(line["level"], "DEBUG");
 }
+
+#[test]
+fn out_of_range_configuration_is_exit_3_with_key_path_and_line() {
+    let sb = Sandbox::new();
+    for (text, key, line) in [
+        (
+            "dispatcher:\n  timeout_seconds: -1\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: 0\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: .nan\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  timeout_seconds: .inf\n",
+            "dispatcher.timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher:\n  fail_fast: true\n  max_workers: 100000\n",
+            "dispatcher.max_workers",
+            3,
+        ),
+        (
+            "dispatcher:\n  max_workers: 0\n",
+            "dispatcher.max_workers",
+            2,
+        ),
+        ("dispatcher:\n  retries: 100000\n", "dispatcher.retries", 2),
+        (
+            "dispatcher:\n  retry_backoff_ms: 3600001\n",
+            "dispatcher.retry_backoff_ms",
+            2,
+        ),
+        (
+            "dispatcher:\n  max_output_bytes: 0\n",
+            "dispatcher.max_output_bytes",
+            2,
+        ),
+        ("dispatcher:\n  trace_dir: ''\n", "dispatcher.trace_dir", 2),
+        (
+            "agents:\n  command:\n    max_concurrency: 0\n",
+            "agents.command.max_concurrency",
+            3,
+        ),
+        (
+            "agents:\n  mcp:\n    timeout_seconds: -5\n",
+            "agents.mcp.timeout_seconds",
+            3,
+        ),
+        (
+            "agents:\n  debug:\n    retries: 101\n",
+            "agents.debug.retries",
+            3,
+        ),
+        (
+            "circuit_breaker:\n  recovery_timeout_seconds: -1\n",
+            "circuit_breaker.recovery_timeout_seconds",
+            2,
+        ),
+        (
+            "dispatcher: {max_workers: 0}\n",
+            "dispatcher.max_workers",
+            1,
+        ),
+        ("llm:\n  max_repairs: 100000\n", "llm.max_repairs", 2),
+    ] {
+        sb.write("bad.yaml", text);
+        let run = sb.run_json(&["--config", "bad.yaml"], &one_task());
+        assert_eq!(run.code, 3, "{text}: {}", run.stdout);
+        assert_eq!(run.json["status"], "error");
+        let errors = run.error_messages();
+        assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+        let (p, m) = &errors[0];
+        assert_eq!(p, &format!("bad.yaml: {key}"), "{text}");
+        assert!(m.contains(&format!("at line {line} column")), "{text}: {m}");
+        assert!(!sb.path().join("traces").exists(), "{text}: nothing ran");
+    }
+    // Every violation is reported at once, each with its own line.
+    sb.write(
+        "bad.yaml",
+        "dispatcher:\n  timeout_seconds: -1\n  max_workers: 0\nagents:\n  command:\n    max_concurrency: 0\n",
+    );
+    let run = sb.run_json(&["--config", "bad.yaml"], &one_task());
+    assert_eq!(run.code, 3);
+    let mut got: Vec<String> = run
+        .error_messages()
+        .into_iter()
+        .map(|(p, m)| format!("{p} | {m}"))
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("bad.yaml: agents.command.max_concurrency | out of range")
+            && got[0].contains("line 6"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("bad.yaml: dispatcher.max_workers |") && got[1].contains("line 3"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].starts_with("bad.yaml: dispatcher.timeout_seconds |") && got[2].contains("line 2"),
+        "{got:?}"
+    );
+    // The edges of every range are fine, and those values are used.
+    sb.write(
+        "edge.yaml",
+        "dispatcher:\n  timeout_seconds: 0.001\n  max_workers: 4096\n  retries: 100\nagents:\n  command:\n    max_concurrency: 1\n    timeout_seconds: 30\n",
+    );
+    let run = sb.run_json(&["--config", "edge.yaml"], &one_task());
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let settings = effective(&run);
+    assert_eq!(settings["max_workers"], 4096, "{settings}");
+    assert_eq!(settings["retries"], 100, "{settings}");
+}

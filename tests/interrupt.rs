@@ -68,3 +68,120 @@ fn sigterm_exits_143() {
             .contains("SIGTERM")
     );
 }
+
+/// Whether a process is still alive (a zombie waiting to be reaped is not).
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z")
+}
+
+/// Five tasks that ignore SIGTERM (and so do the `sleep`s they start); each writes its own pid
+/// and its child's. Returns those pids once all five are running.
+fn start_stubborn_run(sb: &Sandbox) -> (std::process::Child, Vec<i32>) {
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            sh_task(
+                &format!("stubborn{i}"),
+                &format!("trap '' TERM; sleep 300 & echo \"$$ $!\" > pids{i}.tmp; mv pids{i}.tmp pids{i}; wait"),
+                &[],
+            )
+        })
+        .collect();
+    let batch = json!({"tasks": tasks, "config": {"max_workers": 5}});
+    let child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
+    let files: Vec<_> = (0..5).map(|i| sb.path().join(format!("pids{i}"))).collect();
+    assert!(
+        eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
+        "tasks never started"
+    );
+    let pids = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .split_whitespace()
+                .map(|p| p.parse::<i32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (child, pids)
+}
+
+#[test]
+fn a_second_signal_kills_every_process_group_at_once() {
+    // INT then TERM in quick succession, 20 times: the first asks the groups to stop (they ignore
+    // TERM), the second must KILL them all, whether it lands while attempts are still being
+    // cancelled or after the dispatch loop ended.
+    for trial in 0..20 {
+        let sb = Sandbox::new();
+        let (child, pids) = start_stubborn_run(&sb);
+        assert_eq!(pids.len(), 10);
+        send_signal(child.id(), libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(if trial % 2 == 0 { 5 } else { 100 }));
+        send_signal(child.id(), libc::SIGTERM);
+        let out = wait_with_deadline(child, Duration::from_secs(30));
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        // Clean up before failing, so a failure does not leave 300-second sleeps behind.
+        for &p in &left {
+            send_signal(p as u32, libc::SIGKILL);
+        }
+        assert!(
+            left.is_empty(),
+            "trial {trial}: still alive after the runner exited: {left:?}"
+        );
+        let run = sb.to_run(out);
+        assert_eq!(run.code, 130, "trial {trial}: {}", run.stderr);
+        for i in 0..5 {
+            assert_eq!(run.status(&format!("stubborn{i}")), "cancelled");
+        }
+    }
+}
+
+#[test]
+fn a_signal_after_the_dispatch_loop_still_cuts_the_grace_period_short() {
+    // The task ends at once but leaves a child in its group that ignores TERM: the run is over,
+    // and only the child's grace period (2 s) stands between us and exit. A signal now must
+    // KILL it instead of being ignored.
+    let sb = Sandbox::new();
+    let task = sh_task(
+        "leaves_child",
+        "trap '' TERM; sleep 300 >/dev/null 2>&1 & echo $! > pid.tmp; mv pid.tmp pid",
+        &[],
+    );
+    let events = sb.path().join("events.ndjson");
+    let child = spawn_with_input(
+        sb.cmd(&["--events", events.to_str().unwrap()]),
+        &json!({"tasks": [task]}).to_string(),
+    );
+    let file = sb.path().join("pid");
+    assert!(eventually(Duration::from_secs(30), || file.exists()));
+    let pid: i32 = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The task has finished (so the dispatch loop is over): the runner is in the grace period.
+    assert!(eventually(Duration::from_secs(30), || {
+        std::fs::read_to_string(&events).is_ok_and(|t| t.contains("\"task_finished\""))
+    }));
+    let signalled = std::time::Instant::now();
+    send_signal(child.id(), libc::SIGINT);
+    let out = wait_with_deadline(child, Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let still = alive(pid);
+    if still {
+        send_signal(pid as u32, libc::SIGKILL);
+    }
+    assert!(!still, "the leftover child survived the runner");
+    eprintln!("exit {took:?} after the signal");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the signal was not acted on: exit took {took:?} (grace period is 2 s)"
+    );
+    let run = sb.to_run(out);
+    assert_eq!(run.status("leaves_child"), "success");
+}

@@ -192,3 +192,61 @@ fn expanded_header_values_never_reach_results_traces_or_logs() {
     }
     assert!(!run.stderr.is_empty(), "trace logging produced output");
 }
+
+#[test]
+fn tool_errors_never_open_the_breaker() {
+    let server = start_everything_http();
+    // The tool rejects its arguments four times (`tool_error`); the server is fine throughout.
+    let mut tasks: Vec<Value> = (0..4)
+        .map(|i| {
+            mcp_task(
+                &format!("bad{i}"),
+                "srv",
+                "get-sum",
+                json!({"a": "nineteen", "b": 23}),
+            )
+        })
+        .collect();
+    tasks.push(echo("after"));
+    let config = json!({"max_workers": 1, "retries": 0,
+        "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}});
+    let (_sb, run) = run_against(&server.url(), config, tasks);
+    for i in 0..4 {
+        let r = run.result(&format!("bad{i}"));
+        assert_eq!(r["error"]["kind"], "tool_error", "{r}");
+        assert_eq!(r["attempts"], 1);
+    }
+    assert_eq!(run.status("after"), "success");
+    let trace = run.trace();
+    assert!(events(&trace, "breaker_changed").is_empty());
+    assert_eq!(events(&trace, "attempt_started")[0]["breaker"], "mcp:srv");
+}
+
+#[test]
+fn an_inline_url_server_has_its_own_breaker_labelled_without_the_url() {
+    let port = free_port();
+    let url = format!("http://user:hunter22@127.0.0.1:{port}/mcp");
+    let tasks: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"task_id": format!("t{i}"), "agent": "mcp",
+            "input_data": {"url": url, "tool": "echo", "arguments": {"message": "x"}}})
+        })
+        .collect();
+    let sb = Sandbox::new();
+    let run = sb.run_json(
+        &[],
+        &json!({"tasks": tasks, "config": {"max_workers": 1, "retries": 0,
+            "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}}}),
+    );
+    assert_eq!(run.result("t0")["error"]["kind"], "unavailable");
+    assert_eq!(run.result("t1")["error"]["kind"], "unavailable");
+    assert_eq!(run.result("t2")["error"]["kind"], "circuit_open");
+    let trace = run.trace();
+    let opened = events(&trace, "breaker_changed");
+    assert_eq!(opened.len(), 1);
+    let label = opened[0]["breaker"].as_str().unwrap();
+    let digest = label.strip_prefix("mcp:url:").expect(label);
+    assert_eq!(digest.len(), 12, "{label}");
+    assert!(digest.chars().all(|c| c.is_ascii_hexdigit()), "{label}");
+    assert!(!label.contains(&port.to_string()) && !label.contains("hunter22"));
+}

@@ -164,6 +164,31 @@ fn an_endpoint_killed_mid_run_fails_transiently_then_opens_the_breaker() {
     let trace = run.trace();
     let opened = events(&trace, "breaker_changed");
     assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0]["breaker"], "coder");
+    // One breaker per model endpoint, labelled without the URL itself.
+    let label = opened[0]["breaker"].as_str().unwrap();
+    assert!(label.starts_with("model:anthropic:"), "{label}");
+    assert!(!label.contains("127.0.0.1"), "{label}");
     assert_eq!(opened[0]["to"], "open");
+}
+
+#[test]
+fn a_model_refusing_requests_never_opens_the_breaker() {
+    // 400 is the model (or its gateway) rejecting this request: the endpoint is healthy.
+    let api = mockapi::MockApi::start(
+        (0..4)
+            .map(|_| mockapi::error(400, &[], "prompt is too long"))
+            .collect(),
+    );
+    let sb = Sandbox::new();
+    let tasks: Vec<Value> = ["a", "b", "c", "d"].iter().map(|id| coder(id)).collect();
+    let batch = json!({"tasks": tasks, "config": {"max_workers": 1,
+        "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}}});
+    let run = run(&sb, &api.base, &batch);
+    for id in ["a", "b", "c", "d"] {
+        let r = run.result(id);
+        assert_eq!(r["error"]["kind"], "model_request_rejected", "{id}: {r}");
+        assert_eq!(r["attempts"], 1, "{id} was attempted");
+    }
+    assert_eq!(api.requests().len(), 4);
+    assert!(events(&run.trace(), "breaker_changed").is_empty());
 }

@@ -74,11 +74,12 @@ fn pipeline_succeeds_with_results_in_input_order_and_a_trace() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
-    // No temporary files left beside the trace.
+    // No temporary files left beside the trace (the digest key is meant to stay).
     let leftovers: Vec<_> = std::fs::read_dir(sb.path().join("traces"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_name() != ".dispatch-key")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -367,8 +368,13 @@ fn critical_path_starts_first() {
 #[test]
 fn circuit_breaker_opens_and_rejects_without_attempting() {
     let sb = Sandbox::new();
+    // Commands share a breaker only when the user groups them under one.
     let tasks: Vec<Value> = (0..5)
-        .map(|i| sh_task(&format!("f{i}"), "exit 1", &[]))
+        .map(|i| {
+            let mut t = sh_task(&format!("f{i}"), "exit 1", &[]);
+            t["breaker"] = json!("group");
+            t
+        })
         .collect();
     let batch = json!({"tasks": tasks, "config": {"max_workers": 1,
         "circuit_breaker": {"failure_threshold": 2, "recovery_timeout_seconds": 600}}});
@@ -391,7 +397,7 @@ fn circuit_breaker_opens_and_rejects_without_attempting() {
             changes[0]["from"].as_str(),
             changes[0]["to"].as_str()
         ),
-        (Some("command"), Some("closed"), Some("open"))
+        (Some("group"), Some("closed"), Some("open"))
     );
 }
 
@@ -400,7 +406,7 @@ fn circuit_breaker_half_opens_after_recovery_and_a_good_probe_closes_it() {
     let sb = Sandbox::new();
     let script = "n=$(cat c 2>/dev/null || echo 0); n=$((n+1)); echo $n > c; [ $n -ge 2 ]";
     let batch = json!({"tasks": [
-        {"task_id": "flaky", "agent": "command", "retries": 1, "input_data": {"argv": ["sh", "-c", script]}},
+        {"task_id": "flaky", "agent": "command", "retries": 1, "breaker": "flaky-dep", "input_data": {"argv": ["sh", "-c", script]}},
         sh_task("later", "true", &["flaky"])
     ], "config": {"retry_backoff_ms": 600, "circuit_breaker": {"failure_threshold": 1, "recovery_timeout_seconds": 0.2}}});
     let run = sb.run_json(&[], &batch);

@@ -6,6 +6,7 @@
 //! Both are echoed by the tasks to stdout and stderr, and end up in error messages.
 
 mod common;
+mod mcp_support;
 mod observe;
 
 use common::Sandbox;
@@ -146,4 +147,262 @@ fn planted_secrets_appear_in_no_output() {
         run.stderr
     );
     assert!(run.stderr.contains("[REDACTED]"), "{}", run.stderr);
+}
+
+const URL_USER: &str = "alice-in-url";
+const URL_PASSWORD: &str = "pa55-in-url-3e9d";
+const URL_KEY: &str = "k3y-in-query-8b1f";
+
+/// An MCP URL with credentials in the userinfo and in a query parameter, and what it must look
+/// like wherever it is shown.
+fn url_with_credentials(port: u16) -> (String, String) {
+    (
+        format!("http://{URL_USER}:{URL_PASSWORD}@127.0.0.1:{port}/mcp?api_key={URL_KEY}&x=1"),
+        format!("http://***@127.0.0.1:{port}/mcp?api_key=[REDACTED]&x=1"),
+    )
+}
+
+fn url_batch(live_port: u16, refused_port: u16) -> serde_json::Value {
+    json!({"tasks": [
+        {"task_id": "live", "agent": "mcp",
+         "input_data": {"url": url_with_credentials(live_port).0, "tool": "echo",
+                        "arguments": {"message": "hello"}}},
+        {"task_id": "refused", "agent": "mcp",
+         "input_data": {"url": url_with_credentials(refused_port).0, "tool": "echo",
+                        "arguments": {"message": "hello"}}}
+    ]})
+}
+
+fn assert_no_url_credentials(name: &str, text: &str) {
+    for secret in [URL_USER, URL_PASSWORD, URL_KEY] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into {name}:\n{text}"
+        );
+    }
+    // Nor a plain hash of a URL with its credentials (in a breaker label, say), against which a
+    // guessed password could be checked.
+    for port in text_ports(text) {
+        let hash = sha256_hex(&url_with_credentials(port).0);
+        assert!(
+            !text.contains(&hash[..12]),
+            "hash of a secret URL in {name}:\n{text}"
+        );
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The ports of the redacted URLs shown in `text`.
+fn text_ports(text: &str) -> Vec<u16> {
+    text.split("http://***@127.0.0.1:")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn credentials_in_mcp_urls_appear_in_no_output() {
+    let server = mcp_support::start_everything_http();
+    let refused = mcp_support::free_port();
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd(&[
+            "run",
+            "--events",
+            "events.ndjson",
+            "--metrics-file",
+            "metrics.prom",
+            "-o",
+            "result.json",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(url_batch(server.port, refused).to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let run = sb.to_run(out);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.status("live"), "success", "{}", run.stderr);
+    assert_eq!(run.status("refused"), "error");
+    // The URL is still shown, without its credentials.
+    assert_eq!(
+        run.result("live")["output"]["server"],
+        url_with_credentials(server.port).1
+    );
+    assert!(
+        run.result("refused")["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&url_with_credentials(refused).1),
+        "{}",
+        run.stdout
+    );
+    let trace = run.trace();
+    assert_eq!(
+        trace["batch"]["tasks"][0]["input_data"]["url"],
+        url_with_credentials(server.port).1
+    );
+    assert_eq!(
+        trace["digests"]["tasks"][0]["redacted"],
+        json!(["/input_data/url"])
+    );
+    assert!(run.stderr.contains("DEBUG"), "debug logging was on");
+    let mut outputs = vec![
+        ("stdout".to_string(), run.stdout.clone()),
+        ("stderr".to_string(), run.stderr.clone()),
+        ("trace".to_string(), trace.to_string()),
+    ];
+    for f in ["result.json", "events.ndjson", "metrics.prom"] {
+        let text =
+            std::fs::read_to_string(sb.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!text.is_empty(), "{f} is empty");
+        outputs.push((f.to_string(), text));
+    }
+    for (name, text) in &outputs {
+        assert_no_url_credentials(name, text);
+    }
+
+    // A rerun from the trace would call the redacted URL: refused, naming the task.
+    let rerun = sb.run(
+        &[
+            "run",
+            "--rerun-failed",
+            run.json["trace_file"].as_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(rerun.code, 2, "{}", rerun.stdout);
+    let message = rerun.json["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("task 'refused'") && message.contains("/input_data/url"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_mcp_urls_stay_out_of_the_server_and_its_log() {
+    let mcp = mcp_support::start_everything_http();
+    let refused = mcp_support::free_port();
+    let sb = Sandbox::new();
+    let log = std::fs::File::create(sb.path().join("server.log")).unwrap();
+    let mut child = KillOnDrop(
+        sb.cmd(&["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("DISPATCH_API_TOKEN")
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let base = loop {
+        let text = std::fs::read_to_string(sb.path().join("server.log")).unwrap();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("dispatch_runner: listening on "))
+        {
+            break addr.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not start:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let client = dispatch_runner::http::client_builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let result: serde_json::Value = client
+        .post(format!("{base}/v1/dispatch"))
+        .header("content-type", "application/json")
+        .body(url_batch(mcp.port, refused).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ok = |id: &str| {
+        result["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(ok("live")["status"], "success", "{result}");
+    assert_eq!(
+        ok("live")["output"]["server"],
+        url_with_credentials(mcp.port).1
+    );
+    let run_id = result["run_id"].as_str().unwrap();
+    let trace = client
+        .get(format!("{base}/v1/runs/{run_id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(trace.contains(&url_with_credentials(mcp.port).1), "{trace}");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("dispatch_"), "{metrics}");
+    child.stop();
+    let log = std::fs::read_to_string(sb.path().join("server.log")).unwrap();
+    assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    for (name, text) in [
+        ("response", result.to_string()),
+        ("trace", trace),
+        ("metrics", metrics),
+        ("server log", log),
+    ] {
+        assert_no_url_credentials(name, &text);
+    }
+}
+
+/// The server process, stopped even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

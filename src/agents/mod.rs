@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::process::Reaper;
+use crate::runner::executor::AttemptId;
 use crate::services::Services;
 use crate::task_error::Failure;
 
@@ -66,43 +67,35 @@ pub struct AgentContext {
 /// A progress report from a running attempt, published by the dispatcher as `task_progress`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProgressNote {
-    pub task_id: String,
-    pub attempt: u32,
+    pub attempt_id: AttemptId,
     pub progress: f64,
     pub total: Option<f64>,
     pub message: Option<String>,
 }
 
-/// Sends an attempt's progress to the dispatcher, which alone publishes events. Progress is
-/// best-effort: when the dispatcher is behind by [`PROGRESS_BUFFER`] notes, further notes are
-/// dropped rather than slowing the agent.
+/// Sends an attempt's progress to its executor, which passes it to the dispatcher, which alone
+/// publishes events. Progress is best-effort: when the dispatcher is behind by
+/// [`PROGRESS_BUFFER`] notes, further notes are dropped rather than slowing the agent.
 #[derive(Debug, Clone, Default)]
 pub struct ProgressSink {
     tx: Option<tokio::sync::mpsc::Sender<ProgressNote>>,
-    task_id: String,
-    attempt: u32,
+    attempt_id: AttemptId,
 }
 
 pub const PROGRESS_BUFFER: usize = 1024;
 
 impl ProgressSink {
-    pub fn new(
-        tx: tokio::sync::mpsc::Sender<ProgressNote>,
-        task_id: impl Into<String>,
-        attempt: u32,
-    ) -> Self {
+    pub fn new(tx: tokio::sync::mpsc::Sender<ProgressNote>, attempt_id: AttemptId) -> Self {
         ProgressSink {
             tx: Some(tx),
-            task_id: task_id.into(),
-            attempt,
+            attempt_id,
         }
     }
 
     pub fn report(&self, progress: f64, total: Option<f64>, message: Option<String>) {
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(ProgressNote {
-                task_id: self.task_id.clone(),
-                attempt: self.attempt,
+                attempt_id: self.attempt_id,
                 progress,
                 total,
                 message,
@@ -122,11 +115,27 @@ impl AgentInput {
         }
     }
 
-    /// Which circuit breaker guards this task: one per agent, and one per server for `mcp`.
-    pub fn breaker_key(&self) -> String {
+    /// The remote dependency this task calls, as a breaker label: one per MCP server, one per
+    /// model endpoint. `None` for local work (commands, the offline coder and debug backends).
+    pub fn dependency_breaker(&self, services: &Services) -> Option<String> {
+        use crate::policy::breaker::short_digest;
+        let model = |backend: crate::llm::ModelBackend| {
+            let llm = &services.llm;
+            let endpoint = match backend {
+                crate::llm::ModelBackend::Anthropic => llm.anthropic_base_url().to_string(),
+                crate::llm::ModelBackend::Openai => llm.openai_base_url().to_string(),
+                crate::llm::ModelBackend::Command => llm.command.argv.join("\0"),
+            };
+            format!("model:{}:{}", backend.as_str(), short_digest(&endpoint))
+        };
         match self {
-            AgentInput::Mcp(input) => format!("mcp:{}", input.server_key()),
-            _ => self.name().to_string(),
+            AgentInput::Command(_) => None,
+            AgentInput::Mcp(input) => Some(match (&input.url, &input.server) {
+                (Some(url), _) => format!("mcp:url:{}", short_digest(url)),
+                _ => format!("mcp:{}", input.server_key()),
+            }),
+            AgentInput::Coder(input) => coder::model_backend(input, &services.llm).map(model),
+            AgentInput::Debug(input) => debug::model_backend(input, &services.llm).map(model),
         }
     }
 

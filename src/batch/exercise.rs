@@ -61,6 +61,20 @@ pub fn structured(data: &[u8]) -> Value {
         "\u{0}",
         "é",
     ];
+    /// Paths into [`special_files`]' workspace: a FIFO, a socket, a symlink to a device, a
+    /// folder, a regular file, and ways around them.
+    const PATHS: &[&str] = &[
+        "fifo.py",
+        "sock",
+        "null.py",
+        "dir",
+        "ok.py",
+        "./dir/../fifo.py",
+        "missing.py",
+        "../fifo.py",
+        "/dev/zero",
+        "dir/fifo.py",
+    ];
     let mut bytes = data.iter().copied();
     let mut next = move || bytes.next().unwrap_or(0) as usize;
     let n = next() % 9;
@@ -103,6 +117,20 @@ pub fn structured(data: &[u8]) -> Value {
                 }
                 5 => task["input_data"] = json!([argv]),
                 6 => task["description"] = Value::Null,
+                // File paths that reach the workspace's special files (see `special_files`).
+                7 | 20 => {
+                    task["agent"] = json!("debug");
+                    let files: Vec<&str> =
+                        (0..1 + next() % 3).map(|_| PATHS[next() % PATHS.len()]).collect();
+                    task["input_data"] =
+                        json!({"problem_description": "p", "affected_files": files});
+                }
+                8 | 21 => {
+                    task["agent"] = json!("coder");
+                    task["input_data"] = json!({"contract_description": "c", "node_type": "Compute",
+                        "output_path": PATHS[next() % PATHS.len()],
+                        "context_files": [PATHS[next() % PATHS.len()]]});
+                }
                 _ => {}
             }
             task
@@ -238,6 +266,83 @@ fn check_text_with(text: &str, limits: Limits) {
     parse_all(text);
     let mut v = Value::String(text.to_string());
     let _ = template::substitute(&mut v, &|_| true, &|r| Ok(r.fields.join(".")));
+    // The bounded expansion never builds more than its limit, and leaves reference-free text.
+    let big = json!({"stdout": "x".repeat(300), "list": [1, 2, 3]});
+    let mut v = Value::String(text.to_string());
+    if template::substitute_bounded(&mut v, 1000, &|_| true, &|r| {
+        template::lookup(&big, &r.fields).ok_or_else(|| "missing".to_string())
+    })
+    .is_ok()
+    {
+        let has_refs = template::parse(text, &|_| true)
+            .is_ok_and(|p| p.iter().any(|p| matches!(p, Piece::Ref(_))));
+        let out = v.as_str().unwrap_or_default();
+        assert!(
+            if has_refs {
+                out.len() <= 1000
+            } else {
+                out == text
+            },
+            "bounded expansion passed its bound or changed plain text"
+        );
+    }
+}
+
+/// A workspace holding what an agent must never open: a FIFO (reading one blocks until a
+/// writer comes), a socket, a symlink to a device, a folder, next to one regular file. Made
+/// once per process; `None` where it cannot be made.
+fn special_files() -> Option<&'static crate::workspace::Workspace> {
+    use std::sync::OnceLock;
+    static WS: OnceLock<Option<(tempfile::TempDir, crate::workspace::Workspace)>> = OnceLock::new();
+    WS.get_or_init(|| {
+        let dir = tempfile::tempdir().ok()?;
+        let root = dir.path();
+        std::fs::create_dir(root.join("dir")).ok()?;
+        std::fs::write(root.join("ok.py"), "x = 1\n").ok()?;
+        for fifo in ["fifo.py", "dir/fifo.py"] {
+            let c = std::ffi::CString::new(root.join(fifo).into_os_string().into_encoded_bytes())
+                .ok()?;
+            // SAFETY: a valid NUL-terminated path.
+            (unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0).then_some(())?;
+        }
+        drop(std::os::unix::net::UnixListener::bind(root.join("sock")).ok()?);
+        std::os::unix::fs::symlink("/dev/null", root.join("null.py")).ok()?;
+        let ws = crate::workspace::Workspace::new(root).ok()?;
+        Some((dir, ws))
+    })
+    .as_ref()
+    .map(|(_, ws)| ws)
+}
+
+/// Reads and write checks of a task's file paths against [`special_files`]: each returns at
+/// once (a hang here is the bug), and nothing but a regular file is ever read.
+fn check_paths(input: &Value) {
+    use crate::task_error::ErrorKind;
+    let Some(ws) = special_files() else { return };
+    let mut paths: Vec<&str> = Vec::new();
+    for key in ["affected_files", "context_files"] {
+        if let Some(a) = input.get(key).and_then(Value::as_array) {
+            paths.extend(a.iter().filter_map(Value::as_str));
+        }
+    }
+    let output = input.get("output_path").and_then(Value::as_str);
+    for given in paths.iter().copied().chain(output) {
+        let Ok(p) = ws.resolve(given) else { continue };
+        let regular = std::fs::symlink_metadata(&p.real).is_ok_and(|m| m.is_file());
+        match ws.read_text(&p, 64) {
+            Ok(_) => assert!(regular, "read something not a regular file: {given}"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::NotARegularFile | ErrorKind::InvalidInput | ErrorKind::Io
+                ),
+                "{given}: {e}"
+            ),
+        }
+        if let Err(e) = ws.check_writable(&p, true) {
+            assert!(!regular, "{given}: {e}");
+        }
+    }
 }
 
 /// A valid batch: its plan runs to completion in dependency order, and every reference
@@ -288,6 +393,7 @@ fn check_valid(validated: &crate::batch::ValidatedBatch) {
             result.is_ok(),
             "validated references failed to parse: {result:?}"
         );
+        check_paths(&input);
         let _ = task.agent.with_input(input);
     }
 
@@ -343,9 +449,18 @@ mod tests {
     fn recipes_reach_valid_batches_with_references_and_invalid_ones() {
         let mut rng = fastrand::Rng::with_seed(5);
         let (mut valid, mut with_refs, mut invalid) = (0, 0, 0);
+        let mut special_paths = 0;
         for _ in 0..2000 {
             let data: Vec<u8> = (0..64).map(|_| rng.u8(..)).collect();
             let text = structured(&data).to_string();
+            let ok = crate::batch::validate_text(&text).is_ok();
+            if ok
+                && ["fifo.py", "sock", "null.py"]
+                    .iter()
+                    .any(|p| text.contains(p))
+            {
+                special_paths += 1;
+            }
             match crate::batch::validate_text(&text) {
                 Ok(_) if text.contains("{{tasks.") => with_refs += 1,
                 Ok(_) => valid += 1,
@@ -359,5 +474,9 @@ mod tests {
             "no valid batch used a reference ({valid} valid, {invalid} invalid)"
         );
         assert!(invalid > 100, "{invalid} invalid");
+        assert!(
+            special_paths > 5,
+            "{special_paths} valid batches name special files"
+        );
     }
 }

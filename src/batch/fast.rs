@@ -328,6 +328,8 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         dependencies: t.dependencies,
         timeout_seconds: t.timeout_seconds,
         retries: t.retries,
+        // A task naming a breaker is declined above and checked in full.
+        breaker: None,
     })
 }
 
@@ -351,6 +353,8 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         dependencies: t.dependencies,
         timeout_seconds: t.timeout_seconds,
         retries: t.retries,
+        // A task naming a breaker is declined above and checked in full.
+        breaker: None,
     })
 }
 
@@ -373,6 +377,7 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
         && c.retry_backoff_max_ms.is_none_or(|ms| ms <= 3_600_000)
         && c.max_output_bytes
             .is_none_or(|b| (1..=limits.max_output_bytes.min(MAX_OUTPUT_BYTES)).contains(&b))
+        && c.max_expanded_input_bytes.is_none_or(|b| b >= 1)
         && c.circuit_breaker
             .recovery_timeout_seconds
             .is_none_or(|s| s >= 0.0);

@@ -44,6 +44,12 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub retries: Option<u32>,
+    /// Opt-in: tasks naming the same breaker share one circuit breaker, and every transient
+    /// failure among them (a non-zero exit included) counts toward opening it. Without it, only
+    /// tasks calling a remote dependency (an MCP server, a model endpoint) have a breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.\-]+$"))]
+    pub breaker: Option<String>,
 }
 
 /// Run configuration carried by the batch. Absent fields fall back to the defaults shown.
@@ -81,7 +87,14 @@ pub struct BatchConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = crate::batch::limits::MAX_OUTPUT_BYTES))]
     pub max_output_bytes: Option<usize>,
-    /// Circuit breaker settings, one breaker per agent.
+    /// Most bytes the strings of a task's input that contain `{{tasks...}}` references may hold
+    /// together once the references are replaced by upstream outputs; over it the task fails
+    /// with `input_too_large` (default 4 × `max_output_bytes`, at least 4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_expanded_input_bytes: Option<usize>,
+    /// Circuit breaker settings: one breaker per remote dependency (MCP server, model endpoint)
+    /// plus any named by tasks.
     #[serde(default, skip_serializing_if = "BreakerConfig::is_empty")]
     pub circuit_breaker: BreakerConfig,
 }
@@ -96,7 +109,12 @@ impl BreakerConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
-    /// Consecutive transient failures that open the breaker (default 5; 0 disables it).
+    /// `false` turns every circuit breaker off (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Consecutive counted failures that open a breaker (default 5; 0 disables it). Counted:
+    /// connection and transport failures, HTTP 5xx/429 and timeouts of the dependency; for a
+    /// named breaker, every transient failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
     /// Seconds an open breaker waits before letting one probe through (default 60).

@@ -179,6 +179,130 @@ pub fn substitute(
     }
 }
 
+/// Why [`substitute_bounded`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubstituteError {
+    /// A reference could not be resolved.
+    Unresolved(String),
+    /// The expanded input would be longer than the limit; `pointer` is the JSON Pointer (inside
+    /// the input) of the string being expanded when the limit was passed.
+    TooLarge { limit: usize, pointer: String },
+}
+
+/// Like [`substitute`], but the strings that contain references may together hold at most
+/// `limit` bytes once expanded. The size is checked before each piece is copied, so an input that references a large
+/// output many times fails after allocating at most about `limit` bytes, instead of building the
+/// whole expansion first. `resolve` hands back the upstream value itself; it is rendered here
+/// (non-strings as compact JSON, through a writer that stops at the remaining budget).
+pub fn substitute_bounded<'o>(
+    v: &mut Value,
+    limit: usize,
+    is_task: &dyn Fn(&str) -> bool,
+    resolve: &dyn Fn(&Reference) -> Result<&'o Value, String>,
+) -> Result<(), SubstituteError> {
+    let mut left = limit;
+    let mut pointer = String::new();
+    expand(v, &mut pointer, &mut left, limit, is_task, resolve)
+}
+
+fn expand<'o>(
+    v: &mut Value,
+    pointer: &mut String,
+    left: &mut usize,
+    limit: usize,
+    is_task: &dyn Fn(&str) -> bool,
+    resolve: &dyn Fn(&Reference) -> Result<&'o Value, String>,
+) -> Result<(), SubstituteError> {
+    let too_large = |pointer: &str| SubstituteError::TooLarge {
+        limit,
+        pointer: pointer.to_string(),
+    };
+    match v {
+        Value::String(s) => {
+            let pieces = if s.contains(OPEN) {
+                parse(s, is_task).map_err(SubstituteError::Unresolved)?
+            } else {
+                Vec::new()
+            };
+            // Strings without references are the batch's own text, bounded by the input limits.
+            if !pieces.iter().any(|p| matches!(p, Piece::Ref(_))) {
+                return Ok(());
+            }
+            let mut out = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => {
+                        *left = left
+                            .checked_sub(t.len())
+                            .ok_or_else(|| too_large(pointer))?;
+                        out.push_str(&t);
+                    }
+                    Piece::Ref(r) => match resolve(&r).map_err(SubstituteError::Unresolved)? {
+                        Value::String(text) => {
+                            *left = left
+                                .checked_sub(text.len())
+                                .ok_or_else(|| too_large(pointer))?;
+                            out.push_str(text);
+                        }
+                        other => {
+                            let mut w = Capped {
+                                buf: Vec::new(),
+                                left: *left,
+                            };
+                            serde_json::to_writer(&mut w, other).map_err(|_| too_large(pointer))?;
+                            *left = w.left;
+                            out.push_str(&String::from_utf8_lossy(&w.buf));
+                        }
+                    },
+                }
+            }
+            *s = out;
+            Ok(())
+        }
+        Value::Array(a) => {
+            for (i, item) in a.iter_mut().enumerate() {
+                let len = pointer.len();
+                let _ = std::fmt::Write::write_fmt(pointer, format_args!("/{i}"));
+                expand(item, pointer, left, limit, is_task, resolve)?;
+                pointer.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(m) => {
+            for (k, item) in m.iter_mut() {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&crate::batch::issue::pointer_token(k));
+                expand(item, pointer, left, limit, is_task, resolve)?;
+                pointer.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A byte sink that refuses to grow past its budget.
+struct Capped {
+    buf: Vec<u8>,
+    left: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.left = self
+            .left
+            .checked_sub(data.len())
+            .ok_or_else(|| std::io::Error::other("over the size limit"))?;
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),
@@ -271,5 +395,42 @@ mod tests {
         assert_eq!(lookup(&out, &["b".into()]), None);
         assert_eq!(lookup(&out, &["a".into(), "x".into()]), None);
         assert_eq!(lookup(&out, &["a".into(), "0".into()]), Some(&json!(1)));
+    }
+
+    #[test]
+    fn bounded_expansion_stops_at_the_limit() {
+        let big = json!({"stdout": "x".repeat(1000), "list": vec![1; 500]});
+        let lookup_big =
+            |r: &Reference| lookup(&big, &r.fields).ok_or_else(|| "missing".to_string());
+        // Within the limit: same result as the unbounded substitution.
+        let mut v = json!({"a": ["{{tasks.build.output.stdout}}!", "{{tasks.build.output.list}}"]});
+        substitute_bounded(&mut v, 10_000, &known, &lookup_big).unwrap();
+        assert_eq!(v["a"][0].as_str().unwrap().len(), 1001);
+        assert_eq!(v["a"][1].as_str().unwrap().len(), 1001);
+        // Ten references to 1000 bytes pass a 9999-byte limit: refused, naming the string.
+        let refs = "{{tasks.build.output.stdout}}".repeat(10);
+        let mut v = json!({"stdin": refs});
+        let e = substitute_bounded(&mut v, 9_999, &known, &lookup_big).unwrap_err();
+        assert_eq!(
+            e,
+            SubstituteError::TooLarge {
+                limit: 9_999,
+                pointer: "/stdin".into()
+            }
+        );
+        // Literal text around references counts, and a non-string value is cut off while
+        // rendering; strings without references do not count.
+        let mut v = json!({"k": "y".repeat(5000), "l": "{{tasks.build.output.list}}"});
+        substitute_bounded(&mut v, 1001, &known, &lookup_big).unwrap();
+        let mut v = json!({"l": "{{tasks.build.output.list}}"});
+        assert!(matches!(
+            substitute_bounded(&mut v, 1000, &known, &lookup_big),
+            Err(SubstituteError::TooLarge { .. })
+        ));
+        let mut v = json!({"k": "{{tasks.build.output.nope}}"});
+        assert!(matches!(
+            substitute_bounded(&mut v, 1000, &known, &lookup_big),
+            Err(SubstituteError::Unresolved(_))
+        ));
     }
 }

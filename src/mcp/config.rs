@@ -117,7 +117,11 @@ impl ServerConfig {
             };
         match (&self.url, &self.command) {
             (Some(url), None) => Ok(Transport::Http {
-                url: url.clone(),
+                url: {
+                    // Credentials in the URL stay out of what we write, even in debug dumps.
+                    crate::redact::register_url_secrets(url);
+                    url.clone()
+                },
                 headers: expand_all(&self.headers)?,
             }),
             (None, Some(command)) => Ok(Transport::Stdio {

@@ -1,4 +1,4 @@
-//! A circuit breaker: after `threshold` consecutive transient failures it opens and rejects work at
+//! A circuit breaker: after `threshold` consecutive counted failures it opens and rejects work at
 //! once; after `recovery` it lets a single probe through (half-open); the probe's success closes
 //! it, its failure reopens it.
 //!
@@ -133,9 +133,125 @@ impl CircuitBreaker {
     }
 }
 
+/// Which breaker an attempt counts against, and what counts as a failure there.
+///
+/// Breakers protect remote dependencies, not local programs: by default only an MCP server
+/// (`mcp:<name>`, `mcp:url:<digest>`) and a model endpoint (`model:<provider>:<digest>`) get one,
+/// and only infrastructure failures count (see [`is_infrastructure_failure`]). A user may group
+/// tasks under a named breaker (task `breaker`, `agents.<name>.breaker`): those tasks share it and
+/// every transient failure counts, non-zero exits included, because the user said they stand for
+/// one thing. Labels never hold a raw URL: URLs become a short digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerKey {
+    /// As shown in `breaker_changed` / `attempt_started` events and metrics.
+    pub label: String,
+    pub scope: BreakerScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerScope {
+    /// Guards a remote dependency; only infrastructure failures count.
+    Dependency,
+    /// Named by the user; every transient failure counts.
+    Named,
+}
+
+impl BreakerKey {
+    pub fn dependency(label: String) -> Self {
+        BreakerKey {
+            label,
+            scope: BreakerScope::Dependency,
+        }
+    }
+
+    pub fn named(name: &str) -> Self {
+        BreakerKey {
+            label: name.to_string(),
+            scope: BreakerScope::Named,
+        }
+    }
+
+    /// Whether a failed attempt counts toward opening this breaker.
+    pub fn counts(&self, error: &crate::task_error::TaskError) -> bool {
+        match self.scope {
+            BreakerScope::Dependency => is_infrastructure_failure(error.kind),
+            // A lost attempt (its worker vanished) says nothing about what the tasks call.
+            BreakerScope::Named => {
+                error.transient && error.kind != crate::task_error::ErrorKind::AttemptLost
+            }
+        }
+    }
+}
+
+/// Failures that say the dependency itself is unwell: it could not be reached or used
+/// (connection refused or reset, transport or protocol breakage, HTTP 5xx), it is rate limiting
+/// (HTTP 429), or a call to it ran out of time. A tool's own error result, a JSON-RPC error, a
+/// model refusing a request, or a program exiting non-zero say nothing about the dependency.
+pub fn is_infrastructure_failure(kind: crate::task_error::ErrorKind) -> bool {
+    use crate::task_error::ErrorKind as K;
+    matches!(
+        kind,
+        K::Unavailable | K::ProtocolError | K::ModelUnavailable | K::ModelRateLimited | K::Timeout
+    )
+}
+
+/// A short, stable stand-in for text that must not appear in labels (a URL with credentials in
+/// it): the first 12 hex digits of the SHA-256 of the text with its credentials redacted. A plain
+/// hash of the credentials would let anyone who sees the label test guesses of a short password
+/// or API key offline; endpoints that differ only in credentials share a label.
+pub fn short_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(crate::redact::redact_text(text).as_bytes());
+    hash.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A user-given breaker name is 1 to 64 of `A-Za-z0-9_.-` (no `:`, so it never collides with
+/// the `mcp:` and `model:` labels).
+pub fn is_breaker_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependency_breakers_count_only_infrastructure_failures() {
+        use crate::task_error::{ErrorKind, TaskError};
+        let dep = BreakerKey::dependency("mcp:srv".into());
+        let named = BreakerKey::named("db");
+        let exit = TaskError::transient(ErrorKind::ExitStatus, "exit 1");
+        let tool = TaskError::permanent(ErrorKind::ToolError, "tool said no");
+        let down = TaskError::transient(ErrorKind::Unavailable, "refused");
+        let rejected = TaskError::permanent(ErrorKind::ModelRequestRejected, "400");
+        assert!(!dep.counts(&exit));
+        assert!(!dep.counts(&tool));
+        assert!(!dep.counts(&rejected));
+        assert!(dep.counts(&down));
+        assert!(dep.counts(&TaskError::transient(ErrorKind::ModelRateLimited, "429")));
+        assert!(
+            named.counts(&exit),
+            "a named breaker counts what the user grouped"
+        );
+        assert!(!named.counts(&tool), "permanent errors never count");
+    }
+
+    #[test]
+    fn digests_are_short_stable_and_hide_the_text() {
+        let d = short_digest("http://user:pw@example.test/mcp");
+        assert_eq!(d.len(), 12);
+        assert_eq!(d, short_digest("http://user:pw@example.test/mcp"));
+        assert_ne!(d, short_digest("http://example.test/mcp"));
+        assert_ne!(d, short_digest("http://user:pw@other.test/mcp"));
+        // The credentials do not enter the digest: a guess cannot be checked against it.
+        assert_eq!(d, short_digest("http://other:guess@example.test/mcp"));
+        assert!(is_breaker_name("db-1.main"));
+        assert!(!is_breaker_name("mcp:x"));
+        assert!(!is_breaker_name(""));
+    }
 
     const RECOVERY: Duration = Duration::from_secs(60);
 

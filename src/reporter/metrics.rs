@@ -330,7 +330,7 @@ impl EventSink for MetricsSink {
                 if let Some(t) = self.tasks.get_mut(task_id) {
                     t.first_start_ms.get_or_insert(event.elapsed_ms);
                 }
-                if !breaker.is_empty() {
+                if let Some(breaker) = breaker {
                     let b = self.breakers.label(breaker);
                     // Seen breakers start closed; later changes overwrite this.
                     self.metrics.breaker.with_label_values(&[&b]);
@@ -501,7 +501,7 @@ mod tests {
             task_id: id.into(),
             attempt,
             worker: 0,
-            breaker: breaker.into(),
+            breaker: (!breaker.is_empty()).then(|| breaker.into()),
         }
     }
 

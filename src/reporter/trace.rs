@@ -1,6 +1,12 @@
 //! The per-run trace file, `<trace_dir>/dispatch-<run_id>.json`: the batch as given, the effective
 //! settings, every task with every attempt, and the ordered event list. Written atomically
 //! (temporary file in the same folder, then rename) so a reader never sees half a trace.
+//!
+//! The batch is stored redacted, so it alone cannot say whether a task may run again from the
+//! trace. `digests` adds, per task, where its stored copy was redacted and a keyed digest of its
+//! real definition (see [`crate::rerun`]): enough for `--rerun-failed` to refuse to run a
+//! `[REDACTED]` value and to recognise an unchanged task in a batch given again with `-f`, while
+//! nobody without the key can test a guess of a secret against the trace.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,8 +24,39 @@ pub struct Trace {
     pub format: u32,
     pub tool_version: String,
     pub batch: Batch,
+    /// Absent in traces written before digests existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<Digests>,
     #[serde(flatten)]
     pub run: RunRecord,
+}
+
+/// The trace's record of each task's real definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Digests {
+    /// Always `hmac-sha256`: HMAC-SHA-256 over the task's definition as canonical JSON (keys
+    /// sorted, compact).
+    pub algorithm: String,
+    /// Names the key the digests were made with (an HMAC of a fixed label, not the key), so a
+    /// rerun can tell a missing or replaced key from a changed task. Null when no key could be
+    /// read or created; the digests are then null too.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// One entry per task, in batch order.
+    pub tasks: Vec<TaskSeal>,
+}
+
+/// One task's entry in [`Digests`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSeal {
+    pub task_id: String,
+    /// Lowercase hex HMAC-SHA-256 of the unredacted task; null without a key.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// JSON Pointers, within the task, of the values this trace holds redacted. A task with any
+    /// cannot run again from the trace alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
 }
 
 pub fn trace_path(dir: &Path, run_id: &str) -> PathBuf {

@@ -1,29 +1,36 @@
 //! The dispatcher owns all run state and is the only publisher of events. Each turn of its loop
 //! starts what the scheduler says is ready (as far as the worker limit and the breakers allow),
-//! then waits for one of: an attempt ending, a retry coming due, or an interrupt.
+//! then waits for one of: an executor event (progress, an attempt's end), a retry coming due, or
+//! an interrupt.
+//!
+//! A task's life (waiting, ready, running, backing off, done) is [`TaskLife`] in
+//! `task_state.rs`; where attempts run is the [`Executor`]. This file holds what ties them
+//! together: worker slots, per-agent caps, breakers, and the scheduler's ready set.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::agents::{AgentContext, AgentInput, PROGRESS_BUFFER, ProgressNote, ProgressSink};
+use crate::agents::AgentInput;
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
+use crate::events::Event;
 use crate::events::{
-    AttemptOutcome, CancelReason, Event, EventKind, EventSink, Summary, TaskInfo, TaskStatus,
-    now_rfc3339,
+    CancelReason, EventKind, EventSink, Summary, TaskInfo, TaskStatus, now_rfc3339,
 };
-use crate::policy::breaker::{CircuitBreaker, Permit, Transition};
+use crate::policy::breaker::{BreakerKey, CircuitBreaker, Transition};
 use crate::policy::concurrency::WorkerLimit;
-use crate::process::Reaper;
 use crate::reporter::{Recorder, RunRecord};
 use crate::rerun::Reuse;
 use crate::runner::Interrupt;
-use crate::runner::executor::{AttemptDone, AttemptEnd, AttemptSpec, LocalExecutor};
+use crate::runner::executor::{
+    AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent, LocalExecutor,
+};
+use crate::runner::task_state::{AfterAttempt, TaskLife};
 use crate::scheduler::Scheduler;
 use crate::services::Services;
 use crate::settings::{KILL_GRACE, RunSettings};
@@ -67,56 +74,60 @@ impl EventBus {
     }
 }
 
-/// What a running attempt holds, returned when it ends.
-struct Running {
-    attempt: u32,
-    worker: usize,
-    breaker: String,
-    permit: Permit,
-    started: Instant,
-}
-
-pub struct Dispatcher {
+pub struct Dispatcher<E: Executor = LocalExecutor> {
     tasks: Vec<Task>,
+    /// The lifecycle of each task, by index.
+    lives: Vec<TaskLife>,
     settings: RunSettings,
     services: Arc<Services>,
     scheduler: Scheduler,
-    executor: LocalExecutor,
-    reaper: Reaper,
+    executor: E,
     bus: EventBus,
     workers: WorkerLimit,
     /// Per-agent caps inside the global limit (`agents.<name>.max_concurrency`).
     agent_limits: HashMap<&'static str, WorkerLimit>,
     lanes: Vec<bool>,
     breakers: HashMap<String, CircuitBreaker>,
-    running: HashMap<usize, Running>,
-    attempts: Vec<u32>,
-    outputs: Vec<Option<Value>>,
-    /// Tasks waiting out a retry backoff: due time, task.
-    retries: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// The last failure of each task waiting for a retry, used if the retry never happens.
-    last_failure: HashMap<usize, Failure>,
+    /// The task of each attempt in flight; events for attempts not here are stale.
+    current: HashMap<AttemptId, usize>,
+    last_attempt_id: u64,
+    /// Tasks backing off, by due time (an index over their `TaskState::BackingOff`).
+    backing_off: BinaryHeap<Reverse<(Instant, usize)>>,
     stop: Option<CancelReason>,
     interrupted: Option<Interrupt>,
     counts: Summary,
     reuse: Option<Reuse>,
-    /// Progress reports from running attempts, published as `task_progress` events.
-    progress_tx: mpsc::Sender<ProgressNote>,
-    progress_rx: mpsc::Receiver<ProgressNote>,
 }
 
-impl Dispatcher {
+impl Dispatcher<LocalExecutor> {
+    /// A dispatcher that runs attempts in this process.
     pub fn new(
         validated: ValidatedBatch,
         settings: RunSettings,
         services: Arc<Services>,
         sinks: Vec<Box<dyn EventSink>>,
     ) -> Self {
+        let executor = LocalExecutor::new(services.clone());
+        Dispatcher::with_executor(validated, settings, services, sinks, executor)
+    }
+}
+
+impl<E: Executor> Dispatcher<E> {
+    pub fn with_executor(
+        validated: ValidatedBatch,
+        settings: RunSettings,
+        services: Arc<Services>,
+        sinks: Vec<Box<dyn EventSink>>,
+        executor: E,
+    ) -> Self {
         let n = validated.batch.tasks.len();
-        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Dispatcher {
-            progress_tx,
-            progress_rx,
+            lives: validated
+                .batch
+                .tasks
+                .iter()
+                .map(|t| TaskLife::new(t.task_id.clone()))
+                .collect(),
             tasks: validated.batch.tasks,
             workers: WorkerLimit::new(settings.max_workers),
             agent_limits: crate::agents::ALL_AGENTS
@@ -131,15 +142,12 @@ impl Dispatcher {
             settings,
             services,
             scheduler: Scheduler::new(validated.plan),
-            executor: LocalExecutor::default(),
-            reaper: Reaper::default(),
+            executor,
             bus: EventBus::new(sinks),
             breakers: HashMap::new(),
-            running: HashMap::new(),
-            attempts: vec![0; n],
-            outputs: vec![None; n],
-            retries: BinaryHeap::new(),
-            last_failure: HashMap::new(),
+            current: HashMap::new(),
+            last_attempt_id: 0,
+            backing_off: BinaryHeap::new(),
             stop: None,
             interrupted: None,
             counts: Summary {
@@ -185,40 +193,31 @@ impl Dispatcher {
             for (i, output) in reuse.outputs.into_iter().enumerate() {
                 let Some(output) = output else { continue };
                 self.scheduler.succeeded(i);
-                self.outputs[i] = Some(output.clone());
-                self.counts.count(TaskStatus::Success);
-                self.bus.emit(EventKind::TaskFinished {
-                    task_id: self.id(i),
-                    status: TaskStatus::Success,
-                    output: Some(output),
-                    error: None,
-                    attempts: 0,
-                    reused: true,
-                });
+                let events = self.lives[i].reused(output);
+                self.publish(events);
             }
         }
         for i in self.scheduler.ready_tasks() {
-            self.bus.emit(EventKind::TaskReady {
-                task_id: self.id(i),
-            });
+            let events = self.lives[i].ready();
+            self.publish(events);
         }
 
         loop {
             self.start_ready();
-            if self.executor.is_empty() && self.retries.is_empty() && !self.can_start_more() {
+            if self.executor.in_flight() == 0
+                && self.backing_off.is_empty()
+                && !self.can_start_more()
+            {
                 break;
             }
-            let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
+            let next_retry = self.backing_off.peek().map(|Reverse((due, _))| *due);
+            let busy = self.executor.in_flight() > 0;
             tokio::select! {
                 interrupt = recv(&mut interrupts) => match interrupt {
                     Some(i) => self.interrupt(i),
                     None => interrupts = None,
                 },
-                Some(done) = self.executor.next(), if !self.executor.is_empty() => {
-                    self.publish_progress();
-                    self.attempt_done(done);
-                }
-                Some(note) = self.progress_rx.recv() => self.progress(note),
+                Some(event) = self.executor.next_event(), if busy => self.executor_event(event),
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.retries_due(),
             }
         }
@@ -226,15 +225,22 @@ impl Dispatcher {
         let reason = self.stop.unwrap_or(CancelReason::FailFast);
         for i in self.scheduler.unfinished() {
             self.scheduler.finish(i);
-            self.finish(
-                i,
-                TaskStatus::Cancelled,
-                None,
-                Some(cancelled_error(reason)),
-            );
+            let events = self.lives[i].cancel(reason);
+            self.publish(events);
         }
-        // Process groups still in their TERM grace period must be gone before we report.
-        self.reaper.wait().await;
+        // What attempts left behind (process groups in their TERM grace period) must be gone
+        // before we report. Signals still count meanwhile: any of them ends the grace period
+        // (KILL now). It does not change the outcome: every task has its final status already.
+        loop {
+            tokio::select! {
+                () = self.executor.drain() => break,
+                interrupt = recv(&mut interrupts) => match interrupt {
+                    Some(_) => self.executor.hurry(),
+                    None => interrupts = None,
+                },
+            }
+        }
+        self.executor.close().await;
         let summary = self.summary();
         self.bus.emit(EventKind::RunFinished {
             status: summary.run_status(),
@@ -249,8 +255,23 @@ impl Dispatcher {
         self.stop.is_none() && self.scheduler.has_ready()
     }
 
-    fn id(&self, i: usize) -> String {
-        self.tasks[i].task_id.clone()
+    /// Publishes events in order, counting finished tasks for the summary.
+    fn publish(&mut self, events: Vec<EventKind>) {
+        for event in events {
+            if let EventKind::TaskFinished {
+                status,
+                output,
+                reused,
+                ..
+            } = &event
+            {
+                self.counts.count(*status);
+                if let (Some(out), false) = (output, reused) {
+                    self.counts.add_usage(out);
+                }
+            }
+            self.bus.emit(event);
+        }
     }
 
     fn start_ready(&mut self) {
@@ -268,30 +289,54 @@ impl Dispatcher {
         }
     }
 
+    /// The breaker task `i` counts against: none when breakers are off; the named one it opted
+    /// into; else the remote dependency its input calls, if any.
+    fn breaker_for(&self, i: usize, input: &AgentInput) -> Option<BreakerKey> {
+        if !self.settings.breaker_enabled {
+            return None;
+        }
+        let task = &self.tasks[i];
+        if let Some(name) = self
+            .settings
+            .named_breaker(task.agent.name(), task.breaker.as_deref())
+        {
+            return Some(BreakerKey::named(name));
+        }
+        input
+            .dependency_breaker(&self.services)
+            .map(BreakerKey::dependency)
+    }
+
     fn start_attempt(&mut self, i: usize) {
-        let input = match self.resolve_input(i) {
-            Ok(input) => input,
+        let (input, substituted) = match self.resolve_input(i) {
+            Ok(resolved) => resolved,
             Err(error) => return self.fail(i, error.into()),
         };
-        let key = input.breaker_key();
         let now = Instant::now();
-        let settings = &self.settings;
-        let breaker = self.breakers.entry(key.clone()).or_insert_with(|| {
-            CircuitBreaker::new(
-                settings.breaker_failure_threshold,
-                settings.breaker_recovery(),
-            )
-        });
-        let (permit, transition) = breaker.try_acquire(now);
-        self.breaker_changed(&key, transition);
-        let Ok(permit) = permit else {
-            let error = TaskError::permanent(
-                ErrorKind::CircuitOpen,
-                format!(
-                    "circuit breaker '{key}' is open after repeated failures; task not attempted"
-                ),
-            );
-            return self.fail(i, error.into());
+        let breaker = match self.breaker_for(i, &input) {
+            None => None,
+            Some(key) => {
+                let settings = &self.settings;
+                let breaker = self.breakers.entry(key.label.clone()).or_insert_with(|| {
+                    CircuitBreaker::new(
+                        settings.breaker_failure_threshold,
+                        settings.breaker_recovery(),
+                    )
+                });
+                let (permit, transition) = breaker.try_acquire(now);
+                self.breaker_changed(&key.label, transition);
+                let Ok(permit) = permit else {
+                    let error = TaskError::permanent(
+                        ErrorKind::CircuitOpen,
+                        format!(
+                            "circuit breaker '{}' is open after repeated failures; task not attempted",
+                            key.label
+                        ),
+                    );
+                    return self.fail(i, error.into());
+                };
+                Some((key, permit))
+            }
         };
 
         let acquired = self.workers.try_acquire();
@@ -301,47 +346,27 @@ impl Dispatcher {
         }
         let worker = self.lanes.iter().position(|busy| !busy).unwrap_or(0);
         self.lanes[worker] = true;
-        self.attempts[i] += 1;
-        let attempt = self.attempts[i];
-        self.running.insert(
-            i,
-            Running {
-                attempt,
-                worker,
-                breaker: key,
-                permit,
-                started: now,
-            },
-        );
-        let breaker = self.running[&i].breaker.clone();
-        self.bus.emit(EventKind::AttemptStarted {
-            task_id: self.id(i),
-            attempt,
-            worker,
-            breaker,
-        });
+        self.last_attempt_id += 1;
+        let attempt_id = AttemptId(self.last_attempt_id);
+        let events = self.lives[i].start(attempt_id, worker, breaker, now);
+        self.publish(events);
+        self.current.insert(attempt_id, i);
+
         let task = &self.tasks[i];
-        let dependency_outputs = self.dependency_outputs(i);
-        self.executor.start(AttemptSpec {
-            task: i,
+        let request = AttemptRequest {
+            attempt_id,
+            task_id: task.task_id.clone(),
+            attempt: self.lives[i].attempts,
             input,
             timeout: self
                 .settings
                 .timeout(task.agent.name(), task.timeout_seconds),
-            ctx: AgentContext {
-                task_id: task.task_id.clone(),
-                max_output_bytes: self.settings.max_output_bytes,
-                kill_grace: KILL_GRACE,
-                reaper: self.reaper.clone(),
-                services: self.services.clone(),
-                dependency_outputs,
-                progress: ProgressSink::new(
-                    self.progress_tx.clone(),
-                    task.task_id.clone(),
-                    attempt,
-                ),
-            },
-        });
+            max_output_bytes: self.settings.max_output_bytes,
+            kill_grace: KILL_GRACE,
+            dependency_outputs: self.dependency_outputs(i),
+            substituted,
+        };
+        self.executor.start(request);
     }
 
     /// The outputs of task `i`'s dependencies, by task id.
@@ -350,17 +375,18 @@ impl Dispatcher {
             .plan()
             .deps(i)
             .iter()
-            .filter_map(|&j| Some((self.id(j), self.outputs[j].clone()?)))
+            .filter_map(|&j| Some((self.tasks[j].task_id.clone(), self.lives[j].output.clone()?)))
             .collect()
     }
 
-    /// The task's input with `{{tasks.X.output...}}` replaced by upstream outputs.
-    fn resolve_input(&self, i: usize) -> Result<AgentInput, TaskError> {
+    /// The task's input with `{{tasks.X.output...}}` replaced by upstream outputs, and whether
+    /// anything had to be substituted.
+    fn resolve_input(&self, i: usize) -> Result<(AgentInput, bool), TaskError> {
         let agent = &self.tasks[i].agent;
         // Validation only lets a task reference its dependencies, so a task without any has
         // nothing to substitute: skip the JSON round trip on the hot path.
         if self.tasks[i].dependencies.is_empty() {
-            return Ok(agent.clone());
+            return Ok((agent.clone(), false));
         }
         let mut input = agent.input_value();
         let ids: HashMap<&str, usize> = self.tasks[i]
@@ -375,164 +401,172 @@ impl Dispatcher {
                     .map(|&j| (d.as_str(), j))
             })
             .collect();
-        let unresolved = |m: String| TaskError::permanent(ErrorKind::ReferenceUnresolved, m);
-        template::substitute(&mut input, &|id| ids.contains_key(id), &|r| {
+        let limit = self.settings.max_expanded_input_bytes;
+        let unresolved = |e: template::SubstituteError| match e {
+            template::SubstituteError::Unresolved(m) => {
+                TaskError::permanent(ErrorKind::ReferenceUnresolved, m)
+            }
+            template::SubstituteError::TooLarge { limit, pointer } => TaskError::permanent(
+                ErrorKind::InputTooLarge,
+                format!(
+                    "input_data{pointer} would be longer than max_expanded_input_bytes ({limit}) once references are replaced by upstream outputs"
+                ),
+            ),
+        };
+        template::substitute_bounded(&mut input, limit, &|id| ids.contains_key(id), &|r| {
             let j = ids
                 .get(r.task_id.as_str())
                 .ok_or_else(|| format!("'{}' is not a dependency", r.task_id))?;
-            let output = self.outputs[*j]
+            let output = self.lives[*j]
+                .output
                 .as_ref()
                 .ok_or_else(|| format!("task '{}' has no output", r.task_id))?;
-            template::lookup(output, &r.fields)
-                .map(template::render)
-                .ok_or_else(|| {
-                    format!(
-                        "output of task '{}' has no field '{}'",
-                        r.task_id,
-                        r.fields.join(".")
-                    )
-                })
+            template::lookup(output, &r.fields).ok_or_else(|| {
+                format!(
+                    "output of task '{}' has no field '{}'",
+                    r.task_id,
+                    r.fields.join(".")
+                )
+            })
         })
         .map_err(unresolved)?;
-        agent.with_input(input).map_err(|e| {
+        let resolved = agent.with_input(input).map_err(|e| {
             TaskError::permanent(
                 ErrorKind::ReferenceUnresolved,
                 format!("input no longer valid after substituting outputs: {e}"),
             )
-        })
+        })?;
+        Ok((resolved, true))
     }
 
-    fn attempt_done(&mut self, done: AttemptDone) {
-        let i = done.task;
-        let running = self.running.remove(&i).expect("attempt was running");
+    fn executor_event(&mut self, event: ExecutorEvent) {
+        match event {
+            ExecutorEvent::Progress {
+                attempt_id,
+                progress,
+                total,
+                message,
+            } => {
+                let Some(&i) = self.current.get(&attempt_id) else {
+                    return;
+                };
+                let attempt = self.lives[i].attempts;
+                self.bus.emit(EventKind::TaskProgress {
+                    task_id: self.tasks[i].task_id.clone(),
+                    attempt,
+                    progress,
+                    total,
+                    message,
+                });
+            }
+            ExecutorEvent::Finished { attempt_id, end } => self.attempt_ended(attempt_id, end),
+            ExecutorEvent::Lost { attempt_id, reason } => {
+                let error = TaskError::transient(
+                    ErrorKind::AttemptLost,
+                    format!("the executor lost the attempt: {reason}"),
+                );
+                self.attempt_ended(attempt_id, AttemptEnd::Finished(Err(error.into())));
+            }
+        }
+    }
+
+    fn attempt_ended(&mut self, attempt_id: AttemptId, end: AttemptEnd) {
+        // An end for an attempt that is not current (reported twice, or late) changes nothing.
+        let Some(i) = self.current.remove(&attempt_id) else {
+            return;
+        };
+        let now = Instant::now();
+        // Health evidence for the breaker, judged before the end is consumed.
+        let verdict = match &end {
+            AttemptEnd::Cancelled => None,
+            AttemptEnd::Finished(Ok(_)) => Some(Ok(())),
+            AttemptEnd::Finished(Err(f)) => Some(Err(f.error.clone())),
+        };
+        let task = &self.tasks[i];
+        let policy = self.settings.retry_policy(task.agent.name(), task.retries);
+        let stopping = self.stop.is_some();
+        let retry = |n: u32, e: &TaskError| {
+            if stopping {
+                None
+            } else {
+                policy.next_delay(n, e, fastrand::f64())
+            }
+        };
+        let reason = self.stop.unwrap_or(CancelReason::Sigint);
+        let Some((attempt, after, events)) =
+            self.lives[i].attempt_ended(attempt_id, end, now, retry, reason)
+        else {
+            return;
+        };
+
         self.workers.release();
         if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
             limit.release();
         }
-        self.lanes[running.worker] = false;
-        let duration_ms = running.started.elapsed().as_secs_f64() * 1000.0;
-        let breaker = self
-            .breakers
-            .get_mut(&running.breaker)
-            .expect("breaker exists");
-
-        let (outcome, result) = match done.end {
-            AttemptEnd::Cancelled => {
-                breaker.on_release(running.permit);
-                (AttemptOutcome::Cancelled, None)
-            }
-            AttemptEnd::Finished(Ok(v)) => {
-                let t = breaker.on_success(running.permit);
-                self.breaker_changed(&running.breaker, t);
-                (AttemptOutcome::Success, Some(Ok(v)))
-            }
-            AttemptEnd::Finished(Err(f)) => {
-                let t = if f.error.transient {
-                    breaker.on_failure(running.permit, Instant::now())
-                } else {
-                    breaker.on_release(running.permit);
+        self.lanes[attempt.worker] = false;
+        if let Some((key, permit)) = attempt.breaker {
+            let breaker = self.breakers.get_mut(&key.label).expect("breaker exists");
+            let transition = match verdict {
+                Some(Ok(())) => breaker.on_success(permit),
+                Some(Err(e)) if key.counts(&e) => breaker.on_failure(permit, now),
+                _ => {
+                    breaker.on_release(permit);
                     None
-                };
-                self.breaker_changed(&running.breaker, t);
-                let outcome = if f.error.kind == ErrorKind::Timeout {
-                    AttemptOutcome::Timeout
-                } else {
-                    AttemptOutcome::Error
-                };
-                (outcome, Some(Err(f)))
-            }
-        };
-        self.bus.emit(EventKind::AttemptFinished {
-            task_id: self.id(i),
-            attempt: running.attempt,
-            outcome,
-            duration_ms: (duration_ms * 1000.0).round() / 1000.0,
-            error: match &result {
-                Some(Err(f)) => Some(f.error.clone()),
-                _ => None,
-            },
-        });
-
-        match result {
-            None => {
-                self.scheduler.finish(i);
-                let reason = self.stop.unwrap_or(CancelReason::Sigint);
-                self.finish(
-                    i,
-                    TaskStatus::Cancelled,
-                    None,
-                    Some(cancelled_error(reason)),
-                );
-            }
-            Some(Ok(output)) => {
-                self.outputs[i] = Some(output.clone());
-                self.finish(i, TaskStatus::Success, Some(output), None);
-                for d in self.scheduler.succeeded(i) {
-                    self.bus.emit(EventKind::TaskReady {
-                        task_id: self.id(d),
-                    });
                 }
-            }
-            Some(Err(failure)) => {
-                let task = &self.tasks[i];
-                let policy = self.settings.retry_policy(task.agent.name(), task.retries);
-                let delay = if self.stop.is_none() {
-                    policy.next_delay(running.attempt, &failure.error, fastrand::f64())
-                } else {
-                    None
-                };
-                match delay {
-                    Some(delay) => self.schedule_retry(i, delay, failure),
-                    None => self.fail(i, failure),
-                }
-            }
+            };
+            self.breaker_changed(&key.label, transition);
         }
-    }
+        self.publish(events);
 
-    fn schedule_retry(&mut self, i: usize, delay: Duration, failure: Failure) {
-        self.bus.emit(EventKind::RetryScheduled {
-            task_id: self.id(i),
-            attempt: self.attempts[i] + 1,
-            delay_ms: delay.as_millis() as u64,
-        });
-        self.last_failure.insert(i, failure);
-        self.retries.push(Reverse((Instant::now() + delay, i)));
+        match after {
+            AfterAttempt::Succeeded => {
+                for d in self.scheduler.succeeded(i) {
+                    let events = self.lives[d].ready();
+                    self.publish(events);
+                }
+            }
+            AfterAttempt::RetryAt(due) => self.backing_off.push(Reverse((due, i))),
+            AfterAttempt::Failed => self.after_failure(i),
+            AfterAttempt::Cancelled => self.scheduler.finish(i),
+        }
     }
 
     fn retries_due(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((due, i))) = self.retries.peek().copied() {
+        while let Some(Reverse((due, i))) = self.backing_off.peek().copied() {
             if due > now {
                 break;
             }
-            self.retries.pop();
-            self.last_failure.remove(&i);
-            self.scheduler.requeue(i);
+            self.backing_off.pop();
+            if self.lives[i].retry_due(now) {
+                self.scheduler.requeue(i);
+            }
         }
     }
 
-    /// Final failure: record it, skip everything downstream, and stop the run under fail-fast.
+    /// A final failure before or without an attempt (open breaker, unresolvable reference).
     fn fail(&mut self, i: usize, failure: Failure) {
-        let status = if failure.error.kind == ErrorKind::Timeout {
-            TaskStatus::Timeout
-        } else {
-            TaskStatus::Error
+        let events = self.lives[i].fail(failure);
+        self.publish(events);
+        self.after_failure(i);
+    }
+
+    /// Skips everything downstream of failed task `i` and stops the run under fail-fast.
+    fn after_failure(&mut self, i: usize) {
+        let status = match self.lives[i].state {
+            crate::runner::task_state::TaskState::Done(s) => s,
+            _ => TaskStatus::Error,
         };
-        let failed_id = self.id(i);
-        self.finish(i, status, failure.output, Some(failure.error));
+        let failed_id = self.tasks[i].task_id.clone();
         for (skipped, because) in self.scheduler.failed(i) {
-            let dep = self.id(because);
+            let dep = &self.tasks[because].task_id;
             let message = if because == i {
                 format!("dependency '{dep}' did not succeed ({})", status.as_str())
             } else {
                 format!("dependency '{dep}' was skipped because '{failed_id}' did not succeed")
             };
-            self.finish(
-                skipped,
-                TaskStatus::Skipped,
-                None,
-                Some(TaskError::permanent(ErrorKind::DependencyFailed, message)),
-            );
+            let events = self.lives[skipped].skip(message);
+            self.publish(events);
         }
         if self.settings.fail_fast && self.stop.is_none() {
             self.stop_run(CancelReason::FailFast);
@@ -542,7 +576,7 @@ impl Dispatcher {
     fn interrupt(&mut self, interrupt: Interrupt) {
         if self.interrupted.is_some() {
             // A second interrupt: no more grace for process groups.
-            self.reaper.hurry();
+            self.executor.hurry();
             return;
         }
         self.interrupted = Some(interrupt);
@@ -550,64 +584,21 @@ impl Dispatcher {
         self.executor.cancel_all();
     }
 
-    /// Stops starting tasks. Tasks waiting for a retry end now: with their last failure under
+    /// Stops starting tasks. Tasks backing off end now: with their last failure under
     /// fail-fast, as cancelled on an interrupt.
     fn stop_run(&mut self, reason: CancelReason) {
         self.stop = Some(reason);
         self.bus.emit(EventKind::RunCancelled { reason });
-        let waiting: Vec<usize> = self.retries.drain().map(|Reverse((_, i))| i).collect();
+        let waiting: Vec<usize> = self.backing_off.drain().map(|Reverse((_, i))| i).collect();
         for i in waiting {
-            let failure = self.last_failure.remove(&i).expect("retry has a failure");
-            if reason == CancelReason::FailFast {
-                self.fail(i, failure);
+            let (events, failed) = self.lives[i].give_up(reason);
+            self.publish(events);
+            if failed {
+                self.after_failure(i);
             } else {
                 self.scheduler.finish(i);
-                self.finish(
-                    i,
-                    TaskStatus::Cancelled,
-                    None,
-                    Some(cancelled_error(reason)),
-                );
             }
         }
-    }
-
-    fn finish(
-        &mut self,
-        i: usize,
-        status: TaskStatus,
-        output: Option<Value>,
-        error: Option<TaskError>,
-    ) {
-        self.counts.count(status);
-        if let Some(out) = &output {
-            self.counts.add_usage(out);
-        }
-        self.bus.emit(EventKind::TaskFinished {
-            task_id: self.id(i),
-            status,
-            output,
-            error,
-            attempts: self.attempts[i],
-            reused: false,
-        });
-    }
-
-    /// Publishes progress already reported, so it precedes the attempt's end in the stream.
-    fn publish_progress(&mut self) {
-        while let Ok(note) = self.progress_rx.try_recv() {
-            self.progress(note);
-        }
-    }
-
-    fn progress(&mut self, note: ProgressNote) {
-        self.bus.emit(EventKind::TaskProgress {
-            task_id: note.task_id,
-            attempt: note.attempt,
-            progress: note.progress,
-            total: note.total,
-            message: note.message,
-        });
     }
 
     fn breaker_changed(&mut self, key: &str, transition: Option<Transition>) {
@@ -628,15 +619,6 @@ impl Dispatcher {
     }
 }
 
-fn cancelled_error(reason: CancelReason) -> TaskError {
-    let message = match reason {
-        CancelReason::FailFast => "not started: the run stopped after a failure (fail_fast)",
-        CancelReason::Sigint => "cancelled: the run was interrupted (SIGINT)",
-        CancelReason::Sigterm => "cancelled: the run was terminated (SIGTERM)",
-    };
-    TaskError::permanent(ErrorKind::Cancelled, message)
-}
-
 async fn recv(rx: &mut Option<mpsc::Receiver<Interrupt>>) -> Option<Interrupt> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -648,5 +630,129 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The dispatcher over an executor that is not the local one: it answers every attempt
+    //! itself, without running anything, and misbehaves the way a queue may.
+
+    use std::collections::VecDeque;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::batch::validate::validate_value;
+    use crate::events::AttemptOutcome;
+
+    /// Answers each attempt at once: the first attempt of `lost` is lost; every other attempt
+    /// succeeds with its task id, and every `Finished` is delivered twice, followed by progress
+    /// and an end for attempts that never existed.
+    #[derive(Default)]
+    struct Scripted {
+        queue: VecDeque<ExecutorEvent>,
+        in_flight: usize,
+        started: Vec<AttemptRequest>,
+    }
+
+    impl Executor for Scripted {
+        fn start(&mut self, request: AttemptRequest) {
+            let attempt_id = request.attempt_id;
+            self.in_flight += 1;
+            if request.task_id == "lost" && request.attempt == 1 {
+                self.queue.push_back(ExecutorEvent::Lost {
+                    attempt_id,
+                    reason: "worker went away".into(),
+                });
+            } else {
+                let end = || AttemptEnd::Finished(Ok(json!({"stdout": request.task_id.clone()})));
+                self.queue.push_back(ExecutorEvent::Finished {
+                    attempt_id,
+                    end: end(),
+                });
+                self.queue.push_back(ExecutorEvent::Finished {
+                    attempt_id,
+                    end: end(),
+                });
+            }
+            self.queue.push_back(ExecutorEvent::Progress {
+                attempt_id: AttemptId(999),
+                progress: 1.0,
+                total: None,
+                message: None,
+            });
+            self.queue.push_back(ExecutorEvent::Finished {
+                attempt_id: AttemptId(1000),
+                end: AttemptEnd::Cancelled,
+            });
+            self.started.push(request);
+        }
+        fn cancel(&mut self, _: AttemptId) {}
+        fn cancel_all(&mut self) {}
+        fn hurry(&mut self) {}
+        fn in_flight(&self) -> usize {
+            // Stays "busy" while duplicates are queued, as a queue consumer would.
+            self.in_flight.max(usize::from(!self.queue.is_empty()))
+        }
+        async fn next_event(&mut self) -> Option<ExecutorEvent> {
+            let event = self.queue.pop_front()?;
+            if matches!(
+                event,
+                ExecutorEvent::Finished { attempt_id, .. } | ExecutorEvent::Lost { attempt_id, .. }
+                    if attempt_id.0 < 999
+            ) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            Some(event)
+        }
+        async fn drain(&mut self) {}
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn duplicate_late_and_stray_reports_are_ignored_and_lost_attempts_retried() {
+        let batch = validate_value(json!({"tasks": [
+            {"task_id": "a", "agent": "command", "input_data": {"argv": ["x"]}},
+            {"task_id": "lost", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}},
+            {"task_id": "b", "agent": "command", "dependencies": ["a"],
+             "input_data": {"argv": ["echo", "{{tasks.a.output.stdout}}"]}}
+        ], "config": {"retry_backoff_ms": 0}}))
+        .unwrap();
+        let settings = RunSettings::resolve(&[&batch.batch.config]);
+        let dispatcher = Dispatcher::with_executor(
+            batch,
+            settings,
+            Arc::new(Services::default()),
+            Vec::new(),
+            Scripted::default(),
+        );
+        let (record, _, interrupted) = dispatcher.run("run-1".into(), None).await;
+        assert!(interrupted.is_none());
+        let statuses: Vec<_> = record.tasks.iter().map(|t| t.status).collect();
+        assert!(
+            statuses.iter().all(|s| *s == Some(TaskStatus::Success)),
+            "{statuses:?}"
+        );
+        let lost = &record.tasks[1];
+        let outcomes: Vec<_> = lost.attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Some(AttemptOutcome::Error), Some(AttemptOutcome::Success)]
+        );
+        // Each task finished exactly once although every end was delivered twice.
+        let finished = record
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::TaskFinished { .. }))
+            .count();
+        assert_eq!(finished, 3);
+        assert!(
+            !record
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::TaskProgress { .. })),
+            "progress of an unknown attempt is dropped"
+        );
     }
 }

@@ -1,8 +1,11 @@
-//! Running a validated batch: the dispatcher (run state, scheduling decisions, events) and the
-//! executor (where attempts run), plus the entry point that ties them to the trace file.
+//! Running a validated batch: the dispatcher (run state, scheduling decisions, events), the
+//! lifecycle of one task (`task_state`), and the executor (where attempts run: the `Executor`
+//! trait and the in-process `LocalExecutor`), plus the entry point that ties them to the trace
+//! file.
 
 pub mod dispatcher;
 pub mod executor;
+pub mod task_state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use crate::settings::RunSettings;
 pub enum Interrupt {
     Sigint,
     Sigterm,
+    /// A client cancelled the run (server mode); handled as SIGTERM.
+    Request,
 }
 
 impl Interrupt {
@@ -29,6 +34,7 @@ impl Interrupt {
         match self {
             Interrupt::Sigint => CancelReason::Sigint,
             Interrupt::Sigterm => CancelReason::Sigterm,
+            Interrupt::Request => CancelReason::Request,
         }
     }
 
@@ -36,7 +42,7 @@ impl Interrupt {
     pub fn exit_code(self) -> i32 {
         match self {
             Interrupt::Sigint => 130,
-            Interrupt::Sigterm => 143,
+            Interrupt::Sigterm | Interrupt::Request => 143,
         }
     }
 }
@@ -133,19 +139,25 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
+    // Kept tasks of a rerun from the trace keep their digest entries in the new trace.
+    let carried = reuse.as_ref().map(|r| crate::rerun::Reuse {
+        seals: r.seals.clone(),
+        seal_key_id: r.seal_key_id.clone(),
+        ..Default::default()
+    });
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
+    // The dispatcher's executor ends the run's MCP sessions before it returns.
     let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
     sinks.remove(0);
-    // Sessions belong to one run: end them (and stop stdio servers) before reporting.
-    services.mcp_pool.close_all().await;
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {
         format: TRACE_FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        digests: Some(crate::rerun::seal_batch(&batch, &dir, carried.as_ref())),
         batch,
         run: record,
     };

@@ -242,6 +242,15 @@ fn target(input: &CoderInput) -> Result<(String, String), TaskError> {
     Ok((name, path))
 }
 
+/// The model this task will call, if any (for its circuit breaker); `None` for the offline
+/// template backend and for a configured backend name that the run will reject.
+pub fn model_backend(input: &CoderInput, llm: &crate::llm::LlmConfig) -> Option<ModelBackend> {
+    match input.backend {
+        Some(b) => b.model(),
+        None => CoderBackend::parse(llm.agents.coder.as_deref()?)?.model(),
+    }
+}
+
 pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, Failure> {
     let ws = workspace(ctx)?;
     let backend = match input.backend {
@@ -257,16 +266,16 @@ pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, F
     };
     let (name, path) = target(&input)?;
     let file = ws.resolve(&path)?;
-    // Before any work (or tokens) is spent.
-    ws.check_writable(&file, input.overwrite)?;
-    let existed = file.real.exists();
+    // Before any work (or tokens) is spent. File work runs on the blocking pool (see
+    // `workspace`), so a slow or odd file never stalls the runtime or outlives the timeout.
+    let existed = ws.check_writable_async(&file, input.overwrite).await?;
 
     let cap = ctx.services.llm.context_max_bytes;
     let mut context = Vec::new();
     let mut context_files = Vec::new();
     for given in &input.context_files {
         let p = ws.resolve(given)?;
-        let (text, truncated) = ws.read_text(&p, cap)?;
+        let (text, truncated) = ws.read_text_async(&p, cap).await?;
         context_files.push(ContextFile {
             path: p.display.clone(),
             bytes: text.len(),
@@ -295,8 +304,9 @@ pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, F
             (source, attempts, Some(usage))
         }
     };
-    let validation = onex::validate(&source, &file.display, input.node_type, level);
-    ws.write_atomic(&file, &source, input.overwrite)?;
+    let validation = validate_off_runtime(&source, &file.display, input.node_type, level).await?;
+    ws.write_atomic_async(&file, source.clone(), input.overwrite)
+        .await?;
     let output = CoderOutput {
         generated_file: file.display.clone(),
         node_name: name,
@@ -371,12 +381,13 @@ async fn generate(
         calls += 1;
         usage.add(&reply.usage);
         let code = llm::extract_code(&reply.text, &["python", "py", "python3"]);
-        let v = onex::validate(
+        let v = validate_off_runtime(
             &code,
             job.file_display,
             input.node_type,
             input.validation_level,
-        );
+        )
+        .await?;
         if v.passed || calls >= max_calls {
             return Ok((code, calls, usage));
         }
@@ -398,6 +409,19 @@ models defined in the module.
 - The module file is node_<name>_<type>.py in snake case.
 - Strict level also requires: type annotations on every parameter and return, a docstring on \
 every class and public function, no TODO, no body that is only `pass` or `...`.";
+
+/// [`onex::validate`] on the blocking pool: tree-sitter parsing of a large reply is CPU work
+/// that must not hold an async runtime thread.
+async fn validate_off_runtime(
+    source: &str,
+    file_display: &str,
+    node_type: NodeType,
+    level: ValidationLevel,
+) -> Result<Validation, TaskError> {
+    let (source, file_display) = (source.to_string(), file_display.to_string());
+    crate::workspace::blocking(move || onex::validate(&source, &file_display, node_type, level))
+        .await
+}
 
 fn system_prompt() -> String {
     format!(

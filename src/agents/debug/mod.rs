@@ -18,6 +18,9 @@ pub mod traces;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::json;
 
 use crate::agents::AgentContext;
@@ -170,6 +173,18 @@ struct File {
     text: String,
 }
 
+/// The model this task will call, if any (for its circuit breaker): only a deep analysis with a
+/// model backend calls one.
+pub fn model_backend(input: &DebugInput, llm: &crate::llm::LlmConfig) -> Option<ModelBackend> {
+    if input.analysis_depth != AnalysisDepth::Deep {
+        return None;
+    }
+    match input.backend {
+        Some(b) => b.model(),
+        None => DebugBackend::parse(llm.agents.debug.as_deref()?)?.model(),
+    }
+}
+
 pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, Failure> {
     let ws = super::coder::workspace(ctx)?;
     let backend = match input.backend {
@@ -191,10 +206,110 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
         )
         .into());
     }
+    // Reading and parsing are blocking and can be slow (4 MiB per file): they run on the
+    // blocking pool so this task's timeout and cancellation still bite. Dropping `guard` (the
+    // task was abandoned) tells the analysis to stop at the next file.
+    let guard = StopOnDrop::default();
+    let stop = guard.0.clone();
+    let (input, analysis) = crate::workspace::blocking(move || {
+        let a = analyse(&input, &ws, &stop);
+        (input, a)
+    })
+    .await?;
+    let Analysis {
+        files,
+        findings,
+        errors,
+        frames,
+        root_cause,
+        fixes,
+        hypothesis_check,
+        mut notes,
+    } = analysis?;
+
+    let mut model_analysis = None;
+    let mut usage = None;
+    match (input.analysis_depth, backend.model()) {
+        (AnalysisDepth::Deep, Some(model)) => {
+            let (text, u) = ask_model(model, &input, &files, &findings, &errors, &root_cause, ctx).await?;
+            model_analysis = Some(text);
+            usage = Some(u);
+        }
+        (AnalysisDepth::Deep, None) => notes.push(
+            "deep analysis: no model backend is configured (set the task's 'backend' or the debug agent's default backend), so this is the static analysis only".into(),
+        ),
+        (_, Some(_)) => notes.push(format!(
+            "backend '{}' is consulted only at analysis_depth 'deep'",
+            backend_name(backend)
+        )),
+        _ => {}
+    }
+
+    let summary = format!(
+        "{}: {} finding(s) in {} file(s), {} trace(s) parsed; most likely cause ({:.0}% confidence): {}",
+        input.problem_description.lines().next().unwrap_or(""),
+        findings.len(),
+        files.len(),
+        errors.len(),
+        root_cause.confidence * 100.0,
+        root_cause.description
+    );
+    Ok(DebugOutput {
+        summary,
+        findings,
+        errors,
+        trace_frames: frames,
+        root_cause,
+        suggested_fixes: fixes,
+        files_analyzed: files.iter().map(|f| f.display.clone()).collect(),
+        analysis_depth: input.analysis_depth,
+        backend: backend_name(backend).into(),
+        hypothesis_check,
+        model_analysis,
+        notes,
+        usage,
+    })
+}
+
+/// What the static analysis found, before any model is asked.
+struct Analysis {
+    files: Vec<File>,
+    findings: Vec<Finding>,
+    errors: Vec<TraceError>,
+    frames: Vec<TraceFrame>,
+    root_cause: RootCause,
+    fixes: Vec<String>,
+    hypothesis_check: Option<HypothesisCheck>,
+    notes: Vec<String>,
+}
+
+/// Set when the task that started an analysis is dropped (timed out or cancelled).
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn stopped(stop: &AtomicBool) -> Result<(), TaskError> {
+    if stop.load(Ordering::Relaxed) {
+        return Err(TaskError::permanent(
+            ErrorKind::Cancelled,
+            "the analysis was abandoned",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the affected files, parses them and the traces, and ranks a root cause. Blocking.
+fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Analysis, TaskError> {
     let cap = 4 * 1024 * 1024;
     let mut files = Vec::new();
     let mut notes = Vec::new();
     for given in &input.affected_files {
+        stopped(stop)?;
         let p = ws.resolve(given)?;
         let (text, cut) = ws.read_text(&p, cap)?;
         if cut {
@@ -217,6 +332,7 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
     let mut findings = Vec::new();
     let mut fixes: Vec<String> = Vec::new();
     for f in &files {
+        stopped(stop)?;
         let Some(lang) = f.lang else { continue };
         let tree = syntax::parse(lang, &f.text);
         for e in syntax::syntax_errors(&tree, &f.text, 10) {
@@ -249,6 +365,7 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
     let mut errors = Vec::new();
     let mut frames = Vec::new();
     for (i, text) in input.error_traces.iter().enumerate() {
+        stopped(stop)?;
         let Some(t) = traces::parse(text) else {
             notes.push(format!(
                 "error_traces[{i}] is not a Python traceback, Rust panic or JavaScript stack trace"
@@ -262,7 +379,7 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
             message: t.message.clone(),
         });
         for raw in t.frames {
-            let mapped = map_frame(&ws, &files, &raw.file);
+            let mapped = map_frame(ws, &files, &raw.file);
             let snippet = mapped.as_ref().and_then(|m| {
                 let text = files
                     .iter()
@@ -310,48 +427,15 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
         .hypothesis
         .as_ref()
         .map(|h| check_hypothesis(h, &root_cause, &errors, &frames, &findings));
-
-    let mut model_analysis = None;
-    let mut usage = None;
-    match (input.analysis_depth, backend.model()) {
-        (AnalysisDepth::Deep, Some(model)) => {
-            let (text, u) = ask_model(model, &input, &files, &findings, &errors, &root_cause, ctx).await?;
-            model_analysis = Some(text);
-            usage = Some(u);
-        }
-        (AnalysisDepth::Deep, None) => notes.push(
-            "deep analysis: no model backend is configured (set the task's 'backend' or the debug agent's default backend), so this is the static analysis only".into(),
-        ),
-        (_, Some(_)) => notes.push(format!(
-            "backend '{}' is consulted only at analysis_depth 'deep'",
-            backend_name(backend)
-        )),
-        _ => {}
-    }
-
-    let summary = format!(
-        "{}: {} finding(s) in {} file(s), {} trace(s) parsed; most likely cause ({:.0}% confidence): {}",
-        input.problem_description.lines().next().unwrap_or(""),
-        findings.len(),
-        files.len(),
-        errors.len(),
-        root_cause.confidence * 100.0,
-        root_cause.description
-    );
-    Ok(DebugOutput {
-        summary,
+    Ok(Analysis {
+        files,
         findings,
         errors,
-        trace_frames: frames,
+        frames,
         root_cause,
-        suggested_fixes: fixes,
-        files_analyzed: files.iter().map(|f| f.display.clone()).collect(),
-        analysis_depth: input.analysis_depth,
-        backend: backend_name(backend).into(),
+        fixes,
         hypothesis_check,
-        model_analysis,
         notes,
-        usage,
     })
 }
 

@@ -1,0 +1,719 @@
+//! The front end shared by the binary and the server: reading a batch (limits, byte-order mark,
+//! UTF-8), checking it against the configuration (MCP server names), layering settings, setting up
+//! services and the workspace, the status documents (`invalid`, `error`) and the exit codes.
+//!
+//! `main.rs` only parses flags and calls [`main`]; the server calls [`Intake`] and [`settings`], so
+//! the same bytes get the same verdict from `dispatch_runner run` and from `POST /v1/dispatch`.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::batch::Limits;
+use crate::batch::schema::batch_schema;
+use crate::batch::{BatchConfig, ValidationContext};
+use crate::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, RunArgs, ServeArgs};
+use crate::config::{AgentSection, Config, ConfigError, Layer, LogFormat, explain};
+use crate::events::RunStatus;
+use crate::reporter::RunResult;
+use crate::reporter::outputs::Delivery;
+use crate::reporter::trace::write_json_atomic;
+use crate::{Interrupt, Issue, RunOptions, RunSettings, RunnerError, Services, ValidatedBatch};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_TASKS_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_RUNNER: u8 = 3;
+
+/// The whole command line: parsed flags in, the exit code out. Prints the one JSON document of
+/// the invocation on stdout and messages on stderr.
+pub fn main(cli: Cli) -> u8 {
+    crate::redact::register_env_secrets();
+    if let Some(Command::Schema) = cli.command {
+        print_json(batch_schema());
+        return EXIT_OK;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => return config_error(&errors),
+    };
+    init_logging(&config);
+    match cli.command {
+        Some(Command::Schema) => unreachable!("handled above"),
+        Some(Command::Validate(input)) => validate(&config, &input),
+        Some(Command::Config(args)) => show_config(&config, &args),
+        Some(Command::Serve(args)) => serve(&config, args),
+        Some(Command::Doctor(args)) => doctor(&config, &args),
+        Some(Command::Run(args)) => run(&config, args),
+        Some(Command::Report(args)) => report(&args),
+        None => run(&config, cli.run),
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_new(config.log_directive()).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| crate::redact::RedactingWriter::new(std::io::stderr()))
+        .with_ansi(ansi);
+    match config.file.logging.format.unwrap_or_default() {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config_error(errors: &[ConfigError]) -> u8 {
+    for e in errors {
+        eprintln!("dispatch_runner: configuration error: {e}");
+    }
+    let errors: Vec<_> = errors
+        .iter()
+        .map(|e| json!({"path": e.path, "message": e.message}))
+        .collect();
+    print_json(&json!({"status": "error", "errors": errors}));
+    EXIT_RUNNER
+}
+
+/// The configuration layers below the batch, lowest first.
+fn base_layers(config: &Config) -> (BatchConfig, BatchConfig) {
+    (config.file_layer(), config.env.clone())
+}
+
+fn show_config(config: &Config, args: &RunArgs) -> u8 {
+    let (file, env) = base_layers(config);
+    let batch = match &args.input.input_file {
+        Some(_) => match load(config, &args.input) {
+            Ok(v) => Some(v.batch.config),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let flags = args.overrides();
+    let file_source = match &config.file_path {
+        Some(p) => format!("file:{}", p.display()),
+        None => "file".into(),
+    };
+    let mut layers = vec![Layer {
+        source: file_source,
+        config: &file,
+    }];
+    let env_source = |field: &str| {
+        config
+            .env_sources
+            .get(field)
+            .map(|v| format!("env:{v}"))
+            .unwrap_or_else(|| "env".into())
+    };
+    // Each environment variable sets one field; name it as the source of that field.
+    let env_layers: Vec<(String, BatchConfig)> = config
+        .env_sources
+        .keys()
+        .map(|field| {
+            let mut one = BatchConfig::default();
+            match *field {
+                "max_workers" => one.max_workers = env.max_workers,
+                "timeout_seconds" => one.timeout_seconds = env.timeout_seconds,
+                "trace_dir" => one.trace_dir = env.trace_dir.clone(),
+                _ => {}
+            }
+            (env_source(field), one)
+        })
+        .collect();
+    for (source, layer) in &env_layers {
+        layers.push(Layer {
+            source: source.clone(),
+            config: layer,
+        });
+    }
+    if let Some(batch) = &batch {
+        layers.push(Layer {
+            source: "batch".into(),
+            config: batch,
+        });
+    }
+    layers.push(Layer {
+        source: "flag".into(),
+        config: &flags,
+    });
+    let doc = json!({
+        "config_file": config.file_path.as_ref().map(|p| p.display().to_string()),
+        "dispatcher": explain(&layers),
+        "workspace": config.workspace().map(|p| p.display().to_string()),
+        "agents": config.file.agents,
+        "mcp": {"servers": config.mcp_servers().servers},
+        "llm": config.llm(),
+        "logging": {
+            "level": config.log_directive(),
+            "format": config.file.logging.format.unwrap_or_default(),
+        },
+    });
+    print_json(&doc);
+    EXIT_OK
+}
+
+/// Run-wide state for agents. The workspace is `--workspace`, else `dispatcher.workspace` from
+/// the file, else the current directory; it must be an existing directory.
+fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, Issue> {
+    let mut services = Services {
+        mcp: config.mcp_servers(),
+        llm: config.llm(),
+        ..Services::default()
+    };
+    let chosen = match workspace_flag {
+        Some(dir) => Some(("--workspace", dir.to_path_buf())),
+        None => config.workspace().map(|dir| ("dispatcher.workspace", dir)),
+    };
+    if let Some((source, dir)) = chosen {
+        services.workspace = match dir.canonicalize() {
+            Ok(root) if root.is_dir() => root,
+            Ok(_) => {
+                let msg = format!("{source} '{}' is not a directory", dir.display());
+                return Err(Issue::new("", msg));
+            }
+            Err(e) => {
+                let msg = format!("{source} '{}': {e}", dir.display());
+                return Err(Issue::new("", msg));
+            }
+        };
+    }
+    Ok(services)
+}
+
+/// Prints the one JSON document of this invocation, with secrets redacted.
+fn print_json(value: &impl serde::Serialize) {
+    print_json_value(serde_json::to_value(value).expect("serializable"));
+}
+
+/// As [`print_json`], for a document already built as JSON: redacted in place, not copied.
+fn print_json_value(mut value: serde_json::Value) {
+    crate::redact::redact_json(&mut value);
+    let text = serde_json::to_string_pretty(&value).expect("serializable");
+    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("dispatch_runner: cannot write to stdout: {e}");
+    }
+}
+
+/// How a batch is read and checked: the input limits and the MCP servers that exist. The one
+/// checking path for the command line and the server.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub limits: Limits,
+    /// Names of the configured MCP servers (the built-in `archon` included).
+    pub mcp_servers: BTreeSet<String>,
+}
+
+impl Intake {
+    /// Limits as given, MCP server names from `services` (what the run will use).
+    pub fn new(limits: Limits, services: &Services) -> Self {
+        Intake {
+            limits,
+            mcp_servers: services.mcp.servers.keys().cloned().collect(),
+        }
+    }
+
+    /// Checks raw input bytes: the size limit, an optional UTF-8 byte-order mark, UTF-8, then the
+    /// batch itself. `what` names the input in messages ("stdin", "request body").
+    pub fn check(&self, bytes: Vec<u8>, what: &str) -> Result<ValidatedBatch, Vec<Issue>> {
+        if bytes.len() > self.limits.max_input_bytes {
+            return Err(vec![self.limits.input_too_large(what)]);
+        }
+        let text = utf8(bytes, what).map_err(|issue| vec![issue])?;
+        let ctx = ValidationContext {
+            limits: self.limits,
+            mcp_servers: Some(self.mcp_servers.clone()),
+        };
+        crate::batch::validate_text_with(&text, &ctx)
+    }
+}
+
+/// The settings of one run: configuration file, environment, the batch's own `config`, then
+/// flags (or, for the server, its own overrides), lowest first; plus the per-agent sections.
+pub fn settings(
+    base: &[BatchConfig],
+    batch: &BatchConfig,
+    overrides: &BatchConfig,
+    agents: &std::collections::BTreeMap<String, AgentSection>,
+) -> RunSettings {
+    let mut layers: Vec<&BatchConfig> = base.iter().collect();
+    layers.push(batch);
+    layers.push(overrides);
+    let mut settings = RunSettings::resolve(&layers);
+    settings.agents = agents.clone();
+    settings
+}
+
+/// The `invalid` document: the input was rejected and nothing ran (exit 2, HTTP 400).
+pub fn invalid_document(errors: &[Issue]) -> Value {
+    json!({"status": "invalid", "errors": errors})
+}
+
+/// The `error` document: the runner itself could not work (exit 3, HTTP 4xx/5xx), with the result
+/// when the run happened anyway.
+pub fn error_document(message: &str, result: Option<&RunResult>) -> Value {
+    let mut doc = json!({"status": "error", "errors": [{"path": "", "message": message}]});
+    if let Some(result) = result {
+        doc["result"] = serde_json::to_value(result).expect("serializable");
+    }
+    doc
+}
+
+/// The exit code of a run that happened: interrupted (130/143), else 0 when every task
+/// succeeded, else 1.
+pub fn run_exit_code(report: &crate::RunReport) -> u8 {
+    if let Some(interrupt) = report.interrupted {
+        return interrupt.exit_code() as u8;
+    }
+    if report.result.status == RunStatus::Success {
+        EXIT_OK
+    } else {
+        EXIT_TASKS_FAILED
+    }
+}
+
+/// Reads and checks the batch (against the configured MCP servers too); on failure prints the
+/// `invalid` document and returns exit 2.
+fn load(config: &Config, input: &InputArgs) -> Result<ValidatedBatch, u8> {
+    let limits = input.limits();
+    let (bytes, what) = read_input(input, &limits).map_err(|issue| invalid(vec![issue]))?;
+    let intake = Intake {
+        limits,
+        mcp_servers: config.mcp_servers().servers.keys().cloned().collect(),
+    };
+    intake.check(bytes, &what).map_err(invalid)
+}
+
+/// `--check-tools`: asks the MCP servers the batch uses whether its tools and arguments fit.
+async fn check_tools(validated: &ValidatedBatch, services: &Services) -> Result<(), u8> {
+    let issues = crate::mcp::check::check_tools(&validated.batch, services).await;
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        services.mcp_pool.close_all().await;
+        Err(invalid(issues))
+    }
+}
+
+fn new_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn doctor(config: &Config, args: &DoctorArgs) -> u8 {
+    let runtime = match new_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    let mcp = config.mcp_servers();
+    let limit = std::time::Duration::from_secs_f64(args.timeout_seconds);
+    let report = runtime.block_on(crate::mcp::doctor::doctor(&mcp, limit));
+    print_json(&report);
+    for s in report.servers.iter().filter(|s| s.error.is_some()) {
+        eprintln!(
+            "dispatch_runner: MCP server '{}' is not healthy: {}",
+            s.name,
+            s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+        );
+    }
+    if report.healthy {
+        EXIT_OK
+    } else {
+        EXIT_TASKS_FAILED
+    }
+}
+
+/// The input's bytes (at most one past the limit) and its name for messages.
+fn read_input(input: &InputArgs, limits: &Limits) -> Result<(Vec<u8>, String), Issue> {
+    // Read at most one byte past the limit: enough to know it was exceeded, never the whole of
+    // an endless stream.
+    let cap = limits.max_input_bytes as u64 + 1;
+    match &input.input_file {
+        Some(path) => {
+            let what = format!("input file '{}'", path.display());
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+                .map_err(|e| Issue::new("", format!("cannot read {what}: {e}")))?;
+            Ok((bytes, what))
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err(Issue::new(
+                    "",
+                    "no batch given: pipe a batch into stdin or pass -f FILE (see --help)",
+                ));
+            }
+            let mut bytes = Vec::new();
+            stdin
+                .take(cap)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Issue::new("", format!("cannot read stdin: {e}")))?;
+            Ok((bytes, "stdin".to_string()))
+        }
+    }
+}
+
+fn utf8(mut bytes: Vec<u8>, what: &str) -> Result<String, Issue> {
+    // Some editors start UTF-8 files with a byte-order mark; it is not part of the JSON.
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Issue::new(
+            "",
+            format!(
+                "{what} is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+fn invalid(errors: Vec<Issue>) -> u8 {
+    eprintln!("dispatch_runner: the batch is invalid; nothing ran:");
+    for e in &errors {
+        eprintln!("  {e}");
+    }
+    print_json_value(invalid_document(&errors));
+    EXIT_INVALID
+}
+
+fn validate(config: &Config, input: &InputArgs) -> u8 {
+    match load(config, input) {
+        Ok(v) => {
+            if input.check_tools {
+                let services = match services(config, None) {
+                    Ok(s) => s,
+                    Err(issue) => return invalid(vec![issue]),
+                };
+                let checked = match new_runtime() {
+                    Ok(rt) => rt.block_on(async {
+                        let r = check_tools(&v, &services).await;
+                        services.mcp_pool.close_all().await;
+                        r
+                    }),
+                    Err(e) => {
+                        return runner_error(&format!("cannot start the async runtime: {e}"), None);
+                    }
+                };
+                if let Err(code) = checked {
+                    return code;
+                }
+            }
+            let summary = v.plan.summary();
+            // The batch is not needed for the plan document; freeing it first lowers the peak
+            // memory of checking large batches.
+            drop(v);
+            let mut doc = serde_json::to_value(summary).expect("serializable");
+            doc.as_object_mut()
+                .expect("object")
+                .insert("status".into(), json!("valid"));
+            print_json_value(doc);
+            EXIT_OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(config: &Config, args: RunArgs) -> u8 {
+    let (validated, reuse) = match &args.rerun_failed {
+        None => match load(config, &args.input) {
+            Ok(v) => (v, None),
+            Err(code) => return code,
+        },
+        Some(trace) => {
+            let new_batch = match &args.input.input_file {
+                Some(_) => match load(config, &args.input) {
+                    Ok(v) => Some(v),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            match crate::rerun::prepare(trace, new_batch) {
+                Ok((v, reuse)) => {
+                    if !args.quiet {
+                        eprintln!(
+                            "dispatch_runner: rerunning {} of {} tasks from run {}",
+                            v.batch.tasks.len() - reuse.kept(),
+                            v.batch.tasks.len(),
+                            reuse.previous_run_id
+                        );
+                    }
+                    (v, Some(reuse))
+                }
+                Err(issues) => return invalid(issues),
+            }
+        }
+    };
+    let (file, env) = base_layers(config);
+    let settings = settings(
+        &[file, env],
+        &validated.batch.config,
+        &args.overrides(),
+        &config.file.agents,
+    );
+    let services = match services(config, args.workspace.as_deref()) {
+        Ok(s) => Arc::new(s),
+        Err(issue) => return invalid(vec![issue]),
+    };
+    let plan = args.plan();
+    // Every file the run will write is checked before anything runs, so a typo costs nothing.
+    let mut unwritable = plan.check().err().unwrap_or_default();
+    if let Some(path) = &args.output_file
+        && let Err(e) = crate::reporter::output::check_writable("--output-file", path)
+    {
+        unwritable.insert(0, e);
+    }
+    if !unwritable.is_empty() {
+        return runner_error(&unwritable.join("; "), None);
+    }
+    with_runtime(|rx| async move {
+        if args.input.check_tools
+            && let Err(code) = check_tools(&validated, &services).await
+        {
+            return code;
+        }
+        let mut outputs = match plan.build() {
+            Ok(o) => o,
+            Err(e) => return runner_error(&e, None),
+        };
+        let mut options = RunOptions::new(settings);
+        options.sinks = std::mem::take(&mut outputs.sinks);
+        options.interrupts = Some(rx);
+        options.services = services;
+        options.reuse = reuse;
+        match crate::run(validated, options).await {
+            Ok(mut report) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                finish(&args, &report, &delivery)
+            }
+            Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),
+            Err(RunnerError::TraceWrite {
+                path,
+                source,
+                mut report,
+            }) => {
+                let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
+                warn(&delivery);
+                let message = format!("cannot write trace file '{}': {source}", path.display());
+                runner_error(&message, Some(&report.result))
+            }
+        }
+    })
+}
+
+fn warn(delivery: &Delivery) {
+    for w in &delivery.warnings {
+        eprintln!("dispatch_runner: warning: {w}");
+    }
+    for e in &delivery.errors {
+        eprintln!("dispatch_runner: error: {e}");
+    }
+}
+
+fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 {
+    let result = &report.result;
+    warn(delivery);
+    if let Some(path) = &args.output_file
+        && let Err(e) = write_json_atomic(path, &crate::redact::redacted(result))
+    {
+        print_json(result);
+        eprintln!(
+            "dispatch_runner: cannot write output file '{}': {e}",
+            path.display()
+        );
+        return EXIT_RUNNER;
+    }
+    print_json(result);
+    if !args.quiet {
+        let s = &result.summary;
+        eprintln!(
+            "dispatch_runner: {} tasks: {} succeeded, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
+            s.total_tasks,
+            s.successful,
+            s.failed,
+            s.timed_out,
+            s.skipped,
+            s.cancelled,
+            s.total_time_ms as f64 / 1000.0,
+            result.trace_file
+        );
+    }
+    if !delivery.errors.is_empty() {
+        return EXIT_RUNNER;
+    }
+    run_exit_code(report)
+}
+
+fn report(args: &ReportArgs) -> u8 {
+    let plan = args.plan();
+    let bad_input = |message: String| {
+        eprintln!("dispatch_runner: {message}");
+        print_json(&json!({"status": "invalid", "errors": [{"path": "", "message": message}]}));
+        EXIT_INVALID
+    };
+    if !plan.has_files() {
+        return bad_input("nothing to write: give --html, --chrome-trace and/or --junit".into());
+    }
+    if let Err(errors) = plan.check() {
+        return runner_error(&errors.join("; "), None);
+    }
+    let delivery = match plan.replay_trace(&args.trace_file) {
+        Ok(d) => d,
+        Err(e) => return bad_input(e),
+    };
+    warn(&delivery);
+    let written: serde_json::Map<String, serde_json::Value> = delivery
+        .written
+        .iter()
+        .map(|(flag, p)| {
+            (
+                flag.trim_start_matches('-').replace('-', "_"),
+                json!(p.display().to_string()),
+            )
+        })
+        .collect();
+    if delivery.errors.is_empty() {
+        print_json(&json!({"status": "written", "files": written}));
+        EXIT_OK
+    } else {
+        let errors: Vec<_> = delivery
+            .errors
+            .iter()
+            .map(|m| json!({"path": "", "message": m}))
+            .collect();
+        print_json(&json!({"status": "error", "errors": errors, "files": written}));
+        EXIT_RUNNER
+    }
+}
+
+fn runner_error(message: &str, result: Option<&RunResult>) -> u8 {
+    eprintln!("dispatch_runner: error: {message}");
+    print_json_value(error_document(message, result));
+    EXIT_RUNNER
+}
+
+fn serve(config: &Config, args: ServeArgs) -> u8 {
+    use crate::server::{ServerOptions, TOKEN_ENV};
+    let (file, env) = base_layers(config);
+    let trace_dir = args
+        .trace_dir
+        .clone()
+        .unwrap_or_else(|| RunSettings::resolve(&[&file, &env]).trace_dir);
+    // A token of only blanks would be a guessable secret: treat it as none (loopback only).
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    if let Some(t) = &token {
+        crate::redact::register_secret(t);
+    }
+    let services = match services(config, None) {
+        Ok(s) => Arc::new(s),
+        Err(issue) => return runner_error(&issue.message, None),
+    };
+    let limits = args.limits();
+    let options = ServerOptions {
+        listen: args.listen,
+        token,
+        max_body_bytes: args.max_body_bytes,
+        max_concurrent_runs: args.max_concurrent_runs as usize,
+        shutdown_grace: std::time::Duration::from_secs_f64(args.shutdown_grace_seconds),
+        header_read_timeout: std::time::Duration::from_secs_f64(args.header_read_timeout_seconds),
+        body_read_timeout: std::time::Duration::from_secs_f64(args.body_read_timeout_seconds),
+        allowed_hosts: args.allow_host.clone(),
+        base_layers: vec![file, env],
+        agents: config.file.agents.clone(),
+        trace_dir,
+        intake: Intake::new(limits, &services),
+        services,
+    };
+    with_runtime(|mut rx| async move {
+        let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };
+        let announce = |addr| eprintln!("dispatch_runner: listening on http://{addr}");
+        match crate::server::serve(options, shutdown, announce).await {
+            Ok(()) => {
+                eprintln!("dispatch_runner: server stopped");
+                EXIT_OK
+            }
+            Err(e) => runner_error(&e.to_string(), None),
+        }
+    })
+}
+
+/// Runs `body` on a multi-threaded runtime with SIGINT and SIGTERM arriving as interrupts.
+fn with_runtime<F: Future<Output = u8>>(body: impl FnOnce(mpsc::Receiver<Interrupt>) -> F) -> u8 {
+    let runtime = match new_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    let code = runtime.block_on(async move {
+        let (tx, rx) = mpsc::channel(4);
+        if let Err(e) = crate::signal::forward(tx) {
+            return runner_error(&format!("cannot install signal handlers: {e}"), None);
+        }
+        body(rx).await
+    });
+    // Dropping a runtime waits for every blocking-pool thread; one stuck in a system call must
+    // not keep a finished (or interrupted) run from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intake() -> Intake {
+        Intake {
+            limits: Limits {
+                max_input_bytes: 200,
+                ..Limits::default()
+            },
+            mcp_servers: ["archon".to_string()].into(),
+        }
+    }
+
+    const BATCH: &str =
+        r#"{"tasks": [{"task_id": "a", "agent": "command", "input_data": {"argv": ["true"]}}]}"#;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_bad_utf8_named() {
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend_from_slice(BATCH.as_bytes());
+        assert!(intake().check(bytes, "stdin").is_ok());
+        let issues = intake()
+            .check(b"{\"tasks\": \xff}".to_vec(), "request body")
+            .unwrap_err();
+        assert_eq!(
+            issues[0].message,
+            "request body is not UTF-8 text (invalid byte at offset 10)"
+        );
+    }
+
+    #[test]
+    fn size_limit_and_mcp_server_names_are_checked() {
+        let issues = intake().check(vec![b' '; 201], "stdin").unwrap_err();
+        assert!(
+            issues[0]
+                .message
+                .starts_with("stdin is larger than the input limit of 200")
+        );
+        let unknown = r#"{"tasks": [{"task_id": "m", "agent": "mcp", "input_data": {"server": "nope", "tool": "t"}}]}"#;
+        let issues = intake()
+            .check(unknown.as_bytes().to_vec(), "x")
+            .unwrap_err();
+        assert_eq!(issues[0].path, "/tasks/0/input_data/server");
+    }
+}
