@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// Longest string accepted anywhere in a batch (object keys included), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
     pub max_string_bytes: usize,
+    /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
+    /// ask for less, never more (400); the configuration file cannot raise it either.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_SERVER_MAX_OUTPUT_BYTES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_OUTPUT_BYTES as u64))]
+    pub max_output_bytes: usize,
 }
 
 impl ServeArgs {
@@ -164,7 +169,7 @@ impl ServeArgs {
             max_depth: self.max_depth,
             max_tasks: self.max_tasks,
             max_string_bytes: self.max_string_bytes,
-            ..Limits::default()
+            max_output_bytes: self.max_output_bytes,
         }
     }
 }

@@ -573,6 +573,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         &options.agents,
     );
     settings.trace_dir = options.trace_dir.clone();
+    // The batch was checked against the cap; the configuration file is held to it here.
+    settings.max_output_bytes = settings
+        .max_output_bytes
+        .min(options.intake.limits.max_output_bytes);
     let (interrupts, rx) = mpsc::channel(2);
     // Complete from the start: a GET may come before the run has published anything.
     let live = Arc::new(Mutex::new(LiveStatus::new(

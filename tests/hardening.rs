@@ -573,11 +573,26 @@ fn limit_memory(cmd: &mut std::process::Command, bytes: u64) {
     }
 }
 
-#[tokio::test]
-async fn a_long_cycle_sent_to_the_server_is_a_400_and_the_server_lives_on() {
+/// `serve` on a free loopback port with `args`; killed when the guard drops.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    _sb: Sandbox,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Served {
     let sb = Sandbox::new();
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
     let mut child = sb
-        .cmd(&["serve", "--listen", "127.0.0.1:0"])
+        .cmd(&all)
         .env_remove("DISPATCH_API_TOKEN")
         .env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp")
         .stdout(Stdio::piped())
@@ -586,32 +601,32 @@ async fn a_long_cycle_sent_to_the_server_is_a_400_and_the_server_lives_on() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Reads stderr to its end, so the server never blocks on a full pipe.
     std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut sent = false;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(addr) = line.strip_prefix("dispatch_runner: listening on ")
-                && !sent
-            {
+            if let Some(addr) = line.strip_prefix("dispatch_runner: listening on ") {
                 let _ = tx.send(addr.to_string());
-                sent = true;
             }
         }
     });
     let base = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("server listens");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+    Served {
+        child,
+        base,
+        _sb: sb,
     }
-    let mut server = Kill(child);
+}
+
+#[tokio::test]
+async fn a_long_cycle_sent_to_the_server_is_a_400_and_the_server_lives_on() {
+    let mut server = serve(&[]);
+    let base = server.base.clone();
     let client = dispatch_runner::http::client_builder()
         .timeout(Duration::from_secs(120))
         .build()
@@ -655,7 +670,49 @@ async fn a_long_cycle_sent_to_the_server_is_a_400_and_the_server_lives_on() {
     let health = client.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
     assert!(
-        server.0.try_wait().unwrap().is_none(),
+        server.child.try_wait().unwrap().is_none(),
         "the server is still up"
     );
+}
+
+#[tokio::test]
+async fn the_server_caps_output_and_batches_cannot_raise_it() {
+    let server = serve(&["--max-output-bytes", "1000"]);
+    let client = dispatch_runner::http::client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let post = |batch: Value| {
+        client
+            .post(format!("{}/v1/dispatch", server.base))
+            .header("content-type", "application/json")
+            .body(batch.to_string())
+            .send()
+    };
+    let loud = sh_task("loud", "head -c 5000 /dev/zero | tr '\\0' x", &[]);
+
+    let resp = post(json!({"tasks": [loud.clone()], "config": {"max_output_bytes": 1001}}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["path"], "/config/max_output_bytes",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1000 bytes"),
+        "{body}"
+    );
+
+    // Without a request of its own the batch gets the default (1 MiB), held to the cap.
+    let resp = post(json!({"tasks": [loud]})).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let result: Value = resp.json().await.unwrap();
+    let output = &result["results"][0]["output"];
+    assert_eq!(output["stdout"].as_str().unwrap().len(), 1000, "{result}");
+    assert_eq!(output["truncated"], true);
 }

@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_STRING_BYTES: usize = 4 * 1024 * 1024;
 /// The most `max_output_bytes` may ever be (the schema's maximum, and the ceiling of the
 /// `--max-output-bytes` flags): each stream is held in memory, then in the result and the trace.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// What `serve` keeps of each output stream at most unless told otherwise (`--max-output-bytes`):
+/// a server runs several batches at once for clients it does not control.
+pub const DEFAULT_SERVER_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Sizes a batch may not exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
