@@ -144,16 +144,8 @@ pub struct ServeArgs {
     /// listen address and loopback names (localhost, 127.0.0.1, [::1]). Repeatable.
     #[arg(long, value_name = "NAME")]
     pub allow_host: Vec<String>,
-    /// Deepest nesting of arrays and objects accepted in a batch.
-    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
-          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
-    pub max_depth: usize,
-    /// Most tasks accepted in one batch.
-    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_TASKS)]
-    pub max_tasks: usize,
-    /// Longest string accepted anywhere in a batch (object keys included), in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_STRING_BYTES)]
-    pub max_string_bytes: usize,
+    #[command(flatten)]
+    pub shape: ShapeLimitArgs,
     /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
     /// ask for less, never more (400); the configuration file cannot raise it either.
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_SERVER_MAX_OUTPUT_BYTES,
@@ -166,9 +158,9 @@ impl ServeArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_input_bytes: self.max_body_bytes,
-            max_depth: self.max_depth,
-            max_tasks: self.max_tasks,
-            max_string_bytes: self.max_string_bytes,
+            max_depth: self.shape.max_depth,
+            max_tasks: self.shape.max_tasks,
+            max_string_bytes: self.shape.max_string_bytes,
             max_output_bytes: self.max_output_bytes,
         }
     }
@@ -233,6 +225,13 @@ pub struct InputArgs {
     /// Largest input accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_INPUT_BYTES)]
     pub max_input_bytes: usize,
+    #[command(flatten)]
+    pub shape: ShapeLimitArgs,
+}
+
+/// Limits on a batch's shape, the same for `run`, `validate` and `serve`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ShapeLimitArgs {
     /// Deepest nesting of arrays and objects accepted (the JSON parser stops at 127 regardless).
     #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_DEPTH,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::PARSER_MAX_DEPTH as u64))]
@@ -250,9 +249,9 @@ impl InputArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_input_bytes: self.max_input_bytes,
-            max_depth: self.max_depth,
-            max_tasks: self.max_tasks,
-            max_string_bytes: self.max_string_bytes,
+            max_depth: self.shape.max_depth,
+            max_tasks: self.shape.max_tasks,
+            max_string_bytes: self.shape.max_string_bytes,
             ..Limits::default()
         }
     }
