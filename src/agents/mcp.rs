@@ -15,6 +15,7 @@ use crate::task_error::{ErrorKind, Failure, TaskError};
 /// Input of the `mcp` agent.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("dependentSchemas" = {"server": {"properties": {"url": false}}}))]
 pub struct McpInput {
     /// Name of the tool to call.
     #[schemars(length(min = 1))]
@@ -62,13 +63,7 @@ pub fn check(input: &Value, ctx: &ValidationContext) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let server = input.get("server").and_then(Value::as_str);
     let url = input.get("url").and_then(Value::as_str);
-    if server.is_some() && url.is_some() {
-        problems.push((
-            "/url".to_string(),
-            "set either `server` (a configured server) or `url` (an ad-hoc endpoint), not both"
-                .to_string(),
-        ));
-    }
+    // `server` and `url` together are refused by the schema (`dependentSchemas`).
     if let Some(url) = url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {

@@ -23,7 +23,10 @@ use serde_json::value::RawValue;
 
 use crate::agents::{AgentInput, CommandInput, McpInput};
 use crate::batch::issue::Issue;
-use crate::batch::limits::{Limits, MAX_OUTPUT_BYTES};
+use crate::batch::limits::{
+    Limits, MAX_BACKOFF_MS, MAX_JSON_INTEGER, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
+    MAX_WORKERS, MIN_TIMEOUT_SECONDS,
+};
 use crate::batch::schema::batch_validator;
 use crate::batch::validate::{RefSite, collect_sites, reference_issues, spawnable};
 use crate::batch::{Batch, BatchConfig, Task, ValidatedBatch};
@@ -298,8 +301,8 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
     if !input.starts_with('{')
         || !is_task_id(&t.task_id)
         || !t.dependencies.iter().all(|d| is_task_id(d))
-        || t.timeout_seconds.is_some_and(|s| s < 0.001)
-        || t.retries.is_some_and(|r| r > 100)
+        || t.timeout_seconds.is_some_and(|s| s < MIN_TIMEOUT_SECONDS)
+        || t.retries.is_some_and(|r| r > MAX_RETRIES)
     {
         return None;
     }
@@ -311,7 +314,8 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         }
         "mcp" => {
             let input: McpInput = serde_json::from_str(input).ok()?;
-            (!input.tool.is_empty()).then_some(AgentInput::Mcp(input))?
+            let exclusive = input.server.is_none() || input.url.is_none();
+            (!input.tool.is_empty() && exclusive).then_some(AgentInput::Mcp(input))?
         }
         // Any other agent: its input is checked against the schema, as the full check would.
         _ => return checked_by_schema(i, t, &mut cx.sites),
@@ -369,15 +373,19 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
         return None;
     }
     let c: BatchConfig = serde_json::from_value(value).ok()?;
-    let ok = c.max_workers.is_none_or(|w| (1..=4096).contains(&w))
-        && c.timeout_seconds.is_none_or(|s| s >= 0.001)
+    let ok = c.max_workers.is_none_or(|w| (1..=MAX_WORKERS).contains(&w))
+        && c.timeout_seconds.is_none_or(|s| s >= MIN_TIMEOUT_SECONDS)
         && c.trace_dir.as_ref().is_none_or(|d| !d.is_empty())
-        && c.retries.is_none_or(|r| r <= 100)
-        && c.retry_backoff_ms.is_none_or(|ms| ms <= 3_600_000)
-        && c.retry_backoff_max_ms.is_none_or(|ms| ms <= 3_600_000)
+        && c.retries.is_none_or(|r| r <= MAX_RETRIES)
+        && c.retry_backoff_ms.is_none_or(|ms| ms <= MAX_BACKOFF_MS)
+        && c.retry_backoff_max_ms.is_none_or(|ms| ms <= MAX_BACKOFF_MS)
         && c.max_output_bytes
             .is_none_or(|b| (1..=limits.max_output_bytes.min(MAX_OUTPUT_BYTES)).contains(&b))
-        && c.max_expanded_input_bytes.is_none_or(|b| b >= 1)
+        && c.max_expanded_input_bytes
+            .is_none_or(|b| (1..=MAX_JSON_INTEGER).contains(&(b as u64)))
+        && c.circuit_breaker
+            .failure_threshold
+            .is_none_or(|n| u64::from(n) <= MAX_JSON_INTEGER)
         && c.circuit_breaker
             .recovery_timeout_seconds
             .is_none_or(|s| s >= 0.0);
@@ -386,7 +394,7 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
 
 /// The schema's task id rule: 1 to 128 of `A-Za-z0-9_.-`.
 fn is_task_id(s: &str) -> bool {
-    (1..=128).contains(&s.len())
+    (1..=MAX_TASK_ID_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }

@@ -18,6 +18,24 @@ pub const DEFAULT_MAX_STRING_BYTES: usize = 4 * 1024 * 1024;
 /// The most `max_output_bytes` may ever be (the schema's maximum, and the ceiling of the
 /// `--max-output-bytes` flags): each stream is held in memory, then in the result and the trace.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// The largest integer every JSON reader holds exactly (2^53 - 1; JavaScript's
+/// `Number.MAX_SAFE_INTEGER`): the published schema's ceiling for integer fields that have no
+/// tighter one, so that validators reading numbers as doubles agree with the runner on it.
+pub const MAX_JSON_INTEGER: u64 = (1 << 53) - 1;
+/// Most tasks running at once (`config.max_workers`).
+pub const MAX_WORKERS: usize = 4096;
+/// Most extra attempts a task may ask for (`retries`).
+pub const MAX_RETRIES: u32 = 100;
+/// Longest retry delay in milliseconds (`retry_backoff_ms`, `retry_backoff_max_ms`).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Shortest per-attempt timeout in seconds (`timeout_seconds`).
+pub const MIN_TIMEOUT_SECONDS: f64 = 0.001;
+/// Longest task id and dependency entry, in bytes (all ASCII).
+pub const MAX_TASK_ID_LEN: usize = 128;
+/// Longest breaker name.
+pub const MAX_BREAKER_NAME_LEN: usize = 64;
+/// What task ids, dependencies and breaker names are made of.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_.\-]+$";
 /// What `serve` keeps of each output stream at most unless told otherwise (`--max-output-bytes`):
 /// a server runs several batches at once for clients it does not control.
 pub const DEFAULT_SERVER_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;

@@ -2,6 +2,7 @@
 
 pub mod exercise;
 mod fast;
+pub mod integral;
 pub mod issue;
 pub mod limits;
 pub mod model;

@@ -24,7 +24,7 @@ pub struct Batch {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Unique id: 1 to 128 letters, digits, `_`, `-` or `.`.
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.\-]+$"))]
+    #[schemars(length(min = 1, max = crate::batch::limits::MAX_TASK_ID_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN))]
     pub task_id: String,
     /// The agent that runs this task, with its input.
     #[serde(flatten)]
@@ -34,21 +34,25 @@ pub struct Task {
     pub description: String,
     /// Tasks that must succeed before this one starts.
     #[serde(default)]
-    #[schemars(inner(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.\-]+$")))]
+    #[schemars(inner(length(min = 1, max = crate::batch::limits::MAX_TASK_ID_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN)))]
     pub dependencies: Vec<String>,
     /// Per-attempt timeout in seconds; overrides `config.timeout_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.001))]
+    #[schemars(range(min = crate::batch::limits::MIN_TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<f64>,
     /// Extra attempts after a transient failure; overrides `config.retries`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 100))]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = crate::batch::limits::MAX_RETRIES))]
     pub retries: Option<u32>,
     /// Opt-in: tasks naming the same breaker share one circuit breaker, and every transient
     /// failure among them (a non-zero exit included) counts toward opening it. Without it, only
     /// tasks calling a remote dependency (an MCP server, a model endpoint) have a breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.\-]+$"))]
+    #[schemars(length(min = 1, max = crate::batch::limits::MAX_BREAKER_NAME_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN))]
     pub breaker: Option<String>,
 }
 
@@ -57,40 +61,64 @@ pub struct Task {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most tasks running at once (default 5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4096))]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = crate::batch::limits::MAX_WORKERS))]
     pub max_workers: Option<usize>,
     /// Per-attempt timeout in seconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.001))]
+    #[schemars(range(min = crate::batch::limits::MIN_TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<f64>,
     /// Folder for the per-run trace file (default `./traces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub trace_dir: Option<String>,
     /// Extra attempts after a transient failure (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 100))]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = crate::batch::limits::MAX_RETRIES))]
     pub retries: Option<u32>,
     /// First retry delay in milliseconds, doubled on each retry, capped, with jitter (default 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 3_600_000))]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = crate::batch::limits::MAX_BACKOFF_MS))]
     pub retry_backoff_ms: Option<u64>,
     /// Longest retry delay in milliseconds (default 30000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 3_600_000))]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = crate::batch::limits::MAX_BACKOFF_MS))]
     pub retry_backoff_max_ms: Option<u64>,
     /// Stop starting new tasks after the first task fails (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_fast: Option<bool>,
     /// Bytes kept of each captured output stream; the rest is dropped and `truncated` set (default 1 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = crate::batch::limits::MAX_OUTPUT_BYTES))]
     pub max_output_bytes: Option<usize>,
     /// Most bytes the strings of a task's input that contain `{{tasks...}}` references may hold
     /// together once the references are replaced by upstream outputs; over it the task fails
     /// with `input_too_large` (default 4 × `max_output_bytes`, at least 4 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1))]
     pub max_expanded_input_bytes: Option<usize>,
     /// Circuit breaker settings: one breaker per remote dependency (MCP server, model endpoint)
@@ -115,7 +143,11 @@ pub struct BreakerConfig {
     /// Consecutive counted failures that open a breaker (default 5; 0 disables it). Counted:
     /// connection and transport failures, HTTP 5xx/429 and timeouts of the dependency; for a
     /// named breaker, every transient failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub failure_threshold: Option<u32>,
     /// Seconds an open breaker waits before letting one probe through (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,12 +4,18 @@
 //! schemas listed in oneOf". We turn it into an `agent` enum plus one `if agent == X then
 //! input_data: <X's schema>` per agent, so a bad `input_data` is reported by that agent's own schema
 //! with a precise JSON Pointer.
+//!
+//! schemars also marks numbers with formats of its own (`uint32`, `double`, ...), which are not
+//! JSON Schema formats: strict validators (ajv) refuse them. They are replaced by the bounds the
+//! Rust types impose, as `minimum`/`maximum`, so that every value the schema takes the runner's
+//! types can hold.
 
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value, json};
 
 use crate::batch::Batch;
+use crate::batch::limits::MAX_JSON_INTEGER;
 
 /// The schema as published (`dispatch_runner schema`, `schemas/task-batch.schema.json`).
 pub fn batch_schema() -> &'static Value {
@@ -17,6 +23,7 @@ pub fn batch_schema() -> &'static Value {
     SCHEMA.get_or_init(|| {
         let mut schema = serde_json::to_value(schemars::schema_for!(Batch)).expect("schema");
         reshape_agent_union(&mut schema);
+        numeric_formats_to_bounds(&mut schema);
         schema
     })
 }
@@ -37,6 +44,63 @@ pub fn available_agents() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The range of each integer format schemars writes, as `(minimum, maximum)`. 64-bit types are
+/// held to [`MAX_JSON_INTEGER`]: past it, validators that read numbers as doubles (JavaScript's)
+/// cannot tell neighbouring integers apart, so they would disagree with the runner at the edge.
+fn integer_range(format: &str) -> Option<(i64, u64)> {
+    let safe = MAX_JSON_INTEGER;
+    Some(match format {
+        "uint8" => (0, u8::MAX.into()),
+        "uint16" => (0, u16::MAX.into()),
+        "uint32" => (0, u32::MAX.into()),
+        "uint64" | "uint" => (0, safe),
+        "int8" => (i8::MIN.into(), i8::MAX as u64),
+        "int16" => (i16::MIN.into(), i16::MAX as u64),
+        "int32" => (i32::MIN.into(), i32::MAX as u64),
+        "int64" | "int" => (-(safe as i64), safe),
+        _ => return None,
+    })
+}
+
+/// Replaces schemars' number formats by explicit bounds (tighter bounds already set are kept).
+fn numeric_formats_to_bounds(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            // Only where `format` is a keyword (a schema with a `type`), not a property name.
+            let format = match (map.get("type"), map.get("format")) {
+                (Some(_), Some(Value::String(f))) => Some(f.clone()),
+                _ => None,
+            };
+            if let Some(format) = format {
+                if let Some((lo, hi)) = integer_range(&format) {
+                    map.shift_remove("format");
+                    let keep_lo = map
+                        .get("minimum")
+                        .and_then(Value::as_f64)
+                        .is_some_and(|m| m >= lo as f64);
+                    if !keep_lo {
+                        map.insert("minimum".into(), lo.into());
+                    }
+                    let keep_hi = map
+                        .get("maximum")
+                        .and_then(Value::as_f64)
+                        .is_some_and(|m| m <= hi as f64);
+                    if !keep_hi {
+                        map.insert("maximum".into(), hi.into());
+                    }
+                } else if matches!(format.as_str(), "double" | "float") {
+                    map.shift_remove("format");
+                }
+            }
+            for v in map.values_mut() {
+                numeric_formats_to_bounds(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(numeric_formats_to_bounds),
+        _ => {}
+    }
 }
 
 fn reshape_agent_union(schema: &mut Value) {
@@ -101,6 +165,22 @@ mod tests {
         assert_eq!(
             task["allOf"].as_array().unwrap().len(),
             available_agents().len()
+        );
+    }
+
+    #[test]
+    fn number_formats_become_bounds() {
+        let text = batch_schema().to_string();
+        assert!(!text.contains("\"format\""), "{text}");
+        let config = &batch_schema()["$defs"]["BatchConfig"]["properties"];
+        let breaker = &batch_schema()["$defs"]["BreakerConfig"]["properties"];
+        assert_eq!(breaker["failure_threshold"]["maximum"], json!(u32::MAX));
+        assert_eq!(breaker["failure_threshold"]["minimum"], json!(0));
+        assert_eq!(config["max_workers"]["maximum"], json!(4096));
+        assert_eq!(config["max_workers"]["minimum"], json!(1));
+        assert_eq!(
+            config["max_expanded_input_bytes"]["maximum"],
+            json!(MAX_JSON_INTEGER)
         );
     }
 }

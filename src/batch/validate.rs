@@ -345,6 +345,21 @@ fn schema_issues(value: &Value) -> Vec<Issue> {
                     ),
                 ));
             }
+            // `dependentSchemas: {A: {properties: {B: false}}}`: fields that exclude each other.
+            ValidationErrorKind::FalseSchema => {
+                let schema_path = err.schema_path().as_str();
+                let message = match schema_path
+                    .split_once("/dependentSchemas/")
+                    .and_then(|(_, rest)| rest.split_once("/properties/"))
+                {
+                    Some((a, b)) => {
+                        let b = b.split('/').next().unwrap_or(b);
+                        format!("set either `{a}` or `{b}`, not both")
+                    }
+                    None => "this field is not allowed here".to_string(),
+                };
+                issues.push(Issue::new(path, message));
+            }
             _ => issues.push(Issue::new(path, short(&err.to_string()))),
         }
     }
