@@ -226,7 +226,10 @@ mod tests {
             &json!({"tool": "x", "server": "files", "url": "ftp://h"}),
             &ctx,
         );
-        assert_eq!(p.len(), 2);
+        // Both targets at once are the schema's to refuse (`dependentSchemas`); the URL's scheme
+        // is this check's.
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, "/url");
         // Without a context, names are not checked.
         assert!(
             check(

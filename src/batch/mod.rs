@@ -1,5 +1,7 @@
 //! The batch: its model, its JSON Schema, output references between tasks, and validation.
 
+#[cfg(test)]
+mod coverage;
 pub mod exercise;
 mod fast;
 pub mod integral;
