@@ -617,3 +617,40 @@ fn bad_flags_are_usage_errors() {
         "stdout is only for the JSON document"
     );
 }
+
+/// Values the schema refuses are refused at their own place, all at once (they used to pass the
+/// schema and fail in serde with an empty path, hiding the rest), and integral numbers such as
+/// `2.0` are integers, as JSON Schema says.
+#[test]
+fn integer_edges_are_named_at_their_place_and_integral_floats_count() {
+    let errors = invalid(
+        r#"{"tasks": [{"task_id": "a", "agent": "mcp",
+              "input_data": {"tool": "t", "server": "archon", "url": "http://127.0.0.1:9/mcp"}}],
+            "config": {"max_workers": 2.5, "max_output_bytes": 18446744073709551616,
+                       "circuit_breaker": {"failure_threshold": 4294967296}}}"#,
+    );
+    let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/config/circuit_breaker/failure_threshold",
+            "/config/max_output_bytes",
+            "/config/max_workers",
+            "/tasks/0/input_data/url"
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "/tasks/0/input_data/url", "not both"),
+        "{errors:?}"
+    );
+    let sb = Sandbox::new();
+    let run = sb.run(
+        &["validate"],
+        r#"{"tasks": [{"task_id": "a", "agent": "command", "input_data": {"argv": ["true"]}, "retries": 1.0}],
+            "config": {"max_workers": 2.0, "retry_backoff_ms": 1e3,
+                       "circuit_breaker": {"failure_threshold": 4294967295}}}"#,
+    );
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json["status"], "valid");
+}
