@@ -7,6 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentInput;
+use crate::batch::limits::{
+    MAX_BACKOFF_MS, MAX_BREAKER_NAME_LEN, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
+    MAX_WORKERS, MIN_TIMEOUT_SECONDS, NAME_PATTERN,
+};
 
 /// A batch of tasks plus optional run configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -24,7 +28,7 @@ pub struct Batch {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Unique id: 1 to 128 letters, digits, `_`, `-` or `.`.
-    #[schemars(length(min = 1, max = crate::batch::limits::MAX_TASK_ID_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN))]
+    #[schemars(length(min = 1, max = MAX_TASK_ID_LEN), regex(pattern = NAME_PATTERN))]
     pub task_id: String,
     /// The agent that runs this task, with its input.
     #[serde(flatten)]
@@ -34,11 +38,11 @@ pub struct Task {
     pub description: String,
     /// Tasks that must succeed before this one starts.
     #[serde(default)]
-    #[schemars(inner(length(min = 1, max = crate::batch::limits::MAX_TASK_ID_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN)))]
+    #[schemars(inner(length(min = 1, max = MAX_TASK_ID_LEN), regex(pattern = NAME_PATTERN)))]
     pub dependencies: Vec<String>,
     /// Per-attempt timeout in seconds; overrides `config.timeout_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = crate::batch::limits::MIN_TIMEOUT_SECONDS))]
+    #[schemars(range(min = MIN_TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<f64>,
     /// Extra attempts after a transient failure; overrides `config.retries`.
     #[serde(
@@ -46,13 +50,13 @@ pub struct Task {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(max = crate::batch::limits::MAX_RETRIES))]
+    #[schemars(range(max = MAX_RETRIES))]
     pub retries: Option<u32>,
     /// Opt-in: tasks naming the same breaker share one circuit breaker, and every transient
     /// failure among them (a non-zero exit included) counts toward opening it. Without it, only
     /// tasks calling a remote dependency (an MCP server, a model endpoint) have a breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = crate::batch::limits::MAX_BREAKER_NAME_LEN), regex(pattern = crate::batch::limits::NAME_PATTERN))]
+    #[schemars(length(min = 1, max = MAX_BREAKER_NAME_LEN), regex(pattern = NAME_PATTERN))]
     pub breaker: Option<String>,
 }
 
@@ -66,11 +70,11 @@ pub struct BatchConfig {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 1, max = crate::batch::limits::MAX_WORKERS))]
+    #[schemars(range(min = 1, max = MAX_WORKERS))]
     pub max_workers: Option<usize>,
     /// Per-attempt timeout in seconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = crate::batch::limits::MIN_TIMEOUT_SECONDS))]
+    #[schemars(range(min = MIN_TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<f64>,
     /// Folder for the per-run trace file (default `./traces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +86,7 @@ pub struct BatchConfig {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(max = crate::batch::limits::MAX_RETRIES))]
+    #[schemars(range(max = MAX_RETRIES))]
     pub retries: Option<u32>,
     /// First retry delay in milliseconds, doubled on each retry, capped, with jitter (default 1000).
     #[serde(
@@ -90,7 +94,7 @@ pub struct BatchConfig {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(max = crate::batch::limits::MAX_BACKOFF_MS))]
+    #[schemars(range(max = MAX_BACKOFF_MS))]
     pub retry_backoff_ms: Option<u64>,
     /// Longest retry delay in milliseconds (default 30000).
     #[serde(
@@ -98,7 +102,7 @@ pub struct BatchConfig {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(max = crate::batch::limits::MAX_BACKOFF_MS))]
+    #[schemars(range(max = MAX_BACKOFF_MS))]
     pub retry_backoff_max_ms: Option<u64>,
     /// Stop starting new tasks after the first task fails (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +113,7 @@ pub struct BatchConfig {
         deserialize_with = "crate::batch::integral::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 1, max = crate::batch::limits::MAX_OUTPUT_BYTES))]
+    #[schemars(range(min = 1, max = MAX_OUTPUT_BYTES))]
     pub max_output_bytes: Option<usize>,
     /// Most bytes the strings of a task's input that contain `{{tasks...}}` references may hold
     /// together once the references are replaced by upstream outputs; over it the task fails
