@@ -494,6 +494,7 @@ fn run(config: &Config, args: RunArgs) -> u8 {
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
+        options.journal_fsync = args.journal_fsync;
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;

@@ -1,0 +1,236 @@
+//! The run journal, `<trace_dir>/dispatch-<run_id>.journal`: what survives a runner that dies
+//! mid-run (SIGKILL, OOM killer, power loss) so that `dispatch_runner resume` can continue it.
+//!
+//! The trace is written once, atomically, at the end; a run that never ends leaves none. The
+//! journal is written as the run goes: a header line (the redacted batch and the keyed digests of
+//! its real task definitions, as in the trace), then every event as one NDJSON line, redacted like
+//! the trace. Each line goes to the operating system in one `write` as it happens, so a crash of
+//! the process loses nothing; `fsync` (what survives a crash of the machine) follows
+//! [`FsyncPolicy`].
+//!
+//! Reading tolerates exactly one kind of damage: a torn last line (no newline, or not JSON), the
+//! mark of a crash in the middle of a write. Anything wrong earlier means the file is not what the
+//! runner wrote, and is refused with its line number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::events::{Event, EventKind, EventSink};
+use crate::reporter::trace::Digests;
+
+/// Version of the journal layout; bumped on incompatible changes.
+pub const JOURNAL_FORMAT: u32 = 1;
+/// Most time between two `fsync`s under [`FsyncPolicy::Interval`] while events keep coming.
+pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+/// When the journal is forced to disk (`--journal-fsync`). Every line reaches the operating
+/// system at once whatever the policy; this only decides what a power loss can take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every line: slowest, nothing acknowledged is lost.
+    Always,
+    /// At every task's end, at the run's end, and otherwise at most 200 ms apart.
+    #[default]
+    Interval,
+    /// Never: the operating system writes back when it likes.
+    Never,
+}
+
+/// The first line of a journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Header {
+    pub journal_format: u32,
+    pub tool_version: String,
+    pub run_id: String,
+    /// The batch as given, redacted.
+    pub batch: Batch,
+    pub digests: Digests,
+}
+
+/// `<dir>/dispatch-<run_id>.journal`, next to the trace.
+pub fn journal_path(dir: &Path, run_id: &str) -> PathBuf {
+    crate::reporter::trace::trace_path(dir, run_id).with_extension("journal")
+}
+
+/// The event sink that writes the journal.
+pub struct JournalSink {
+    file: Option<File>,
+    path: PathBuf,
+    policy: FsyncPolicy,
+    last_sync: Instant,
+    /// Events numbered below this are already in the file (a resumed run replays them).
+    skip_below: u64,
+}
+
+impl JournalSink {
+    /// Creates the journal (it must not exist) and writes its header, durably.
+    pub fn create(path: &Path, header: &Header, policy: FsyncPolicy) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut line = serde_json::to_vec(&crate::redact::redacted(header))?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        if policy != FsyncPolicy::Never {
+            file.sync_all()?;
+        }
+        Ok(Self::over(file, path, policy, 0))
+    }
+
+    /// Opens an existing journal to continue it after `keep` bytes (the torn tail, if any, is
+    /// cut off first); events numbered below `skip_below` are not written again.
+    pub fn append(
+        path: &Path,
+        keep: u64,
+        skip_below: u64,
+        policy: FsyncPolicy,
+    ) -> std::io::Result<Self> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(keep)?;
+        let mut file = OpenOptions::new().append(true).open(path)?;
+        file.flush()?;
+        Ok(Self::over(file, path, policy, skip_below))
+    }
+
+    fn over(file: File, path: &Path, policy: FsyncPolicy, skip_below: u64) -> Self {
+        JournalSink {
+            file: Some(file),
+            path: path.to_path_buf(),
+            policy,
+            last_sync: Instant::now(),
+            skip_below,
+        }
+    }
+}
+
+impl EventSink for JournalSink {
+    fn on_event(&mut self, event: &Event) {
+        if event.seq < self.skip_below {
+            return;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let mut line =
+            serde_json::to_vec(&crate::redact::redacted(event)).expect("events serialize");
+        line.push(b'\n');
+        // One write per line: what a crash can tear is the last line only.
+        let mut written = file.write_all(&line);
+        let task_end = matches!(
+            event.kind,
+            EventKind::TaskFinished { .. } | EventKind::RunFinished { .. }
+        );
+        let sync = match self.policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval => task_end || self.last_sync.elapsed() >= FSYNC_INTERVAL,
+            FsyncPolicy::Never => false,
+        };
+        if written.is_ok() && sync {
+            written = file.sync_data();
+            self.last_sync = Instant::now();
+        }
+        if let Err(e) = written {
+            // One report, then stop: a full disk would otherwise give one error per event.
+            tracing::warn!(
+                "cannot write the journal '{}': {e}; the run goes on, but cannot be resumed \
+                 from here if it stops",
+                self.path.display()
+            );
+            self.file = None;
+        }
+    }
+}
+
+/// A journal read back.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    pub header: Header,
+    pub events: Vec<Event>,
+    /// Bytes of whole, valid lines: where appending continues.
+    pub valid_len: u64,
+    /// A torn last line was found and dropped.
+    pub torn_tail: bool,
+}
+
+/// Reads a journal. Errors name the line (1-based).
+pub fn read(path: &Path) -> Result<Journal, String> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read journal '{}': {e}", path.display()))?;
+    let name = path.display();
+    let mut lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+    let mut torn_tail = false;
+    // A last line without its newline was cut by a crash mid-write.
+    if lines.last().is_some_and(|l| !l.ends_with(b"\n")) {
+        lines.pop();
+        torn_tail = true;
+    }
+    let count = lines.len();
+    let mut header: Option<Header> = None;
+    let mut events = Vec::new();
+    let mut valid_len = 0u64;
+    for (n, line) in lines.into_iter().enumerate() {
+        let number = n + 1;
+        let text = &line[..line.len() - 1];
+        let parsed: Result<(), String> = if n == 0 {
+            serde_json::from_slice::<Header>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    if h.journal_format != JOURNAL_FORMAT {
+                        return Err(format!(
+                            "journal format {} is not {JOURNAL_FORMAT}",
+                            h.journal_format
+                        ));
+                    }
+                    header = Some(h);
+                    Ok(())
+                })
+        } else {
+            serde_json::from_slice::<Event>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|e| {
+                    let expected = events.len() as u64;
+                    if e.seq != expected {
+                        return Err(format!("event number {} where {expected} was due", e.seq));
+                    }
+                    events.push(e);
+                    Ok(())
+                })
+        };
+        match parsed {
+            Ok(()) => valid_len += line.len() as u64,
+            // The last line may also be torn inside a newline-terminated write only if it is
+            // the last: still a crash's mark.
+            Err(_) if number == count && number > 1 => {
+                torn_tail = true;
+                break;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "'{name}' line {number}: not a dispatch_runner journal line: {e}"
+                ));
+            }
+        }
+    }
+    let header = header.ok_or_else(|| format!("'{name}' line 1: the journal is empty"))?;
+    if !matches!(
+        events.first().map(|e| &e.kind),
+        Some(EventKind::RunStarted { run_id, .. }) if *run_id == header.run_id
+    ) {
+        return Err(format!(
+            "'{name}' line 2: the journal does not start with the run_started event of run '{}'",
+            header.run_id
+        ));
+    }
+    Ok(Journal {
+        header,
+        events,
+        valid_len,
+        torn_tail,
+    })
+}
