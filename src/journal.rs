@@ -234,3 +234,131 @@ pub fn read(path: &Path) -> Result<Journal, String> {
         torn_tail,
     })
 }
+
+/// What a resumed run continues from.
+#[derive(Debug, Clone, Default)]
+pub struct Resumed {
+    /// The events of the journal, replayed into the resumed run before it goes on.
+    pub events: Vec<Event>,
+    /// Bytes of whole lines in the journal: appending continues there (a torn line is cut).
+    pub journal_len: u64,
+}
+
+/// The journal `target` names: a path to a journal file, or a run id in `trace_dir`.
+pub fn locate(target: &str, trace_dir: &Path) -> PathBuf {
+    let path = Path::new(target);
+    if path.is_file() || target.ends_with(".journal") || target.contains('/') {
+        path.to_path_buf()
+    } else {
+        journal_path(trace_dir, target)
+    }
+}
+
+/// Builds the batch, the reuse plan and the run id for `resume`. Problems are input errors
+/// (exit 2): an unreadable or damaged journal (with its line), a run that finished, a batch from
+/// `-f` that is not the journal's, a task that would run with a redacted value.
+pub fn prepare_resume(
+    path: &Path,
+    new_batch: Option<crate::ValidatedBatch>,
+) -> Result<(crate::ValidatedBatch, crate::rerun::Reuse, String), Vec<crate::Issue>> {
+    use crate::Issue;
+    let journal = read(path).map_err(|e| vec![Issue::new("", e)])?;
+    let name = path.display();
+    let run_id = journal.header.run_id.clone();
+    if let Some(n) = journal
+        .events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::RunFinished { .. }))
+    {
+        return Err(vec![Issue::new(
+            "",
+            format!(
+                "'{name}' line {}: run '{run_id}' finished; there is nothing to resume",
+                n + 2
+            ),
+        )]);
+    }
+    if let Some(v) = &new_batch {
+        let issues = foreign(&journal.header, &v.batch, path);
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+    }
+    let mut recorder = crate::reporter::Recorder::default();
+    for e in &journal.events {
+        recorder.on_event(e);
+    }
+    let record = recorder
+        .into_record()
+        .ok_or_else(|| vec![Issue::new("", format!("'{name}' line 2: no run_started"))])?;
+    let trace = crate::reporter::trace::Trace {
+        format: crate::reporter::trace::TRACE_FORMAT,
+        tool_version: journal.header.tool_version.clone(),
+        batch: journal.header.batch.clone(),
+        digests: Some(journal.header.digests.clone()),
+        run: record,
+    };
+    let (validated, mut reuse) =
+        crate::rerun::prepare_from(trace, path, new_batch, "dispatch_runner resume")?;
+    reuse.resume = Some(Resumed {
+        events: journal.events,
+        journal_len: journal.valid_len,
+    });
+    Ok((validated, reuse, run_id))
+}
+
+/// Tasks of `batch` (from `-f`) that are not those of the journal's batch: judged on the keyed
+/// digests when the key is at hand, else on the redacted copies.
+fn foreign(header: &Header, batch: &Batch, path: &Path) -> Vec<crate::Issue> {
+    let name = path.display();
+    let refuse = |pointer: String, why: String| {
+        crate::Issue::new(
+            pointer,
+            format!("'{name}' line 1: the journal does not belong to this batch: {why}"),
+        )
+    };
+    let old: Vec<&str> = header
+        .batch
+        .tasks
+        .iter()
+        .map(|t| t.task_id.as_str())
+        .collect();
+    let new: Vec<&str> = batch.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    if old != new {
+        return vec![refuse(
+            "/tasks".into(),
+            format!("its tasks are {old:?}, the batch's are {new:?}"),
+        )];
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let key = crate::rerun::DigestKey::load(dir)
+        .ok()
+        .flatten()
+        .filter(|k| header.digests.key_id.as_deref() == Some(k.id()));
+    let mut issues = Vec::new();
+    for (i, (task, stored)) in batch.tasks.iter().zip(&header.batch.tasks).enumerate() {
+        let value = serde_json::to_value(task).expect("task serializes");
+        let digest = header
+            .digests
+            .tasks
+            .get(i)
+            .and_then(|s| s.digest.as_deref());
+        let same = match (&key, digest) {
+            (Some(key), Some(digest)) => key.matches(&value, digest),
+            _ => {
+                crate::redact::redacted(&value)
+                    == serde_json::to_value(stored).expect("task serializes")
+            }
+        };
+        if !same {
+            issues.push(refuse(
+                format!("/tasks/{i}"),
+                format!("task '{}' differs", task.task_id),
+            ));
+        }
+    }
+    issues
+}

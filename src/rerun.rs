@@ -48,6 +48,8 @@ pub struct Reuse {
     pub seals: Vec<Option<TaskSeal>>,
     /// The key id the carried digests were made with.
     pub seal_key_id: Option<String>,
+    /// Set by `resume`: the run continues from its journal instead of starting anew.
+    pub resume: Option<crate::journal::Resumed>,
 }
 
 impl Reuse {
@@ -305,6 +307,17 @@ pub fn prepare(
     new_batch: Option<ValidatedBatch>,
 ) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let trace = read_trace(trace_path).map_err(|e| vec![Issue::new("", e)])?;
+    prepare_from(trace, trace_path, new_batch, "--rerun-failed")
+}
+
+/// [`prepare`] for a trace at hand (`resume` rebuilds one from the journal at `trace_path`);
+/// `command` is how messages tell to pass the batch again.
+pub fn prepare_from(
+    trace: Trace,
+    trace_path: &Path,
+    new_batch: Option<ValidatedBatch>,
+    command: &str,
+) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let succeeded: HashMap<&str, Option<&Value>> = trace
         .run
         .tasks
@@ -346,7 +359,7 @@ pub fn prepare(
             (v, false)
         }
         None => {
-            let holding = holding_redacted(&trace.batch, &seals, &succeeded, trace_path);
+            let holding = holding_redacted(&trace.batch, &seals, &succeeded, trace_path, command);
             if !holding.is_empty() {
                 return Err(holding);
             }
@@ -393,6 +406,7 @@ pub fn prepare(
             outputs,
             seals: task_seals,
             seal_key_id: trace_key_id,
+            resume: None,
         },
     ))
 }
@@ -404,6 +418,7 @@ fn holding_redacted(
     seals: &HashMap<String, TaskSeal>,
     succeeded: &HashMap<&str, Option<&Value>>,
     trace_path: &Path,
+    command: &str,
 ) -> Vec<Issue> {
     batch
         .tasks
@@ -416,7 +431,7 @@ fn holding_redacted(
                 format!("/tasks/{i}"),
                 format!(
                     "task '{}' would run again, but the trace holds redacted values for it ({}), \
-                     never the real ones; pass the batch again: --rerun-failed {} -f BATCH_FILE",
+                     never the real ones; pass the batch again: {command} {} -f BATCH_FILE",
                     t.task_id,
                     seal.redacted.join(", "),
                     trace_path.display()

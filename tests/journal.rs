@@ -126,3 +126,243 @@ fn secrets_never_enter_the_journal() {
     assert!(!text.contains(SECRET), "secret in the journal:\n{text}");
     assert!(text.contains("key=[REDACTED]"), "{text}");
 }
+
+/// Marker lines each task appended to `marks`, counted by task.
+fn marks(sb: &Sandbox, task: &str) -> usize {
+    std::fs::read_to_string(sb.path().join("marks"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == task)
+        .count()
+}
+
+/// Quick tasks that finish, one long task (it ends at once once `resumed` exists), and one
+/// that needs a quick task's output and waits for the long one.
+fn crash_batch(long_env: Option<Value>) -> Value {
+    let mut long = sh_task(
+        "long",
+        "echo long >> marks; echo $$ > long.pid; \
+         if [ -e resumed ]; then echo done; else sleep 297.31; fi",
+        &[],
+    );
+    if let Some(env) = long_env {
+        long["input_data"]["env"] = env;
+    }
+    json!({"tasks": [
+        sh_task("quick1", "echo quick1 >> marks; echo hello", &[]),
+        sh_task("quick2", "echo quick2 >> marks; echo two", &[]),
+        long,
+        sh_task("uses", "echo uses >> marks; echo got {{tasks.quick1.output.stdout}}", &["quick1", "long"])
+    ], "config": {"max_workers": 3}})
+}
+
+/// Starts the batch, SIGKILLs the runner once the quick tasks are in the journal and the long
+/// task runs, kills what the long task left (the runner could not), and lets the next attempt of
+/// the long task end at once. Returns the journal.
+fn killed_run(sb: &Sandbox, batch: &Value, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["run", "--trace-dir", "traces"];
+    args.extend_from_slice(extra);
+    let child = spawn_with_input(sb.cmd(&args), &batch.to_string());
+    let pid_file = sb.path().join("long.pid");
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            pid_file.exists()
+                && journals(&sb).first().is_some_and(|j| {
+                    let done = finished_tasks(&journal_lines(j));
+                    done.contains(&"quick1".to_string()) && done.contains(&"quick2".to_string())
+                })
+        }),
+        "the run did not get to the long task"
+    );
+    send_signal(child.id(), libc::SIGKILL);
+    let out = wait_with_deadline(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), None, "the runner was killed");
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory-safety preconditions. The task leads its process group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+        libc::kill(pgid, libc::SIGKILL);
+    }
+    assert!(eventually(Duration::from_secs(10), || processes_matching(
+        "sleep 297.31"
+    )
+    .is_empty()));
+    std::fs::write(sb.path().join("resumed"), "").unwrap();
+    let journal = journals(sb).remove(0);
+    assert!(!journal.with_extension("json").exists(), "no trace yet");
+    journal
+}
+
+fn header_run_id(journal: &Path) -> String {
+    journal_lines(journal)[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The resumed run's result and trace, checked for what every resume must give.
+fn check_resumed(sb: &Sandbox, run: &Run, run_id: &str) {
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json["run_id"], run_id, "{}", run.stdout);
+    for id in ["quick1", "quick2", "long", "uses"] {
+        assert_eq!(run.status(id), "success", "{id}: {}", run.stdout);
+    }
+    assert_eq!(run.result("uses")["output"]["stdout"], "got hello\n");
+    // Tasks that had succeeded did not run again; the interrupted one did.
+    assert_eq!(
+        [
+            marks(sb, "quick1"),
+            marks(sb, "quick2"),
+            marks(sb, "long"),
+            marks(sb, "uses")
+        ],
+        [1, 1, 2, 1]
+    );
+    let traces: Vec<_> = std::fs::read_dir(sb.path().join("traces"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(traces.len(), 1, "one trace for the whole run");
+    let trace = run.trace();
+    assert_eq!(trace["run_id"], run_id);
+    let long = trace["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t["task_id"] == "long")
+        .unwrap();
+    assert_eq!(attempt_outcomes(&trace, long), ["interrupted", "success"]);
+    assert_eq!(trace["tasks"][long]["attempts"][1]["attempt"], 2);
+    // One stream: one run_started, one run_finished, numbered without gaps.
+    assert_eq!(events(&trace, "run_started").len(), 1);
+    assert_eq!(events(&trace, "run_finished").len(), 1);
+    let seqs: Vec<u64> = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == i as u64),
+        "{seqs:?}"
+    );
+    // The same journal was continued: it holds the whole stream too.
+    let journal = crate::journals(sb).remove(0);
+    let lines = journal_lines(&journal);
+    assert_eq!(&lines[1..], trace["events"].as_array().unwrap().as_slice());
+}
+
+#[test]
+fn a_killed_run_resumes_where_it_stopped() {
+    let sb = Sandbox::new();
+    let journal = killed_run(&sb, &crash_batch(None), &[]);
+    let run_id = header_run_id(&journal);
+    let run = sb.run(&["resume", journal.to_str().unwrap()], "");
+    check_resumed(&sb, &run, &run_id);
+    // A finished run is not resumed again.
+    let again = sb.run(&["resume", journal.to_str().unwrap()], "");
+    assert_eq!(again.code, 2, "{}", again.stdout);
+    assert!(
+        again.stdout.contains("nothing to resume"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn a_torn_last_line_is_dropped_and_the_run_id_finds_the_journal() {
+    let sb = Sandbox::new();
+    let journal = killed_run(&sb, &crash_batch(None), &["--journal-fsync", "never"]);
+    let run_id = header_run_id(&journal);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut f, br#"{"seq":99,"at":"2026-"#).unwrap();
+    drop(f);
+    let run = sb.run(&["resume", "--trace-dir", "traces", &run_id], "");
+    check_resumed(&sb, &run, &run_id);
+    assert!(
+        !std::fs::read_to_string(&journal)
+            .unwrap()
+            .contains(r#""seq":99"#)
+    );
+}
+
+#[test]
+fn a_journal_damaged_before_its_last_line_is_refused_with_the_line() {
+    let sb = Sandbox::new();
+    let journal = killed_run(&sb, &crash_batch(None), &[]);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[3] = "{\"seq\": garbage";
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    let run = sb.run(&["resume", journal.to_str().unwrap()], "");
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.json["status"], "invalid");
+    let (_, message) = &run.error_messages()[0];
+    assert!(message.contains("line 4"), "{message}");
+    assert_eq!(marks(&sb, "uses"), 0, "nothing ran");
+}
+
+#[test]
+fn a_journal_of_another_batch_is_refused_with_the_line() {
+    let sb = Sandbox::new();
+    let journal = killed_run(&sb, &crash_batch(None), &[]);
+    let mut other = crash_batch(None);
+    other["tasks"][1] = sh_task("quick2", "echo something else", &[]);
+    let path = sb.write("other.json", &other.to_string());
+    let run = sb.run(
+        &[
+            "resume",
+            journal.to_str().unwrap(),
+            "-f",
+            path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let (pointer, message) = &run.error_messages()[0];
+    assert_eq!(pointer, "/tasks/1");
+    assert!(
+        message.contains("line 1") && message.contains("does not belong"),
+        "{message}"
+    );
+    assert_eq!(marks(&sb, "uses"), 0, "nothing ran");
+}
+
+#[test]
+fn a_batch_with_secrets_resumes_only_with_f_and_the_secret_stays_out_of_the_journal() {
+    let sb = Sandbox::new();
+    let batch = crash_batch(Some(json!({"SERVICE_API_KEY": SECRET})));
+    let journal = killed_run(&sb, &batch, &[]);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(!text.contains(SECRET), "secret in the journal:\n{text}");
+    assert!(text.contains("[REDACTED]"));
+
+    let refused = sb.run(&["resume", journal.to_str().unwrap()], "");
+    assert_eq!(refused.code, 2, "{}", refused.stdout);
+    let (pointer, message) = &refused.error_messages()[0];
+    assert_eq!(pointer, "/tasks/2");
+    assert!(message.contains("-f BATCH_FILE"), "{message}");
+    assert_eq!(marks(&sb, "long"), 1, "nothing ran");
+
+    let path = sb.write("batch.json", &batch.to_string());
+    let run = sb.run(
+        &[
+            "resume",
+            journal.to_str().unwrap(),
+            "-f",
+            path.to_str().unwrap(),
+        ],
+        "",
+    );
+    check_resumed(&sb, &run, &header_run_id(&journal));
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(!text.contains(SECRET), "secret in the journal:\n{text}");
+}

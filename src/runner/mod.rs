@@ -147,7 +147,12 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         ..Default::default()
     });
     let digests = crate::rerun::seal_batch(&batch, &dir, carried.as_ref());
-    let journal = open_journal(&dir, &run_id, &batch, &digests, journal_fsync, None)?;
+    // A resumed run appends to its journal after the last whole line.
+    let resume_at = reuse
+        .as_ref()
+        .and_then(|r| r.resume.as_ref())
+        .map(|r| (r.journal_len, r.events.len() as u64));
+    let journal = open_journal(&dir, &run_id, &batch, &digests, journal_fsync, resume_at)?;
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
