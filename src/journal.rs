@@ -291,6 +291,12 @@ pub fn prepare_resume(
     let record = recorder
         .into_record()
         .ok_or_else(|| vec![Issue::new("", format!("'{name}' line 2: no run_started"))])?;
+    let settled: Vec<String> = record
+        .tasks
+        .iter()
+        .filter(|t| t.status.is_some())
+        .map(|t| t.task_id.clone())
+        .collect();
     let trace = crate::reporter::trace::Trace {
         format: crate::reporter::trace::TRACE_FORMAT,
         tool_version: journal.header.tool_version.clone(),
@@ -299,7 +305,7 @@ pub fn prepare_resume(
         run: record,
     };
     let (validated, mut reuse) =
-        crate::rerun::prepare_from(trace, path, new_batch, "dispatch_runner resume")?;
+        crate::rerun::prepare_from(trace, path, new_batch, "dispatch_runner resume", &settled)?;
     reuse.resume = Some(Resumed {
         events: journal.events,
         journal_len: journal.valid_len,

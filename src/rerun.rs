@@ -307,16 +307,19 @@ pub fn prepare(
     new_batch: Option<ValidatedBatch>,
 ) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let trace = read_trace(trace_path).map_err(|e| vec![Issue::new("", e)])?;
-    prepare_from(trace, trace_path, new_batch, "--rerun-failed")
+    prepare_from(trace, trace_path, new_batch, "--rerun-failed", &[])
 }
 
 /// [`prepare`] for a trace at hand (`resume` rebuilds one from the journal at `trace_path`);
 /// `command` is how messages tell to pass the batch again.
+/// `settled`: tasks that will not run again although they did not succeed (`resume` keeps
+/// every finished task's result), so their redacted values do not matter.
 pub fn prepare_from(
     trace: Trace,
     trace_path: &Path,
     new_batch: Option<ValidatedBatch>,
     command: &str,
+    settled: &[String],
 ) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let succeeded: HashMap<&str, Option<&Value>> = trace
         .run
@@ -359,7 +362,14 @@ pub fn prepare_from(
             (v, false)
         }
         None => {
-            let holding = holding_redacted(&trace.batch, &seals, &succeeded, trace_path, command);
+            let holding = holding_redacted(
+                &trace.batch,
+                &seals,
+                &succeeded,
+                trace_path,
+                command,
+                settled,
+            );
             if !holding.is_empty() {
                 return Err(holding);
             }
@@ -419,12 +429,14 @@ fn holding_redacted(
     succeeded: &HashMap<&str, Option<&Value>>,
     trace_path: &Path,
     command: &str,
+    settled: &[String],
 ) -> Vec<Issue> {
     batch
         .tasks
         .iter()
         .enumerate()
         .filter(|(_, t)| !succeeded.contains_key(t.task_id.as_str()))
+        .filter(|(_, t)| !settled.contains(&t.task_id))
         .filter_map(|(i, t)| {
             let seal = seals.get(&t.task_id).filter(|s| !s.redacted.is_empty())?;
             Some(Issue::new(
