@@ -72,6 +72,9 @@ impl JournalSink {
     /// Creates the journal (it must not exist) and writes its header, durably.
     pub fn create(path: &Path, header: &Header, policy: FsyncPolicy) -> std::io::Result<Self> {
         let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        // Held while the run goes, so `resume` can tell a live run from a dead one. Advisory and
+        // best-effort: a file system without locks still gets its journal.
+        let _ = file.try_lock();
         let mut line = serde_json::to_vec(&crate::redact::redacted(header))?;
         line.push(b'\n');
         file.write_all(&line)?;
@@ -89,10 +92,14 @@ impl JournalSink {
         skip_below: u64,
         policy: FsyncPolicy,
     ) -> std::io::Result<Self> {
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Err(std::io::Error::other(format!(
+                "'{}' is in use by a runner that is still going",
+                path.display()
+            )));
+        }
         file.set_len(keep)?;
-        let mut file = OpenOptions::new().append(true).open(path)?;
-        file.flush()?;
         Ok(Self::over(file, path, policy, skip_below))
     }
 
@@ -264,6 +271,15 @@ pub fn prepare_resume(
     use crate::Issue;
     let journal = read(path).map_err(|e| vec![Issue::new("", e)])?;
     let name = path.display();
+    // A runner still writing the journal holds its lock: resuming would run tasks twice.
+    if let Ok(f) = File::open(path)
+        && let Err(std::fs::TryLockError::WouldBlock) = f.try_lock_shared()
+    {
+        return Err(vec![Issue::new(
+            "",
+            format!("'{name}': the run is still going (another runner holds its journal)"),
+        )]);
+    }
     let run_id = journal.header.run_id.clone();
     if let Some(n) = journal
         .events

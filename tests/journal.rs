@@ -45,7 +45,7 @@ fn finished_tasks(lines: &[Value]) -> Vec<String> {
 fn the_journal_grows_while_the_run_goes_and_matches_the_trace() {
     let sb = Sandbox::new();
     let batch = json!({"tasks": [
-        sh_task("quick", "echo hi", &[]),
+        sh_task("quick", "echo quick >> marks; echo hi", &[]),
         sh_task("second", "touch second_may_end; while [ ! -e let_second_end ]; do sleep 0.02; done", &[]),
         sh_task("slow", "while [ ! -e let_slow_end ]; do sleep 0.02; done; echo slow", &[])
     ], "config": {"max_workers": 3}});
@@ -68,6 +68,10 @@ fn the_journal_grows_while_the_run_goes_and_matches_the_trace() {
     assert_eq!(before[1]["event"], "run_started");
     // No trace yet: the run is still going.
     assert!(!journal.with_extension("json").exists());
+    // A live run is not resumed: that would run its tasks twice.
+    let live = sb.run(&["resume", journal.to_str().unwrap()], "");
+    assert_eq!(live.code, 2, "{}", live.stdout);
+    assert!(live.stdout.contains("still going"), "{}", live.stdout);
 
     std::fs::write(sb.path().join("let_second_end"), "").unwrap();
     assert!(
@@ -87,6 +91,7 @@ fn the_journal_grows_while_the_run_goes_and_matches_the_trace() {
     assert_eq!(lines[0]["run_id"], trace["run_id"]);
     assert_eq!(&lines[1..], trace["events"].as_array().unwrap().as_slice());
     assert_eq!(lines.last().unwrap()["event"], "run_finished");
+    assert_eq!(marks(&sb, "quick"), 1, "the refused resume ran nothing");
 }
 
 #[test]
