@@ -322,8 +322,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "TRACE_FILE")]
     pub rerun_failed: Option<PathBuf>,
     /// When the run's journal (`<trace_dir>/dispatch-<run_id>.journal`, what `resume` continues
-    /// from) is forced to disk: after every line, at every task's end and at most 200 ms apart,
-    /// or never. Every line reaches the operating system at once whatever this says.
+    /// from) is forced to disk: `always` after every line, `interval` every 200 ms while it
+    /// grows and at the end, `never`. Every line reaches the operating system at once (a killed
+    /// runner loses nothing) whatever this says; this is about power loss.
     #[arg(long, value_enum, value_name = "POLICY", default_value = "interval")]
     pub journal_fsync: crate::journal::FsyncPolicy,
     /// No progress and no summary line on stderr.

@@ -15,7 +15,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +27,7 @@ use crate::reporter::trace::Digests;
 
 /// Version of the journal layout; bumped on incompatible changes.
 pub const JOURNAL_FORMAT: u32 = 1;
-/// Most time between two `fsync`s under [`FsyncPolicy::Interval`] while events keep coming.
+/// How often [`FsyncPolicy::Interval`] forces new lines to disk.
 pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// When the journal is forced to disk (`--journal-fsync`). Every line reaches the operating
@@ -35,7 +37,8 @@ pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 pub enum FsyncPolicy {
     /// After every line: slowest, nothing acknowledged is lost.
     Always,
-    /// At every task's end, at the run's end, and otherwise at most 200 ms apart.
+    /// Every 200 ms while there are new lines (a background thread, so the run never waits on
+    /// the disk), and at the run's end.
     #[default]
     Interval,
     /// Never: the operating system writes back when it likes.
@@ -63,7 +66,9 @@ pub struct JournalSink {
     file: Option<File>,
     path: PathBuf,
     policy: FsyncPolicy,
-    last_sync: Instant,
+    /// Interval policy: lines written since the syncing thread last forced them to disk.
+    dirty: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     /// Events numbered below this are already in the file (a resumed run replays them).
     skip_below: u64,
 }
@@ -104,11 +109,32 @@ impl JournalSink {
     }
 
     fn over(file: File, path: &Path, policy: FsyncPolicy, skip_below: u64) -> Self {
+        let dirty = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        if policy == FsyncPolicy::Interval
+            && let Ok(handle) = file.try_clone()
+        {
+            let (dirty, stop) = (dirty.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("journal-fsync".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(FSYNC_INTERVAL);
+                        if dirty.swap(false, Ordering::AcqRel) {
+                            let _ = handle.sync_data();
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start the journal's fsync thread: {e}");
+            }
+        }
         JournalSink {
             file: Some(file),
             path: path.to_path_buf(),
             policy,
-            last_sync: Instant::now(),
+            dirty,
+            stop,
             skip_below,
         }
     }
@@ -127,18 +153,18 @@ impl EventSink for JournalSink {
         line.push(b'\n');
         // One write per line: what a crash can tear is the last line only.
         let mut written = file.write_all(&line);
-        let task_end = matches!(
-            event.kind,
-            EventKind::TaskFinished { .. } | EventKind::RunFinished { .. }
-        );
+        let run_end = matches!(event.kind, EventKind::RunFinished { .. });
         let sync = match self.policy {
             FsyncPolicy::Always => true,
-            FsyncPolicy::Interval => task_end || self.last_sync.elapsed() >= FSYNC_INTERVAL,
+            FsyncPolicy::Interval => run_end,
             FsyncPolicy::Never => false,
         };
-        if written.is_ok() && sync {
-            written = file.sync_data();
-            self.last_sync = Instant::now();
+        if written.is_ok() {
+            if sync {
+                written = file.sync_data();
+            } else {
+                self.dirty.store(true, Ordering::Release);
+            }
         }
         if let Err(e) = written {
             // One report, then stop: a full disk would otherwise give one error per event.
@@ -149,6 +175,12 @@ impl EventSink for JournalSink {
             );
             self.file = None;
         }
+    }
+}
+
+impl Drop for JournalSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
