@@ -76,7 +76,12 @@ pub struct JournalSink {
 impl JournalSink {
     /// Creates the journal (it must not exist) and writes its header, durably.
     pub fn create(path: &Path, header: &Header, policy: FsyncPolicy) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        // Like the trace (and the outputs it holds): readable by the owner only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
         // Held while the run goes, so `resume` can tell a live run from a dead one. Advisory and
         // best-effort: a file system without locks still gets its journal.
         let _ = file.try_lock();

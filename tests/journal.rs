@@ -130,6 +130,10 @@ fn secrets_never_enter_the_journal() {
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(!text.contains(SECRET), "secret in the journal:\n{text}");
     assert!(text.contains("key=[REDACTED]"), "{text}");
+    // Owner-only, like the trace.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&journal).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
 
 /// Marker lines each task appended to `marks`, counted by task.
