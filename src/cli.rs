@@ -89,6 +89,11 @@ pub enum Command {
     /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
     /// health report per server. Exit 0 when all are healthy, 1 otherwise.
     Doctor(DoctorArgs),
+    /// Continue a run that did not finish (the runner was killed) from its journal: finished tasks
+    /// keep their results, attempts that were running are recorded as `interrupted` and run
+    /// again, the rest run as planned; one result and one trace cover the whole run.
+    #[command(after_help = EXIT_CODES, after_long_help = RESUME_HELP)]
+    Resume(ResumeArgs),
     /// Serve the runner over HTTP: POST /v1/dispatch, GET and DELETE /v1/runs/{run_id}, GET /health,
     /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
@@ -178,6 +183,24 @@ Exit codes:
   0    every output was written
   2    the trace file cannot be read, or no output was asked for
   3    an output could not be written";
+
+pub const RESUME_HELP: &str = "\
+JOURNAL_OR_RUN_ID is a journal file (`<trace_dir>/dispatch-<run_id>.journal`) or a run id, looked
+up in the trace folder (--trace-dir, else the configured one). The resumed run keeps the run id
+and appends to the same journal. The journal holds the batch redacted: when a task that still has
+to run had secret values, pass the batch again with -f (it must be the journal's batch).
+
+A torn last line (the runner died mid-write) is dropped; a journal damaged earlier, of another
+batch, or of a run that finished is refused (exit 2, naming the line).";
+
+#[derive(Debug, Args, Clone)]
+pub struct ResumeArgs {
+    /// The journal of the run to continue, or its run id.
+    #[arg(value_name = "JOURNAL_OR_RUN_ID")]
+    pub target: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
 
 #[derive(Debug, Args, Clone)]
 pub struct ReportArgs {
@@ -298,6 +321,12 @@ pub struct RunArgs {
     /// tasks being reused have not changed.
     #[arg(long, value_name = "TRACE_FILE")]
     pub rerun_failed: Option<PathBuf>,
+    /// When the run's journal (`<trace_dir>/dispatch-<run_id>.journal`, what `resume` continues
+    /// from) is forced to disk: `always` after every line, `interval` every 200 ms while it
+    /// grows and at the end, `never`. Every line reaches the operating system at once (a killed
+    /// runner loses nothing) whatever this says; this is about power loss.
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "interval")]
+    pub journal_fsync: crate::journal::FsyncPolicy,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -140,6 +140,8 @@ pub enum AttemptOutcome {
     Error,
     Timeout,
     Cancelled,
+    /// The runner stopped (was killed) while the attempt ran; `resume` runs the task again.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

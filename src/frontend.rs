@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::batch::Limits;
 use crate::batch::schema::batch_schema;
 use crate::batch::{BatchConfig, ValidationContext};
-use crate::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, RunArgs, ServeArgs};
+use crate::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, ResumeArgs, RunArgs, ServeArgs};
 use crate::config::{AgentSection, Config, ConfigError, Layer, LogFormat, explain};
 use crate::events::RunStatus;
 use crate::reporter::RunResult;
@@ -49,6 +49,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Serve(args)) => serve(&config, args),
         Some(Command::Doctor(args)) => doctor(&config, &args),
         Some(Command::Run(args)) => run(&config, args),
+        Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
         None => run(&config, cli.run),
     }
@@ -427,6 +428,55 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
     }
 }
 
+/// `resume`: the batch and the plan come from the journal, then the run goes on as `run`.
+fn resume(config: &Config, args: ResumeArgs) -> u8 {
+    let ResumeArgs { target, run: args } = args;
+    if args.rerun_failed.is_some() {
+        return invalid(vec![Issue::new(
+            "",
+            "--rerun-failed does not go with resume",
+        )]);
+    }
+    let (file, env) = base_layers(config);
+    let base = settings(
+        &[file, env],
+        &BatchConfig::default(),
+        &args.overrides(),
+        &config.file.agents,
+    );
+    let path = crate::journal::locate(&target, &base.trace_dir);
+    let new_batch = match &args.input.input_file {
+        Some(_) => match load(config, &args.input) {
+            Ok(v) => Some(v),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let (validated, reuse, run_id) = match crate::journal::prepare_resume(&path, new_batch) {
+        Ok(prepared) => prepared,
+        Err(issues) => return invalid(issues),
+    };
+    if !args.quiet {
+        let finished = reuse.resume.as_ref().map_or(0, |r| {
+            r.events
+                .iter()
+                .filter(|e| matches!(e.kind, crate::events::EventKind::TaskFinished { .. }))
+                .count()
+        });
+        eprintln!(
+            "dispatch_runner: resuming run {run_id} from '{}': {finished} of {} tasks finished before",
+            path.display(),
+            validated.batch.tasks.len()
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    execute(config, args, validated, Some(reuse), Some((run_id, dir)))
+}
+
 fn run(config: &Config, args: RunArgs) -> u8 {
     let (validated, reuse) = match &args.rerun_failed {
         None => match load(config, &args.input) {
@@ -457,13 +507,30 @@ fn run(config: &Config, args: RunArgs) -> u8 {
             }
         }
     };
+    execute(config, args, validated, reuse, None)
+}
+
+/// Runs a checked batch: a new run, a rerun, or (with `resumed`: the run id and the journal's
+/// folder) the rest of a run that stopped.
+fn execute(
+    config: &Config,
+    args: RunArgs,
+    validated: ValidatedBatch,
+    reuse: Option<crate::rerun::Reuse>,
+    resumed: Option<(String, std::path::PathBuf)>,
+) -> u8 {
     let (file, env) = base_layers(config);
-    let settings = settings(
+    let mut settings = settings(
         &[file, env],
         &validated.batch.config,
         &args.overrides(),
         &config.file.agents,
     );
+    let run_id = resumed.map(|(id, dir)| {
+        // The trace goes beside the journal, whatever the configuration says now.
+        settings.trace_dir = dir;
+        id
+    });
     let services = match services(config, args.workspace.as_deref()) {
         Ok(s) => Arc::new(s),
         Err(issue) => return invalid(vec![issue]),
@@ -494,6 +561,8 @@ fn run(config: &Config, args: RunArgs) -> u8 {
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
+        options.journal_fsync = args.journal_fsync;
+        options.run_id = run_id;
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;

@@ -38,6 +38,7 @@ pub mod events;
 pub mod frontend;
 pub mod graph;
 pub mod http;
+pub mod journal;
 pub mod llm;
 pub mod mcp;
 pub mod policy;

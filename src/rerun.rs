@@ -48,6 +48,8 @@ pub struct Reuse {
     pub seals: Vec<Option<TaskSeal>>,
     /// The key id the carried digests were made with.
     pub seal_key_id: Option<String>,
+    /// Set by `resume`: the run continues from its journal instead of starting anew.
+    pub resume: Option<crate::journal::Resumed>,
 }
 
 impl Reuse {
@@ -305,6 +307,20 @@ pub fn prepare(
     new_batch: Option<ValidatedBatch>,
 ) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let trace = read_trace(trace_path).map_err(|e| vec![Issue::new("", e)])?;
+    prepare_from(trace, trace_path, new_batch, "--rerun-failed", &[])
+}
+
+/// [`prepare`] for a trace at hand (`resume` rebuilds one from the journal at `trace_path`);
+/// `command` is how messages tell to pass the batch again.
+/// `settled`: tasks that will not run again although they did not succeed (`resume` keeps
+/// every finished task's result), so their redacted values do not matter.
+pub fn prepare_from(
+    trace: Trace,
+    trace_path: &Path,
+    new_batch: Option<ValidatedBatch>,
+    command: &str,
+    settled: &[String],
+) -> Result<(ValidatedBatch, Reuse), Vec<Issue>> {
     let succeeded: HashMap<&str, Option<&Value>> = trace
         .run
         .tasks
@@ -346,7 +362,14 @@ pub fn prepare(
             (v, false)
         }
         None => {
-            let holding = holding_redacted(&trace.batch, &seals, &succeeded, trace_path);
+            let holding = holding_redacted(
+                &trace.batch,
+                &seals,
+                &succeeded,
+                trace_path,
+                command,
+                settled,
+            );
             if !holding.is_empty() {
                 return Err(holding);
             }
@@ -393,6 +416,7 @@ pub fn prepare(
             outputs,
             seals: task_seals,
             seal_key_id: trace_key_id,
+            resume: None,
         },
     ))
 }
@@ -404,19 +428,22 @@ fn holding_redacted(
     seals: &HashMap<String, TaskSeal>,
     succeeded: &HashMap<&str, Option<&Value>>,
     trace_path: &Path,
+    command: &str,
+    settled: &[String],
 ) -> Vec<Issue> {
     batch
         .tasks
         .iter()
         .enumerate()
         .filter(|(_, t)| !succeeded.contains_key(t.task_id.as_str()))
+        .filter(|(_, t)| !settled.contains(&t.task_id))
         .filter_map(|(i, t)| {
             let seal = seals.get(&t.task_id).filter(|s| !s.redacted.is_empty())?;
             Some(Issue::new(
                 format!("/tasks/{i}"),
                 format!(
                     "task '{}' would run again, but the trace holds redacted values for it ({}), \
-                     never the real ones; pass the batch again: --rerun-failed {} -f BATCH_FILE",
+                     never the real ones; pass the batch again: {command} {} -f BATCH_FILE",
                     t.task_id,
                     seal.redacted.join(", "),
                     trace_path.display()

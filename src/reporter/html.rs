@@ -481,7 +481,7 @@ table{border-collapse:collapse}.kv{margin-top:8px}.kv th{text-align:left;color:v
 .scroll{overflow:auto;border:1px solid var(--line);border-radius:6px;max-height:520px}.scroll.tall{max-height:600px}
 svg text{font-size:11px;fill:var(--fg)}.axis{fill:var(--mut)!important;text-anchor:middle}.tick{stroke:var(--line)}.lane{fill:#f5f7f9}.lane-label{fill:var(--mut)!important}
 .bar{cursor:pointer;stroke:#fff;stroke-width:.5}.bar:hover{stroke:#000;stroke-width:1}
-.o-success{fill:var(--ok);background:var(--ok)}.o-error{fill:var(--err);background:var(--err)}.o-timeout{fill:var(--to);background:var(--to)}.o-cancelled,.o-unfinished{fill:var(--can);background:var(--can)}
+.o-success{fill:var(--ok);background:var(--ok)}.o-error{fill:var(--err);background:var(--err)}.o-timeout{fill:var(--to);background:var(--to)}.o-cancelled,.o-interrupted,.o-unfinished{fill:var(--can);background:var(--can)}
 .edges path{fill:none;stroke:#b6bec6;stroke-width:1;marker-end:url(#arrow)}.bar-label{fill:#fff!important;pointer-events:none;font-size:10px}.node{cursor:pointer}.node rect{fill:#fff;stroke-width:2;stroke:var(--can)}
 .node.s-success rect{stroke:var(--ok)}.node.s-error rect{stroke:var(--err)}.node.s-timeout rect{stroke:var(--to)}.node.s-skipped rect{stroke:var(--skip);stroke-dasharray:3 2}
 .filters{display:flex;gap:10px;align-items:center;flex-wrap:wrap;margin-bottom:8px}#filter{padding:4px 8px;min-width:260px}#shown{color:var(--mut)}

@@ -69,6 +69,23 @@ impl EventBus {
         }
     }
 
+    /// Feeds the events of an earlier part of this run (a journal being resumed) to the recorder
+    /// and the sinks as they were, then numbers and times new events after them, so the whole
+    /// run reads as one stream (the journal sink skips what it already holds).
+    pub fn replay(&mut self, events: Vec<Event>) {
+        if let Some(last) = events.last() {
+            self.seq = last.seq + 1;
+            let before = std::time::Duration::from_secs_f64(last.elapsed_ms.max(0.0) / 1000.0);
+            self.start = Instant::now().checked_sub(before).unwrap_or(self.start);
+        }
+        for event in events {
+            self.recorder.on_event(&event);
+            for sink in &mut self.sinks {
+                sink.on_event(&event);
+            }
+        }
+    }
+
     pub fn into_parts(self) -> (Recorder, Vec<Box<dyn EventSink>>) {
         (self.recorder, self.sinks)
     }
@@ -183,12 +200,19 @@ impl<E: Executor> Dispatcher<E> {
             })
             .collect();
         let config = serde_json::to_value(&self.settings).expect("settings serialize");
-        self.bus.emit(EventKind::RunStarted {
-            run_id,
-            previous_run_id: self.reuse.as_ref().map(|r| r.previous_run_id.clone()),
-            config,
-            tasks,
-        });
+        let resumed = self.reuse.as_mut().and_then(|r| r.resume.take());
+        if let Some(resumed) = resumed {
+            // The journal's run_started stands; what it recorded as finished stays finished.
+            self.reuse = None;
+            self.resume_from(resumed.events);
+        } else {
+            self.bus.emit(EventKind::RunStarted {
+                run_id,
+                previous_run_id: self.reuse.as_ref().map(|r| r.previous_run_id.clone()),
+                config,
+                tasks,
+            });
+        }
         if let Some(reuse) = self.reuse.take() {
             for (i, output) in reuse.outputs.into_iter().enumerate() {
                 let Some(output) = output else { continue };
@@ -249,6 +273,102 @@ impl<E: Executor> Dispatcher<E> {
         let (recorder, sinks) = self.bus.into_parts();
         let record = recorder.into_record().expect("run_started was emitted");
         (record, sinks, self.interrupted)
+    }
+
+    /// Restores the state an earlier part of the run left in its journal: finished tasks keep
+    /// their status and output, attempts that were running when it stopped end as
+    /// `interrupted` (their tasks run again, numbering attempts on), the rest run as planned.
+    fn resume_from(&mut self, events: Vec<Event>) {
+        let index: HashMap<String, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.task_id.clone(), i))
+            .collect();
+        let n = self.tasks.len();
+        let mut open: Vec<Option<(u32, f64)>> = vec![None; n];
+        let mut finished = vec![false; n];
+        let mut order = Vec::new();
+        let last_ms = events.last().map_or(0.0, |e| e.elapsed_ms);
+        for e in &events {
+            match &e.kind {
+                EventKind::AttemptStarted {
+                    task_id, attempt, ..
+                } => {
+                    if let Some(&i) = index.get(task_id) {
+                        open[i] = Some((*attempt, e.elapsed_ms));
+                        self.lives[i].attempts = self.lives[i].attempts.max(*attempt);
+                    }
+                }
+                EventKind::AttemptFinished {
+                    task_id, attempt, ..
+                } => {
+                    if let Some(&i) = index.get(task_id)
+                        && open[i].is_some_and(|(a, _)| a == *attempt)
+                    {
+                        open[i] = None;
+                    }
+                }
+                EventKind::TaskFinished {
+                    task_id,
+                    status,
+                    output,
+                    reused,
+                    ..
+                } => {
+                    if let Some(&i) = index.get(task_id)
+                        && !finished[i]
+                    {
+                        finished[i] = true;
+                        open[i] = None;
+                        order.push((i, *status, output.clone(), *reused));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.bus.replay(events);
+        let mut blocked = Vec::new();
+        for (i, status, output, reused) in order {
+            self.counts.count(status);
+            if let (Some(out), false) = (&output, reused) {
+                self.counts.add_usage(out);
+            }
+            self.lives[i].state = crate::runner::task_state::TaskState::Done(status);
+            if status == TaskStatus::Success {
+                self.lives[i].output = Some(output.unwrap_or(Value::Null));
+                self.scheduler.succeeded(i);
+            } else {
+                blocked.extend(self.scheduler.failed(i));
+            }
+        }
+        for (i, slot) in open.into_iter().enumerate() {
+            let Some((attempt, start_ms)) = slot else {
+                continue;
+            };
+            self.bus.emit(EventKind::AttemptFinished {
+                task_id: self.tasks[i].task_id.clone(),
+                attempt,
+                outcome: crate::events::AttemptOutcome::Interrupted,
+                duration_ms: (last_ms - start_ms).max(0.0),
+                error: Some(TaskError::transient(
+                    ErrorKind::AttemptLost,
+                    "the runner stopped while this attempt ran; the resumed run runs the task again",
+                )),
+            });
+        }
+        // Dependents of a failure the journal did not get to mark as skipped.
+        for (skipped, because) in blocked {
+            if finished[skipped] {
+                continue;
+            }
+            let message = format!(
+                "dependency '{}' did not succeed",
+                self.tasks[because].task_id
+            );
+            let events = self.lives[skipped].skip(message);
+            self.publish(events);
+        }
     }
 
     fn can_start_more(&self) -> bool {

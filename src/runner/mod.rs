@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub services: Arc<Services>,
     /// Outputs kept from a previous run (`--rerun-failed`).
     pub reuse: Option<Reuse>,
+    /// When the run's journal is forced to disk.
+    pub journal_fsync: crate::journal::FsyncPolicy,
 }
 
 impl RunOptions {
@@ -72,6 +74,7 @@ impl RunOptions {
             interrupts: None,
             services: Arc::new(Services::default()),
             reuse: None,
+            journal_fsync: crate::journal::FsyncPolicy::default(),
         }
     }
 }
@@ -123,6 +126,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         interrupts,
         services,
         reuse,
+        journal_fsync,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -136,28 +140,38 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     // including from output that echoes them.
     crate::redact::register_secrets_in(&serde_json::to_value(&batch).unwrap_or_default());
 
-    let mut sinks = sinks;
-    sinks.insert(0, Box::new(crate::reporter::log::LogSink));
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
     // Kept tasks of a rerun from the trace keep their digest entries in the new trace.
     let carried = reuse.as_ref().map(|r| crate::rerun::Reuse {
         seals: r.seals.clone(),
         seal_key_id: r.seal_key_id.clone(),
         ..Default::default()
     });
+    let digests = crate::rerun::seal_batch(&batch, &dir, carried.as_ref());
+    // A resumed run appends to its journal after the last whole line.
+    let resume_at = reuse
+        .as_ref()
+        .and_then(|r| r.resume.as_ref())
+        .map(|r| (r.journal_len, r.events.len() as u64));
+    let journal = open_journal(&dir, &run_id, &batch, &digests, journal_fsync, resume_at)?;
+
+    let mut sinks = sinks;
+    sinks.insert(0, Box::new(crate::reporter::log::LogSink));
+    sinks.insert(1, Box::new(journal));
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
     // The dispatcher's executor ends the run's MCP sessions before it returns.
     let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
-    sinks.remove(0);
+    // The log and the journal sinks are ours, not the caller's.
+    sinks.drain(..2);
 
     let result = RunResult::from_record(&record, &trace_file);
     let trace = Trace {
         format: TRACE_FORMAT,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        digests: Some(crate::rerun::seal_batch(&batch, &dir, carried.as_ref())),
+        digests: Some(digests),
         batch,
         run: record,
     };
@@ -177,6 +191,40 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
             report: Box::new(report),
         }),
     }
+}
+
+/// Creates the run's journal, or (resuming) reopens it after its last whole line.
+fn open_journal(
+    dir: &std::path::Path,
+    run_id: &str,
+    batch: &crate::Batch,
+    digests: &trace::Digests,
+    policy: crate::journal::FsyncPolicy,
+    resume_at: Option<(u64, u64)>,
+) -> Result<crate::journal::JournalSink, RunnerError> {
+    let path = crate::journal::journal_path(dir, run_id);
+    let opened = match resume_at {
+        Some((keep, skip_below)) => {
+            crate::journal::JournalSink::append(&path, keep, skip_below, policy)
+        }
+        None => {
+            let header = crate::journal::Header {
+                journal_format: crate::journal::JOURNAL_FORMAT,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                run_id: run_id.to_string(),
+                batch: batch.clone(),
+                digests: digests.clone(),
+            };
+            crate::journal::JournalSink::create(&path, &header, policy)
+        }
+    };
+    opened.map_err(|e| RunnerError::TraceDir {
+        dir: dir.to_path_buf(),
+        source: std::io::Error::new(
+            e.kind(),
+            format!("cannot write the journal '{}': {e}", path.display()),
+        ),
+    })
 }
 
 /// A sortable, readable run id: UTC time plus random hex, e.g. `20261122T101500Z-3fa2c1`.
