@@ -65,8 +65,9 @@ pub async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutpu
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    // Its own process group, which the watchdog kills should the runner die without cleaning up.
+    crate::process::watchdog::tie_to_runner(&mut cmd);
     if let Some(cwd) = &input.cwd {
         if !Path::new(cwd).is_dir() {
             return Err(TaskError::permanent(

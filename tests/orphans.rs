@@ -1,0 +1,148 @@
+//! A runner killed with SIGKILL cannot clean up; its watchdog must: nothing the runner started
+//! may outlive it. And a normal run leaves no watchdog behind.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Whether a process is still alive (a zombie waiting to be reaped is not).
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z")
+}
+
+/// `(comm, ppid)` of a process, from /proc.
+fn comm_and_ppid(pid: i32) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let ppid = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((stat[open + 1..close].to_string(), ppid))
+}
+
+/// Live children of `parent` named `dr-watchdog`.
+fn watchdogs_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            comm_and_ppid(pid).is_some_and(|(c, p)| c == "dr-watchdog" && p == parent) && alive(pid)
+        })
+        .collect()
+}
+
+/// Ten tasks: some ignore SIGTERM, some start their own background children, one does both.
+/// Each writes every pid it started to `pids{i}`.
+fn ten_tasks() -> Vec<serde_json::Value> {
+    (0..10)
+        .map(|i| {
+            let script = match i % 3 {
+                0 => format!(
+                    "trap '' TERM; sleep 300 & echo \"$$ $!\" > pids{i}.tmp; mv pids{i}.tmp pids{i}; wait"
+                ),
+                1 => format!(
+                    "sleep 300 & a=$!; sleep 300 & b=$!; echo \"$$ $a $b\" > pids{i}.tmp; mv pids{i}.tmp pids{i}; wait"
+                ),
+                _ => format!(
+                    "trap '' TERM; sh -c 'trap \"\" TERM; sleep 300' & a=$!; echo \"$$ $a\" > pids{i}.tmp; mv pids{i}.tmp pids{i}; wait"
+                ),
+            };
+            sh_task(&format!("t{i}"), &script, &[])
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_outlives_a_sigkilled_runner() {
+    for trial in 0..3 {
+        let sb = Sandbox::new();
+        let batch = json!({"tasks": ten_tasks(), "config": {"max_workers": 10}});
+        let mut child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
+        let files: Vec<_> = (0..10).map(|i| sb.path().join(format!("pids{i}"))).collect();
+        assert!(
+            eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
+            "trial {trial}: tasks never started"
+        );
+        let pids: Vec<i32> = files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .split_whitespace()
+                    .map(|p| p.parse::<i32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(pids.len(), 4 * 2 + 3 * 3 + 3 * 2, "trial {trial}");
+        // The grandchildren may still be between fork and exec of `sleep`: let them settle.
+        std::thread::sleep(Duration::from_millis(200));
+        let watchdogs = watchdogs_of(child.id() as i32);
+        assert_eq!(watchdogs.len(), 1, "trial {trial}: one watchdog per runner");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed_at = Instant::now();
+        let gone = eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p)));
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        // Clean up before failing, so a failure does not leave 300-second sleeps behind.
+        for &p in &left {
+            send_signal(p as u32, libc::SIGKILL);
+        }
+        assert!(
+            gone,
+            "trial {trial}: still alive 5 s after the runner was killed: {left:?}"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(watchdogs[0])),
+            "trial {trial}: the watchdog outlived its work"
+        );
+        eprintln!(
+            "trial {trial}: all {} processes gone {:?} after SIGKILL",
+            pids.len(),
+            killed_at.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_normal_run_leaves_no_watchdog_and_kills_nothing_else() {
+    let sb = Sandbox::new();
+    // A process group the runner did not start, still alive after the run.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let bystander_pid = bystander.id() as i32;
+    let batch = json!({"tasks": [
+        sh_task("a", "touch started; while [ ! -e go ]; do sleep 0.05; done; echo ok", &[]),
+        sh_task("b", "echo $$ > b.pid", &[])
+    ]});
+    let child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
+    let runner = child.id() as i32;
+    assert!(eventually(Duration::from_secs(30), || sb
+        .path()
+        .join("started")
+        .exists()));
+    let watchdogs = watchdogs_of(runner);
+    assert_eq!(watchdogs.len(), 1, "one watchdog per runner");
+    sb.write("go", "");
+    let run = sb.to_run(wait_with_deadline(child, Duration::from_secs(60)));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.result("a")["output"]["stdout"], "ok\n");
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(watchdogs[0])),
+        "the watchdog outlived a normal run"
+    );
+    assert!(alive(bystander_pid), "a normal run killed a group it did not start");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
