@@ -146,3 +146,42 @@ fn a_normal_run_leaves_no_watchdog_and_kills_nothing_else() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+#[test]
+fn a_runner_killed_while_tasks_start_leaves_nothing_either() {
+    // SIGKILL at arbitrary moments while the ten groups are being started: a group forked just
+    // before the kill must be known to the watchdog too (each child registers itself before exec).
+    let marker = "311.77";
+    for trial in 0..12 {
+        let sb = Sandbox::new();
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                sh_task(
+                    &format!("t{i}"),
+                    &format!("trap '' TERM; sleep {marker} & sleep {marker}; wait"),
+                    &[],
+                )
+            })
+            .collect();
+        let batch = json!({"tasks": tasks, "config": {"max_workers": 10}});
+        let mut child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
+        std::thread::sleep(Duration::from_millis(10 + trial * 15));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A shell forked before the kill may still be on its way to starting its sleeps; once
+        // its group is killed none of them runs, so two quiet looks a moment apart suffice.
+        let gone = eventually(Duration::from_secs(5), || {
+            processes_matching(&format!("sleep {marker}")).is_empty() && {
+                std::thread::sleep(Duration::from_millis(100));
+                processes_matching(&format!("sleep {marker}")).is_empty()
+            }
+        });
+        let left = processes_matching(&format!("sleep {marker}"));
+        for p in &left {
+            if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<u32>().ok()) {
+                send_signal(pid, libc::SIGKILL);
+            }
+        }
+        assert!(gone, "trial {trial}: left behind: {left:?}");
+    }
+}
