@@ -2,6 +2,7 @@
 //! may outlive it. And a normal run leaves no watchdog behind.
 
 mod common;
+mod mcp_support;
 
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
@@ -67,7 +68,9 @@ fn nothing_outlives_a_sigkilled_runner() {
         let sb = Sandbox::new();
         let batch = json!({"tasks": ten_tasks(), "config": {"max_workers": 10}});
         let mut child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
-        let files: Vec<_> = (0..10).map(|i| sb.path().join(format!("pids{i}"))).collect();
+        let files: Vec<_> = (0..10)
+            .map(|i| sb.path().join(format!("pids{i}")))
+            .collect();
         assert!(
             eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
             "trial {trial}: tasks never started"
@@ -142,7 +145,10 @@ fn a_normal_run_leaves_no_watchdog_and_kills_nothing_else() {
         eventually(Duration::from_secs(2), || !alive(watchdogs[0])),
         "the watchdog outlived a normal run"
     );
-    assert!(alive(bystander_pid), "a normal run killed a group it did not start");
+    assert!(
+        alive(bystander_pid),
+        "a normal run killed a group it did not start"
+    );
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
@@ -184,4 +190,45 @@ fn a_runner_killed_while_tasks_start_leaves_nothing_either() {
         }
         assert!(gone, "trial {trial}: left behind: {left:?}");
     }
+}
+
+#[test]
+fn a_stdio_mcp_server_and_its_children_do_not_outlive_a_sigkilled_runner() {
+    let sb = Sandbox::new();
+    let tag = format!("orphan-mcp-{}", std::process::id());
+    // The server starts a child of its own first, which a SIGKILLed runner's closed pipe would
+    // never reach.
+    let yaml = format!(
+        "mcp:\n  servers:\n    py:\n      command: sh\n      args: [\"-c\", \"sleep 313.{} & exec {} {} stdio {tag}\"]\n",
+        std::process::id(),
+        mcp_support::python(),
+        mcp_support::python_server_script()
+    );
+    let cfg = sb.write("dispatch.yaml", &yaml).display().to_string();
+    let batch = json!({"config": {"timeout_seconds": 600, "retries": 0}, "tasks": [
+        mcp_support::mcp_task("slow", "py", "slow", json!({"seconds": 300, "tag": "x"}))
+    ]});
+    let mut child = spawn_with_input(sb.cmd(&["--config", &cfg]), &batch.to_string());
+    let sleeper = format!("sleep 313.{}", std::process::id());
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            !processes_matching(&tag).is_empty() && !processes_matching(&sleeper).is_empty()
+        }),
+        "the server never started"
+    );
+    // Let the tool call begin.
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        processes_matching(&tag).is_empty() && processes_matching(&sleeper).is_empty()
+    });
+    let mut left = processes_matching(&tag);
+    left.extend(processes_matching(&sleeper));
+    for p in &left {
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<u32>().ok()) {
+            send_signal(pid, libc::SIGKILL);
+        }
+    }
+    assert!(gone, "left behind: {left:?}");
 }
