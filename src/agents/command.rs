@@ -80,6 +80,7 @@ pub async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutpu
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let pid = child.id().expect("a just-spawned child has a pid") as i32;
+    crate::process::watchdog::register(pid as u32);
     let guard = GroupGuard::new(pid, ctx.kill_grace, ctx.reaper.clone());
 
     if let (Some(text), Some(mut stdin)) = (input.stdin, child.stdin.take()) {

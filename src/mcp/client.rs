@@ -384,6 +384,9 @@ async fn serve(
                         transient,
                     }
                 })?;
+            if let Some(pid) = child.id() {
+                crate::process::watchdog::register(pid);
+            }
             handler.serve(child).await.map_err(init_error)
         }
     }
