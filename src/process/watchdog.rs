@@ -9,7 +9,7 @@
 //! How it works: on the first spawn the runner forks the watchdog and keeps one end of a
 //! `SOCK_SEQPACKET` socket pair (close-on-exec, so no task inherits it past `exec`). The runner
 //! registers each process group right after spawning it, and gives each child the variable
-//! [`linux::MARKER`] (the watchdog's pid): on a loaded machine a child can run for milliseconds
+//! `DISPATCH_RUNNER_WATCHDOG` (the watchdog's pid): on a loaded machine a child can run for milliseconds
 //! before the runner's thread gets a CPU again to register it, and a runner killed then would
 //! leave it behind; the watchdog also finds such children by the variable. (Registering from
 //! inside the child, between fork and exec, would close the window too, but a `pre_exec` hook
@@ -35,8 +35,8 @@ pub fn tie_to_runner(cmd: &mut tokio::process::Command) {
 }
 
 /// The group led by `pid` (a child spawned after [`tie_to_runner`]) is the runner's: kill it
-/// should the runner die. Call it at once after spawning: the time between the two is the only
-/// moment a SIGKILL of the runner leaves the new group behind.
+/// should the runner die. Call it at once after spawning; a child the runner dies before
+/// registering is still found by its `DISPATCH_RUNNER_WATCHDOG` variable.
 pub fn register(pid: u32) {
     #[cfg(target_os = "linux")]
     linux::send(linux::REGISTER, pid as i32);
@@ -74,8 +74,8 @@ mod linux {
     /// How often the watchdog drops groups that no longer exist.
     const SWEEP: Duration = Duration::from_secs(1);
 
-    /// The runner's end of the socket pair; `None` when the watchdog could not be started (the
-    /// run goes on, unprotected, with a warning) or was never needed.
+    /// The runner's end of the socket pair and the watchdog's pid; `None` when the watchdog could
+    /// not be started (the run goes on, unprotected, with a warning).
     static SOCKET: OnceLock<Option<(i32, i32)>> = OnceLock::new();
 
     /// Every child of the runner gets this variable, valued the watchdog's pid: should the runner
