@@ -42,7 +42,7 @@ pub fn main(cli: Cli) -> u8 {
         Err(errors) => return config_error(&errors),
     };
     init_logging(&config);
-    match cli.command {
+    let code = match cli.command {
         Some(Command::Schema) => unreachable!("handled above"),
         Some(Command::Validate(input)) => validate(&config, &input),
         Some(Command::Config(args)) => show_config(&config, &args),
@@ -52,7 +52,10 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
         None => run(&config, cli.run),
-    }
+    };
+    // Everything this invocation started has been cleaned up: the watchdog may go.
+    crate::process::watchdog::bye();
+    code
 }
 
 fn init_logging(config: &Config) {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+pub mod watchdog;
+
 /// Tracks group terminations still in their grace period, so the run can wait for them before it
 /// exits instead of leaving processes behind.
 #[derive(Clone, Default)]
@@ -35,6 +37,7 @@ impl Reaper {
             return;
         }
         if !signal_group(pgid, libc::SIGTERM) {
+            watchdog::forget(pgid);
             return;
         }
         let inner = self.inner.clone();
@@ -58,6 +61,9 @@ impl Reaper {
             let settle = tokio::time::Instant::now() + KILL_SETTLE;
             while tokio::time::Instant::now() < settle && has_live_member(pgid) {
                 tokio::time::sleep(POLL).await;
+            }
+            if !has_live_member(pgid) {
+                watchdog::forget(pgid);
             }
         });
         state.in_grace.push(pgid);

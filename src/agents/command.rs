@@ -65,8 +65,9 @@ pub async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutpu
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    // Its own process group, which the watchdog kills should the runner die without cleaning up.
+    crate::process::watchdog::tie_to_runner(&mut cmd);
     if let Some(cwd) = &input.cwd {
         if !Path::new(cwd).is_dir() {
             return Err(TaskError::permanent(
@@ -79,6 +80,7 @@ pub async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutpu
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let pid = child.id().expect("a just-spawned child has a pid") as i32;
+    crate::process::watchdog::register(pid as u32);
     let guard = GroupGuard::new(pid, ctx.kill_grace, ctx.reaper.clone());
 
     if let (Some(text), Some(mut stdin)) = (input.stdin, child.stdin.take()) {

@@ -364,8 +364,9 @@ async fn serve(
             let mut cmd = tokio::process::Command::new(command);
             cmd.args(args).envs(env);
             // Its own process group: a Ctrl-C at the terminal reaches the runner, which then
-            // shuts the server down in order.
-            cmd.process_group(0);
+            // shuts the server down in order; the watchdog kills the group should the runner die
+            // without doing so.
+            crate::process::watchdog::tie_to_runner(&mut cmd);
             if let Some(cwd) = cwd {
                 cmd.current_dir(cwd);
             }
@@ -383,6 +384,9 @@ async fn serve(
                         transient,
                     }
                 })?;
+            if let Some(pid) = child.id() {
+                crate::process::watchdog::register(pid);
+            }
             handler.serve(child).await.map_err(init_error)
         }
     }
