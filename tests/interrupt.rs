@@ -69,16 +69,6 @@ fn sigterm_exits_143() {
     );
 }
 
-/// Whether a process is still alive (a zombie waiting to be reaped is not).
-fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z")
-}
-
 /// Five tasks that ignore SIGTERM (and so do the `sleep`s they start); each writes its own pid
 /// and its child's. Returns those pids once all five are running.
 fn start_stubborn_run(sb: &Sandbox) -> (std::process::Child, Vec<i32>) {
@@ -98,16 +88,7 @@ fn start_stubborn_run(sb: &Sandbox) -> (std::process::Child, Vec<i32>) {
         eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
         "tasks never started"
     );
-    let pids = files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .split_whitespace()
-                .map(|p| p.parse::<i32>().unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let pids = read_pids(&files);
     (child, pids)
 }
 

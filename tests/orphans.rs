@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// Whether a process is still alive (a zombie waiting to be reaped is not).
-fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z")
-}
-
 /// `(comm, ppid)` of a process, from /proc.
 fn comm_and_ppid(pid: i32) -> Option<(String, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -75,16 +65,7 @@ fn nothing_outlives_a_sigkilled_runner() {
             eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
             "trial {trial}: tasks never started"
         );
-        let pids: Vec<i32> = files
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .split_whitespace()
-                    .map(|p| p.parse::<i32>().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let pids = read_pids(&files);
         assert_eq!(pids.len(), 4 * 2 + 3 * 3 + 3 * 2, "trial {trial}");
         // The grandchildren may still be between fork and exec of `sleep`: let them settle.
         std::thread::sleep(Duration::from_millis(200));

@@ -282,3 +282,27 @@ pub fn peak_concurrency(trace: &Value) -> i32 {
     }
     peak
 }
+
+/// Whether a process is still alive (a zombie waiting to be reaped is not).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z")
+}
+
+/// The pids written, whitespace-separated, into each of these files.
+pub fn read_pids(files: &[PathBuf]) -> Vec<i32> {
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .split_whitespace()
+                .map(|p| p.parse::<i32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
