@@ -224,6 +224,8 @@ fn unknown_server_is_rejected_before_anything_runs() {
     // The default server `archon` exists only when ARCHON_MCP_URL names it.
     let default =
         json!({"tasks": [{"task_id": "q", "agent": "mcp", "input_data": {"tool": "rag_query"}}]});
+    // A fresh sandbox: `./dispatch.yaml` of this one would be found without `--config`.
+    let sb = Sandbox::new();
     let mut cmd = sb.cmd(&["validate"]);
     cmd.env_remove("ARCHON_MCP_URL");
     let none = sb.run_cmd(cmd, &default.to_string());

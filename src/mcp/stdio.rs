@@ -89,6 +89,8 @@ pub struct CheckedStdout<R> {
     /// `buf[..ready]` are whole, checked lines not yet handed on.
     ready: usize,
     eof: bool,
+    /// A bad line was seen: once the good lines before it are handed on, every read fails.
+    failed: Option<String>,
     violation: Violation,
 }
 
@@ -99,13 +101,14 @@ impl<R> CheckedStdout<R> {
             buf: Vec::new(),
             ready: 0,
             eof: false,
+            failed: None,
             violation,
         }
     }
 
-    fn fail(&mut self, message: String) -> std::io::Error {
+    fn fail(&mut self, message: String) {
         let _ = self.violation.set(message.clone());
-        std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+        self.failed = Some(message);
     }
 }
 
@@ -139,6 +142,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for CheckedStdout<R> {
                 this.ready -= n;
                 return Poll::Ready(Ok(()));
             }
+            if let Some(m) = &this.failed {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    m.clone(),
+                )));
+            }
             if this.eof {
                 // An unterminated last line is no message: rmcp drops it as well.
                 return Poll::Ready(Ok(()));
@@ -157,16 +166,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for CheckedStdout<R> {
             while let Some(pos) = this.buf[from..].iter().position(|&b| b == b'\n') {
                 let end = from + pos;
                 if let Err(m) = check_line(&this.buf[this.ready..end]) {
-                    return Poll::Ready(Err(this.fail(m)));
+                    this.fail(m);
+                    break;
                 }
                 this.ready = end + 1;
                 from = end + 1;
             }
-            if this.buf.len() - this.ready > DEFAULT_MAX_LINE_LENGTH {
-                let m = format!(
+            if this.failed.is_none() && this.buf.len() - this.ready > DEFAULT_MAX_LINE_LENGTH {
+                this.fail(format!(
                     "the server wrote a stdout line longer than {DEFAULT_MAX_LINE_LENGTH} bytes"
-                );
-                return Poll::Ready(Err(this.fail(m)));
+                ));
             }
         }
     }
