@@ -59,7 +59,10 @@ fn every_batch_in_the_docs_is_valid() {
                 continue; // a result document, not a batch
             }
             let sb = Sandbox::new();
-            let run = sb.run(&["validate"], &block);
+            // Examples may use the default server `archon`, which exists when this is set.
+            let mut cmd = sb.cmd(&["validate"]);
+            cmd.env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp");
+            let run = sb.run_cmd(cmd, &block);
             assert_eq!(
                 run.code,
                 0,

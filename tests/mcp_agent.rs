@@ -212,17 +212,34 @@ fn unknown_server_is_rejected_before_anything_runs() {
         errors[0].1.contains("unknown MCP server 'nowhere'"),
         "{errors:?}"
     );
-    assert!(errors[0].1.contains("archon, files"), "{errors:?}");
+    assert!(
+        errors[0].1.contains("configured servers: files "),
+        "{errors:?}"
+    );
     assert_eq!(errors[1].0, "/tasks/2/input_data/url");
     assert!(!sb.path().join("ran").exists());
     // `validate` applies the same check.
     let v = sb.run_json(&["--config", &cfg, "validate"], &batch);
     assert_eq!(v.code, 2);
-    // The default server is the built-in archon, known without any configuration.
-    let ok = sb.run_json(
-        &["validate"],
-        &json!({"tasks": [{"task_id": "q", "agent": "mcp", "input_data": {"tool": "rag_query"}}]}),
+    // The default server `archon` exists only when ARCHON_MCP_URL names it.
+    let default =
+        json!({"tasks": [{"task_id": "q", "agent": "mcp", "input_data": {"tool": "rag_query"}}]});
+    // A fresh sandbox: `./dispatch.yaml` of this one would be found without `--config`.
+    let sb = Sandbox::new();
+    let mut cmd = sb.cmd(&["validate"]);
+    cmd.env_remove("ARCHON_MCP_URL");
+    let none = sb.run_cmd(cmd, &default.to_string());
+    assert_eq!(none.code, 2, "{}", none.stdout);
+    assert!(
+        none.stdout
+            .contains("unknown MCP server 'archon'; configured servers: none")
+            && none.stdout.contains("ARCHON_MCP_URL"),
+        "{}",
+        none.stdout
     );
+    let mut cmd = sb.cmd(&["validate"]);
+    cmd.env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp");
+    let ok = sb.run_cmd(cmd, &default.to_string());
     assert_eq!(ok.code, 0, "{}", ok.stdout);
 }
 
@@ -457,4 +474,36 @@ fn the_example_batch_runs_against_server_everything() {
         "{report}"
     );
     assert_eq!(progress_events(&run.trace(), "long_job").len(), 4);
+}
+
+#[test]
+fn doctor_without_configuration_is_healthy_and_archon_only_when_asked_for() {
+    let sb = Sandbox::new();
+    // No configuration file and no ARCHON_MCP_URL: no servers, nothing unhealthy.
+    let out = sb
+        .cmd(&["doctor"])
+        .env_remove("ARCHON_MCP_URL")
+        .output()
+        .unwrap();
+    let run = sb.to_run(out);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json["healthy"], true);
+    assert_eq!(run.json["servers"], json!([]));
+
+    // ARCHON_MCP_URL names the built-in server; a refused port makes it unhealthy.
+    let down = format!("http://127.0.0.1:{}/mcp", free_port());
+    let out = sb
+        .cmd(&["doctor"])
+        .env("ARCHON_MCP_URL", &down)
+        .output()
+        .unwrap();
+    let run = sb.to_run(out);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.json["healthy"], false);
+    let servers = run.json["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 1, "{}", run.stdout);
+    assert_eq!(servers[0]["name"], "archon");
+    assert_eq!(servers[0]["target"], down.as_str());
+    assert_eq!(servers[0]["reachable"], false);
+    assert_eq!(servers[0]["error"]["kind"], "unavailable");
 }

@@ -6,6 +6,8 @@ mod mcp_support;
 
 use common::*;
 use mcp_support::*;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
 /// Runs the batch; returns the sandbox too, since the trace lives in it.
@@ -249,4 +251,83 @@ fn an_inline_url_server_has_its_own_breaker_labelled_without_the_url() {
     assert_eq!(digest.len(), 12, "{label}");
     assert!(digest.chars().all(|c| c.is_ascii_hexdigit()), "{label}");
     assert!(!label.contains(&port.to_string()) && !label.contains("hunter22"));
+}
+
+/// Runs one `echo` task against a stdio server `sh -c <script>`; returns the run and how long
+/// it took. `MCP_TEST_TOKEN` is handed to the server through `${VAR}`, so it is a secret.
+fn run_stdio_script(script: &str, timeout_seconds: u64, log_level: &str) -> (Run, Duration) {
+    let sb = Sandbox::new();
+    let cfg = sb
+        .write(
+            "dispatch.yaml",
+            &format!(
+                "mcp:\n  servers:\n    srv:\n      command: sh\n      args: [\"-c\", {}]\n      env:\n        TOKEN: \"${{MCP_TEST_TOKEN}}\"\n",
+                serde_json::to_string(script).unwrap()
+            ),
+        )
+        .display()
+        .to_string();
+    let batch = json!({"config": {"retries": 0, "timeout_seconds": timeout_seconds},
+                       "tasks": [echo("a")]});
+    let mut cmd = sb.cmd(&["--config", &cfg]);
+    cmd.env("MCP_TEST_TOKEN", "s3cret-stdio-token-4711")
+        .env("RUST_LOG", log_level);
+    let started = Instant::now();
+    let run = sb.run_cmd(cmd, &batch.to_string());
+    (run, started.elapsed())
+}
+
+#[test]
+fn stdio_server_printing_non_json_before_initialize_is_a_protocol_error_at_once() {
+    let (run, took) = run_stdio_script("echo \"hello $TOKEN\"; sleep 30", 30, "warn");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let a = run.result("a");
+    assert_eq!(a["status"], "error", "{a}");
+    assert_eq!(a["error"]["kind"], "protocol_error", "{a}");
+    assert!(
+        a["error"]["message"].as_str().unwrap().contains("not JSON"),
+        "{a}"
+    );
+    // Well before the 30 s timeout (and rmcp's 30 s handshake limit).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The secret the server echoed reaches neither the result nor the log.
+    assert!(!run.stdout.contains("s3cret-stdio-token-4711"));
+    assert!(
+        !run.stderr.contains("s3cret-stdio-token-4711"),
+        "{}",
+        run.stderr
+    );
+    // rmcp's own log line about the broken stream goes through our (redacting) logging.
+    let rmcp_line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("rmcp::") && l.contains("not JSON"))
+        .unwrap_or_else(|| panic!("no rmcp log line:\n{}", run.stderr));
+    assert!(rmcp_line.contains("ERROR"), "{rmcp_line}");
+    assert!(rmcp_line.contains("[REDACTED]"), "{rmcp_line}");
+}
+
+#[test]
+fn stdio_server_printing_non_json_during_a_call_is_a_protocol_error_at_once() {
+    // Answers initialize properly, then prints a debug line instead of the tool result.
+    let script = r#"read init
+id=$(printf '%s' "$init" | sed 's/.*"id":\([0-9]*\).*/\1/')
+printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"sh","version":"1"}}}\n' "$id"
+read initialized
+read call
+echo "debug: calling the tool"
+sleep 30"#;
+    let (run, took) = run_stdio_script(script, 30, "warn");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let a = run.result("a");
+    assert_eq!(a["status"], "error", "{a}");
+    assert_eq!(a["error"]["kind"], "protocol_error", "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("debug: calling the tool"),
+        "{a}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }

@@ -467,7 +467,10 @@ fn independent_validators_agree_with_validate() {
     let mut disagreements = Vec::new();
     for ((name, kind, batch, paths), file) in cases.iter().zip(&files) {
         let key = file.display().to_string();
-        let run = sb.run(&["validate"], batch);
+        // `archon` (named by one case) is known only with ARCHON_MCP_URL set.
+        let mut cmd = sb.cmd(&["validate"]);
+        cmd.env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp");
+        let run = sb.run_cmd(cmd, batch);
         let runner_valid = run.code == 0;
         let runner_paths: Vec<String> = if runner_valid {
             Vec::new()

@@ -366,7 +366,7 @@ fn repeated_keys_are_errors_wherever_they_are() {
         r#"{"tasks": [
             {"task_id": "a", "agent": "command", "task_id": "b",
              "input_data": {"argv": ["true"], "env": {"A": "1", "\u0041": "2"}, "argv": ["sh"]}},
-            {"task_id": "m", "agent": "mcp", "input_data": {"tool": "t", "arguments": {"x": {"y": 1, "y": 2}}}}],
+            {"task_id": "m", "agent": "mcp", "input_data": {"url": "http://127.0.0.1:9/mcp", "tool": "t", "arguments": {"x": {"y": 1, "y": 2}}}}],
           "config": {"retries": 1, "retries": 3}}"#,
     );
     for (path, key) in [
@@ -385,7 +385,7 @@ fn repeated_keys_are_errors_wherever_they_are() {
     // The same names in different objects are fine.
     let sb = Sandbox::new();
     let ok = r#"{"tasks": [{"task_id": "a", "agent": "mcp", "input_data": {"tool": "t",
-        "arguments": {"tool": 1, "a": {"tool": 2, "a": [{"a": 3}]}}}}]}"#;
+        "url": "http://127.0.0.1:9/mcp", "arguments": {"tool": 1, "a": {"tool": 2, "a": [{"a": 3}]}}}}]}"#;
     assert_eq!(sb.run(&["validate"], ok).code, 0);
 }
 

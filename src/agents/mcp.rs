@@ -78,11 +78,20 @@ pub fn check(input: &Value, ctx: &ValidationContext) -> Vec<(String, String)> {
         let name = server.unwrap_or(DEFAULT_SERVER);
         if !known.contains(name) {
             let list: Vec<&str> = known.iter().map(String::as_str).collect();
+            let list = if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join(", ")
+            };
+            let hint = if name == DEFAULT_SERVER {
+                " or set ARCHON_MCP_URL"
+            } else {
+                ""
+            };
             problems.push((
                 "/server".to_string(),
                 format!(
-                    "unknown MCP server '{name}'; configured servers: {} (add it under mcp.servers in the configuration file)",
-                    list.join(", ")
+                    "unknown MCP server '{name}'; configured servers: {list} (add it under mcp.servers in the configuration file{hint})"
                 ),
             ));
         }

@@ -20,6 +20,7 @@ use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::{Map, Value};
 
 use crate::mcp::config::Transport;
+use crate::mcp::stdio::{StdioServer, Violation};
 use crate::task_error::{ErrorKind, TaskError};
 
 /// The protocol version we ask for; the server may answer with an older one it supports.
@@ -137,6 +138,8 @@ pub struct Session {
     progress: ProgressDispatcher,
     /// Cancellation notices still being sent; `close` lets them finish first.
     cancels: PendingCancels,
+    /// Set when a stdio server wrote something that is not JSON-RPC to stdout.
+    violation: Violation,
     /// The protocol version both sides agreed on.
     pub protocol_version: String,
     /// The server's name and version, as it announced them.
@@ -154,14 +157,19 @@ impl Session {
             progress: ProgressDispatcher::new(),
         };
         let progress = handler.progress.clone();
-        let service = tokio::time::timeout(HANDSHAKE_TIMEOUT, serve(handler, transport))
-            .await
-            .map_err(|_| {
-                McpError::unavailable(format!(
-                    "no answer to initialize within {}s",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                ))
-            })??;
+        let violation = Violation::default();
+        let service = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            serve(handler, transport, violation.clone()),
+        )
+        .await
+        .map_err(|_| {
+            McpError::unavailable(format!(
+                "no answer to initialize within {}s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| blame(&violation, e))?;
         let info = service.peer().peer_info();
         let (protocol_version, server_name, server_version) = match info {
             Some(info) => (
@@ -187,6 +195,7 @@ impl Session {
             service: tokio::sync::Mutex::new(Some(service)),
             progress,
             cancels: PendingCancels::default(),
+            violation,
             protocol_version,
             server_name,
             server_version,
@@ -201,7 +210,11 @@ impl Session {
 
     /// Every tool the server offers (following pagination).
     pub async fn list_tools(&self) -> Result<Vec<ToolInfo>, McpError> {
-        let tools = self.peer.list_all_tools().await.map_err(service_error)?;
+        let tools = self
+            .peer
+            .list_all_tools()
+            .await
+            .map_err(|e| blame(&self.violation, service_error(e)))?;
         Ok(tools
             .into_iter()
             .map(|t| ToolInfo {
@@ -226,7 +239,7 @@ impl Session {
             .peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await
-            .map_err(service_error)?;
+            .map_err(|e| blame(&self.violation, service_error(e)))?;
         let mut guard = CancelOnDrop {
             peer: self.peer.clone(),
             id: Some(handle.id.clone()),
@@ -258,7 +271,7 @@ impl Session {
                 message: p.message,
             });
         }
-        match result.map_err(service_error)? {
+        match result.map_err(|e| blame(&self.violation, service_error(e)))? {
             ServerResult::CallToolResult(r) => Ok(ToolResult {
                 content: r
                     .content
@@ -321,9 +334,21 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A closed connection whose stdio server wrote non-JSON to stdout is that server's protocol
+/// error, not an outage; it is not retried, as the same server would do the same again.
+fn blame(violation: &Violation, e: McpError) -> McpError {
+    match violation.get() {
+        Some(what) if e.kind != ErrorKind::McpError => {
+            McpError::permanent(ErrorKind::ProtocolError, what.clone())
+        }
+        _ => e,
+    }
+}
+
 async fn serve(
     handler: Handler,
     transport: &Transport,
+    violation: Violation,
 ) -> Result<RunningService<RoleClient, Handler>, McpError> {
     match transport {
         Transport::Http { url, headers } => {
@@ -370,24 +395,28 @@ async fn serve(
             if let Some(cwd) = cwd {
                 cmd.current_dir(cwd);
             }
-            let (child, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    let transient = !matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-                    );
-                    McpError {
-                        kind: ErrorKind::SpawnFailed,
-                        message: format!("cannot start '{command}': {e}"),
-                        transient,
-                    }
-                })?;
+                .kill_on_drop(true);
+            let child = cmd.spawn().map_err(|e| {
+                let transient = !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                );
+                McpError {
+                    kind: ErrorKind::SpawnFailed,
+                    message: format!("cannot start '{command}': {e}"),
+                    transient,
+                }
+            })?;
             if let Some(pid) = child.id() {
                 crate::process::watchdog::register(pid);
             }
-            handler.serve(child).await.map_err(init_error)
+            let server = StdioServer::new(child, violation).map_err(|e| {
+                McpError::permanent(ErrorKind::SpawnFailed, format!("'{command}': {e}"))
+            })?;
+            handler.serve(server).await.map_err(init_error)
         }
     }
 }

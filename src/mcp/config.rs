@@ -12,7 +12,6 @@ use crate::redact::register_secret;
 
 /// Name of the server used when a task names none.
 pub const DEFAULT_SERVER: &str = "archon";
-pub const DEFAULT_ARCHON_URL: &str = "http://localhost:8051/mcp";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,20 +59,21 @@ pub enum Transport {
 }
 
 impl McpConfig {
-    /// The configured servers plus the built-in `archon` (at `ARCHON_MCP_URL`, else
-    /// `http://localhost:8051/mcp`) unless the configuration defines its own.
+    /// The configured servers plus the built-in `archon` at `ARCHON_MCP_URL`, when that variable
+    /// is set and the configuration defines no `archon` of its own. Without the variable there is
+    /// no built-in server: `doctor` would otherwise report a server nobody asked for as down.
     pub fn with_defaults(mut self) -> Self {
-        self.servers
-            .entry(DEFAULT_SERVER.to_string())
-            .or_insert_with(|| ServerConfig {
-                url: Some(
-                    std::env::var("ARCHON_MCP_URL")
-                        .ok()
-                        .filter(|u| !u.is_empty())
-                        .unwrap_or_else(|| DEFAULT_ARCHON_URL.to_string()),
-                ),
-                ..ServerConfig::default()
-            });
+        if let Some(url) = std::env::var("ARCHON_MCP_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            self.servers
+                .entry(DEFAULT_SERVER.to_string())
+                .or_insert_with(|| ServerConfig {
+                    url: Some(url),
+                    ..ServerConfig::default()
+                });
+        }
         self
     }
 
@@ -184,8 +184,20 @@ mod tests {
 
     #[test]
     fn archon_is_built_in_and_shapes_are_checked() {
-        let c = McpConfig::default().with_defaults();
-        assert!(c.servers.contains_key("archon"));
+        let mut own = McpConfig::default();
+        own.servers.insert(
+            "archon".into(),
+            ServerConfig {
+                url: Some("http://configured".into()),
+                ..Default::default()
+            },
+        );
+        // A configured `archon` is kept as configured, whatever the environment says.
+        let c = own.with_defaults();
+        assert_eq!(
+            c.servers["archon"].url.as_deref(),
+            Some("http://configured")
+        );
         let mut bad = McpConfig::default();
         bad.servers.insert("x".into(), ServerConfig::default());
         bad.servers.insert(

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod pool;
+pub mod stdio;
 
 pub use client::{McpError, Progress, Session, ToolInfo, ToolResult};
 pub use config::{McpConfig, ServerConfig, Transport};
