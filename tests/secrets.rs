@@ -52,25 +52,10 @@ fn planted_secrets_appear_in_no_output() {
         "--pushgateway",
         &push_url,
     ]);
-    let out = sb
-        .cmd(&args)
-        .env("DISPATCH_TEST_TOKEN", ENV_SECRET)
-        .env("RUST_LOG", "trace")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(batch.to_string().as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let run = sb.to_run(out);
+    let mut cmd = sb.cmd(&args);
+    cmd.env("DISPATCH_TEST_TOKEN", ENV_SECRET)
+        .env("RUST_LOG", "trace");
+    let run = sb.run_cmd(cmd, &batch.to_string());
     assert_eq!(run.code, 1, "{}", run.stderr);
     // The tasks really did print and fail with the secrets: they were replaced, not absent.
     assert_eq!(
@@ -217,32 +202,17 @@ fn credentials_in_mcp_urls_appear_in_no_output() {
     let server = mcp_support::start_everything_http();
     let refused = mcp_support::free_port();
     let sb = Sandbox::new();
-    let out = sb
-        .cmd(&[
-            "run",
-            "--events",
-            "events.ndjson",
-            "--metrics-file",
-            "metrics.prom",
-            "-o",
-            "result.json",
-        ])
-        .env("RUST_LOG", "debug")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(url_batch(server.port, refused).to_string().as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let run = sb.to_run(out);
+    let mut cmd = sb.cmd(&[
+        "run",
+        "--events",
+        "events.ndjson",
+        "--metrics-file",
+        "metrics.prom",
+        "-o",
+        "result.json",
+    ]);
+    cmd.env("RUST_LOG", "debug");
+    let run = sb.run_cmd(cmd, &url_batch(server.port, refused).to_string());
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.status("live"), "success", "{}", run.stderr);
     assert_eq!(run.status("refused"), "error");
