@@ -324,9 +324,11 @@ pub struct RunArgs {
     /// When the run's journal (`<trace_dir>/dispatch-<run_id>.journal`, what `resume` continues
     /// from) is forced to disk: `always` after every line, `interval` every 200 ms while it
     /// grows and at the end, `never`. Every line reaches the operating system at once (a killed
-    /// runner loses nothing) whatever this says; this is about power loss.
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "interval")]
-    pub journal_fsync: crate::journal::FsyncPolicy,
+    /// runner loses nothing) whatever this says; this is about power loss. Default:
+    /// $PARALLEL_DISPATCH_JOURNAL_FSYNC, else `dispatcher.journal_fsync` in the configuration
+    /// file, else `interval`.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub journal_fsync: Option<crate::journal::FsyncPolicy>,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

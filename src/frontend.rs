@@ -153,6 +153,7 @@ fn show_config(config: &Config, args: &RunArgs) -> u8 {
         "agents": config.file.agents,
         "mcp": {"servers": config.mcp_servers().servers},
         "llm": config.llm(),
+        "journal_fsync": config.journal_fsync(args.journal_fsync),
         "logging": {
             "level": config.log_directive(),
             "format": config.file.logging.format.unwrap_or_default(),
@@ -564,7 +565,7 @@ fn execute(
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
-        options.journal_fsync = args.journal_fsync;
+        options.journal_fsync = config.journal_fsync(args.journal_fsync);
         options.run_id = run_id;
         match crate::run(validated, options).await {
             Ok(mut report) => {
