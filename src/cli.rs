@@ -86,8 +86,8 @@ pub enum Command {
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
-    /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
-    /// health report per server. Exit 0 when all are healthy, 1 otherwise.
+    /// Connect to every configured MCP server (and `archon` when ARCHON_MCP_URL is set) and print
+    /// a JSON health report per server. Exit 0 when all are healthy, 1 otherwise.
     Doctor(DoctorArgs),
     /// Continue a run that did not finish (the runner was killed) from its journal: finished tasks
     /// keep their results, attempts that were running are recorded as `interrupted` and run
@@ -98,6 +98,24 @@ pub enum Command {
     /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, powershell, elvish).
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout; read it with `dispatch_runner man | man -l -`.
+    Man,
+}
+
+pub const COMPLETIONS_HELP: &str = "\
+Enable them:
+  bash  dispatch_runner completions bash > ~/.local/share/bash-completion/completions/dispatch_runner
+  zsh   dispatch_runner completions zsh > \"${fpath[1]}/_dispatch_runner\"
+  fish  dispatch_runner completions fish > ~/.config/fish/completions/dispatch_runner.fish";
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 pub const SERVE_HELP: &str = "\
