@@ -100,14 +100,16 @@ fn chrome_trace_follows_perfetto_import_rules() {
         let track = ids(e);
         assert!(thread_names.contains_key(&track), "unnamed track: {e}");
         assert!(sorted_threads.contains(&track), "no sort index: {e}");
-        if ph == "X" {
-            let ts = e["ts"].as_u64().unwrap_or_else(|| panic!("whole µs: {e}"));
-            let dur = e["dur"].as_u64().unwrap_or_else(|| panic!("dur >= 0: {e}"));
-            per_track.entry(track).or_default().push((ts, dur));
-        }
+        let ts = e["ts"].as_u64().unwrap_or_else(|| panic!("whole µs: {e}"));
+        let dur = if ph == "X" {
+            e["dur"].as_u64().unwrap_or_else(|| panic!("dur >= 0: {e}"))
+        } else {
+            0
+        };
+        per_track.entry(track).or_default().push((ts, dur));
     }
-    // Complete events on a track come in time order and do not overlap (Perfetto requires
-    // duration events on a track to nest).
+    // Events on a track come in time order and complete events do not overlap (Perfetto
+    // requires duration events on a track to nest).
     for (track, spans) in &per_track {
         for w in spans.windows(2) {
             assert!(
