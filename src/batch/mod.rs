@@ -11,6 +11,7 @@ pub mod model;
 mod scan;
 pub mod schema;
 pub mod template;
+pub mod typing;
 pub mod validate;
 
 pub use issue::Issue;

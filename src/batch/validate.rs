@@ -14,7 +14,8 @@ use crate::batch::issue::{Issue, pointer_token, quote};
 use crate::batch::limits::Limits;
 use crate::batch::scan;
 use crate::batch::schema::{available_agents, batch_schema, batch_validator};
-use crate::batch::template::{self, Piece};
+use crate::batch::template::{self, Piece, Site};
+use crate::batch::typing::{self, Shape};
 use crate::graph::{GraphInput, Plan, natural_path_cmp};
 
 /// A batch that passed every check, with its dependency plan.
@@ -403,30 +404,40 @@ pub(crate) fn graph_input(t: &Value) -> GraphInput {
     }
 }
 
-/// A string inside a task's `input_data` that may hold `{{tasks...}}` references.
+/// A place inside a task's `input_data` that may refer to another task's output: a string that
+/// may hold `{{tasks...}}` references, or a typed reference (`{"$output": ...}`).
 #[derive(Debug, Clone)]
 pub(crate) struct RefSite {
     pub task: usize,
     pub path: String,
-    pub text: String,
+    pub kind: SiteKind,
 }
 
-/// Appends the strings of `input_data` (of task `task`) that contain `{{`.
+#[derive(Debug, Clone)]
+pub(crate) enum SiteKind {
+    Template(String),
+    Typed(Value),
+}
+
+/// Appends the places of `input_data` (of task `task`) that may refer to outputs.
 pub(crate) fn collect_sites(task: usize, input: &Value, sites: &mut Vec<RefSite>) {
     let mut pointer = format!("/tasks/{task}/input_data");
-    template::visit_strings(input, &mut pointer, &mut |path, s| {
-        if s.contains("{{") {
-            sites.push(RefSite {
-                task,
-                path: path.to_string(),
-                text: s.to_string(),
-            });
-        }
+    template::visit_sites(input, &mut pointer, &mut |path, site| {
+        sites.push(RefSite {
+            task,
+            path: path.to_string(),
+            kind: match site {
+                Site::Template(s) => SiteKind::Template(s.to_string()),
+                Site::Typed(v) => SiteKind::Typed(v.clone()),
+            },
+        });
     });
 }
 
 /// Checks every reference: it names a known task, listed in the dependencies, and a field that
-/// task's agent produces. `agents[i]` is task `i`'s agent name, if it has one.
+/// task's agent produces; a typed reference must also name a place the producing agent's output
+/// has, and a value of a type the consuming field takes. `agents[i]` is task `i`'s agent name,
+/// if it has one.
 pub(crate) fn reference_issues(
     sites: &[RefSite],
     agents: &[Option<&str>],
@@ -440,8 +451,54 @@ pub(crate) fn reference_issues(
     let is_task = |id: &str| index.contains_key(id);
     let mut issues = Vec::new();
     for site in sites {
-        let (i, path, s) = (site.task, site.path.as_str(), site.text.as_str());
+        let (i, path) = (site.task, site.path.as_str());
         let name = inputs[i].id.as_deref().unwrap_or("?");
+        // The upstream task of a reference, if it is known and a dependency (else an issue).
+        let upstream = |task_id: &str, issues: &mut Vec<Issue>| {
+            let Some(&up) = index.get(task_id) else {
+                issues.push(Issue::new(
+                    path,
+                    format!("reference to unknown task '{task_id}'"),
+                ));
+                return None;
+            };
+            if !inputs[i].deps.iter().any(|(_, d)| d == task_id) {
+                issues.push(Issue::new(
+                    path,
+                    format!(
+                        "task '{name}' uses the output of '{task_id}' but does not list it in its dependencies"
+                    ),
+                ));
+            }
+            Some(up)
+        };
+        let s = match &site.kind {
+            SiteKind::Template(s) => s.as_str(),
+            SiteKind::Typed(v) => {
+                let r = match template::typed_ref(v) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        issues.push(Issue::new(path, e));
+                        continue;
+                    }
+                    None => continue,
+                };
+                let Some(up) = upstream(&r.task_id, &mut issues) else {
+                    continue;
+                };
+                if let Some(agent) = agents[up] {
+                    let consumer = agents[i].and_then(|a| {
+                        let prefix = format!("/tasks/{i}/input_data");
+                        let rest = path.strip_prefix(&prefix)?;
+                        Some((a, rest))
+                    });
+                    if let Err(e) = typed_ref_fits(&r, agent, consumer) {
+                        issues.push(Issue::new(path, e));
+                    }
+                }
+                continue;
+            }
+        };
         {
             let pieces = match template::parse(s, &is_task) {
                 Ok(p) => p,
@@ -452,22 +509,9 @@ pub(crate) fn reference_issues(
             };
             for piece in pieces {
                 let Piece::Ref(r) = piece else { continue };
-                let Some(&up) = index.get(r.task_id.as_str()) else {
-                    issues.push(Issue::new(
-                        path,
-                        format!("reference to unknown task '{}'", r.task_id),
-                    ));
+                let Some(up) = upstream(&r.task_id, &mut issues) else {
                     continue;
                 };
-                if !inputs[i].deps.iter().any(|(_, d)| *d == r.task_id) {
-                    issues.push(Issue::new(
-                        path,
-                        format!(
-                            "task '{name}' uses the output of '{}' but does not list it in its dependencies",
-                            r.task_id
-                        ),
-                    ));
-                }
                 let upstream_agent = agents[up];
                 if let (Some(agent), Some(field)) = (upstream_agent, r.fields.first())
                     && let Some(fields) = agents::output_fields(agent)
@@ -486,6 +530,87 @@ pub(crate) fn reference_issues(
         }
     }
     issues
+}
+
+/// What a typed reference yields, by the producing agent's output schema: `Err` when that
+/// output cannot have the place named, `Ok(None)` when its type is not known.
+pub fn typed_ref_types(
+    r: &template::TypedRef,
+    agent: &str,
+) -> Result<Option<BTreeSet<&'static str>>, String> {
+    let Some(schema) = agents::output_schema(agent) else {
+        return Ok(None);
+    };
+    let whose = format!("the output of task '{}' ({agent} agent)", r.task_id);
+    // Output types are open objects in their schemas; their fields are all there is.
+    let tokens = r.tokens();
+    if let (Some(first), Some(fields)) = (tokens.first(), agents::output_fields(agent))
+        && !fields.contains(first)
+    {
+        return Err(format!(
+            "{whose} has no field '{first}'; its fields are: {}",
+            fields.join(", ")
+        ));
+    }
+    let found = typing::walk(Shape::new(schema), &r.tokens()).map_err(|e| {
+        let fields = agents::output_fields(agent).unwrap_or_default().join(", ");
+        format!("{whose} has nothing at '{}': {e} (its fields are: {fields})", r.pointer)
+    })?;
+    let Some(each) = r.each_tokens() else {
+        return Ok(typing::types_at(&found));
+    };
+    if let Some(types) = typing::types_at(&found)
+        && !types.contains("array")
+    {
+        return Err(format!(
+            "\"$each\" needs an array, but '{}' of {whose} is {}",
+            r.pointer,
+            typing::describe(&types)
+        ));
+    }
+    let mut item = r.tokens();
+    item.push("0".into());
+    item.extend(each);
+    typing::walk(Shape::new(schema), &item)
+        .map_err(|e| format!("the elements of '{}' of {whose} have nothing at '{}': {e}", r.pointer, r.each.as_deref().unwrap_or("")))?;
+    Ok(Some(["array"].into()))
+}
+
+/// Checks a typed reference against the producing agent's output schema and, where the
+/// consuming agent's input schema says what its field takes (`consumer`: agent name and JSON
+/// Pointer inside `input_data`), against that.
+fn typed_ref_fits(
+    r: &template::TypedRef,
+    agent: &str,
+    consumer: Option<(&str, &str)>,
+) -> Result<(), String> {
+    let Some(from) = typed_ref_types(r, agent)? else {
+        return Ok(());
+    };
+    let Some((consumer, at)) = consumer else {
+        return Ok(());
+    };
+    let Some(input_schema) = crate::batch::schema::agent_input_schema(consumer) else {
+        return Ok(());
+    };
+    let tokens = template::pointer_tokens(at).unwrap_or_default();
+    let start = Shape {
+        root: batch_schema(),
+        schema: input_schema,
+    };
+    let Ok(place) = typing::walk(start, &tokens) else {
+        return Ok(());
+    };
+    match typing::types_at(&place) {
+        Some(to) if !typing::may_fit(&from, &to) => Err(format!(
+            "{} is {} in the output of task '{}' ({agent} agent), but this field takes {}",
+            r.shown(),
+            typing::describe(&from),
+            r.task_id,
+            typing::describe(&to)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Agent-specific checks that need the run's context (see [`agents::check_input`]).
