@@ -5,6 +5,8 @@
 //! `--check-tools`) and failures at run time.
 
 mod common;
+#[path = "common/agents.rs"]
+mod agents;
 mod mcp_support;
 
 use common::*;
@@ -159,7 +161,7 @@ fn type_mismatches_are_refused_before_the_run() {
             "{errors:?}"
         );
         assert!(
-            errors[0].1.contains("takes number") && errors[0].1.contains("is string"),
+            errors[0].1.contains("takes number") && errors[0].1.contains("is of type string"),
             "{errors:?}"
         );
         assert!(
@@ -182,7 +184,7 @@ fn type_mismatches_are_refused_before_the_run() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].0, "/tasks/1/input_data/arguments");
     assert!(
-        errors[0].1.contains("is integer") && errors[0].1.contains("takes object"),
+        errors[0].1.contains("is of type integer") && errors[0].1.contains("takes object"),
         "{errors:?}"
     );
 }
@@ -285,7 +287,7 @@ fn values_that_do_not_fit_at_run_time_fail_their_task_clearly() {
         each["message"]
             .as_str()
             .unwrap()
-            .contains("\"$each\" needs an array, but '/structured_content/conditions' in the output of task 'weather' is string"),
+            .contains("\"$each\" needs an array, but '/structured_content/conditions' in the output of task 'weather' is of type string"),
         "{each}"
     );
     let big = &run.result("too_big")["error"];
@@ -296,5 +298,73 @@ fn values_that_do_not_fit_at_run_time_fail_their_task_clearly() {
             .unwrap()
             .contains("input_data/arguments/a"),
         "{big}"
+    );
+}
+
+/// Agent fields that take arrays: the coder's context files (typed in its output schema) reach
+/// the debug agent's `affected_files` through `$each`, checked before the run; a file list kept
+/// by server-memory (of a type no schema gives) reaches it at run time, and a value of the wrong
+/// type there fails the task naming the field.
+#[test]
+fn agent_fields_take_typed_references() {
+    let sb = Sandbox::new();
+    sb.write("buggy.py", "def f(:\n    return 1\n");
+    sb.write("helper.py", "x = 1\n");
+    let store = tempfile::tempdir().unwrap();
+    let cfg = memory_config(&sb, store.path());
+    let batch = json!({"config": {"retries": 0}, "tasks": [
+        {"task_id": "gen", "agent": "coder", "input_data": {"contract_description": "adds numbers",
+            "node_type": "Compute", "output_path": "gen", "context_files": ["buggy.py", "helper.py"]}},
+        {"task_id": "debug_context", "agent": "debug", "dependencies": ["gen"], "input_data": {
+            "problem_description": "does not import",
+            "affected_files": {"$output": "gen/context_files", "$each": "/path"}}},
+        mcp_task("remember", "memory", "create_entities", json!({"entities": [
+            {"name": "suspects", "entityType": "file list", "observations": ["buggy.py"]}]})),
+        with_deps(mcp_task("recall", "memory", "open_nodes", json!({"names": ["suspects"]})), &["remember"]),
+        {"task_id": "debug_recalled", "agent": "debug", "dependencies": ["recall"], "input_data": {
+            "problem_description": "does not import",
+            "affected_files": {"$output": "recall/structured_content/entities/0/observations"}}},
+        {"task_id": "wrong_type", "agent": "debug", "dependencies": ["recall"], "input_data": {
+            "problem_description": "does not import",
+            "affected_files": {"$output": "recall/structured_content/entities/0/name"}}},
+    ]});
+    let run = agents::run_with_env(&sb, &batch, &[], &["--config", &cfg]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let files = |id: &str| run.result(id)["output"]["files_analyzed"].clone();
+    assert_eq!(run.status("debug_context"), "success", "{}", run.result("debug_context"));
+    assert_eq!(files("debug_context"), json!(["buggy.py", "helper.py"]));
+    assert_eq!(run.status("debug_recalled"), "success", "{}", run.result("debug_recalled"));
+    assert_eq!(files("debug_recalled"), json!(["buggy.py"]));
+    let wrong = &run.result("wrong_type")["error"];
+    assert_eq!(wrong["kind"], "reference_unresolved", "{wrong}");
+    assert_eq!(
+        wrong["message"],
+        "input_data/affected_files: the value from \"recall/structured_content/entities/0/name\" is of type string, but this field takes array"
+    );
+
+    // Where the producing agent's output schema gives the type, a mismatch is refused before
+    // the run, at the field's exact place.
+    let bad = json!({"tasks": [
+        {"task_id": "gen", "agent": "coder", "input_data": {"contract_description": "adds numbers",
+            "node_type": "Compute", "output_path": "gen"}},
+        {"task_id": "d", "agent": "debug", "dependencies": ["gen"], "input_data": {
+            "problem_description": "x", "affected_files": {"$output": "gen/generated_file"}}},
+        {"task_id": "e", "agent": "debug", "dependencies": ["gen"], "input_data": {
+            "problem_description": "x", "affected_files": ["a.py"],
+            "error_traces": {"$output": "gen/context_files", "$each": "/bytes"}}},
+    ]});
+    let run = sb.run_json(&["validate"], &bad);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let errors = run.error_messages();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].0, "/tasks/1/input_data/affected_files");
+    assert_eq!(
+        errors[0].1,
+        "\"gen/generated_file\" is of type string in the output of task 'gen' (coder agent), but this field takes array"
+    );
+    assert_eq!(errors[1].0, "/tasks/2/input_data/error_traces");
+    assert_eq!(
+        errors[1].1,
+        "the elements of \"gen/context_files\" with \"$each\": \"/bytes\" are of type integer in the output of task 'gen' (coder agent), but this field takes a list of string"
     );
 }

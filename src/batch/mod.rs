@@ -8,6 +8,7 @@ pub mod integral;
 pub mod issue;
 pub mod limits;
 pub mod model;
+pub mod passed;
 mod scan;
 pub mod schema;
 pub mod template;

@@ -63,7 +63,7 @@ impl TypedRef {
         };
         let Value::Array(items) = found else {
             return Err(format!(
-                "\"$each\" needs an array, but '{}' in the output of task '{}' is {}",
+                "\"$each\" needs an array, but '{}' in the output of task '{}' is of type {}",
                 self.pointer,
                 self.task_id,
                 crate::batch::typing::type_of(found)
@@ -112,7 +112,8 @@ fn parse_typed(m: &Map<String, Value>, target: &Value) -> Result<TypedRef, Strin
     }
     pointer_tokens(pointer).map_err(|e| format!("\"$output\" '{s}': {e}"))?;
     let each = match m.get(EACH_KEY) {
-        None => None,
+        // As serde reads an absent optional field (agent fields take `null` for "none").
+        None | Some(Value::Null) => None,
         Some(Value::String(p)) => {
             pointer_tokens(p).map_err(|e| format!("\"$each\": {e}"))?;
             Some(p.clone())

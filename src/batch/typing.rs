@@ -287,6 +287,67 @@ pub fn types_at(at: &At) -> Option<BTreeSet<&'static str>> {
     }
 }
 
+/// Why `value` cannot stand where `shape` is, by JSON types alone (inside arrays and objects
+/// too): the JSON Pointer inside `value` and what is wrong there. `None` when it may.
+pub fn value_mismatch(shape: Shape, value: &Value) -> Option<(String, String)> {
+    value_mismatch_at(shape, value, &mut String::new(), 0)
+}
+
+fn value_mismatch_at(
+    shape: Shape,
+    value: &Value,
+    pointer: &mut String,
+    depth: usize,
+) -> Option<(String, String)> {
+    if depth > MAX_HOPS {
+        return None;
+    }
+    let allowed = shape.types()?;
+    let found = type_of(value);
+    if !may_fit(&[found].into(), &allowed) {
+        return Some((
+            pointer.clone(),
+            format!("is of type {found}, but this field takes {}", describe(&allowed)),
+        ));
+    }
+    let children: Vec<(String, &Value)> = match value {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        _ => return None,
+    };
+    for (token, child) in children {
+        let At::Known(shapes) = shape.at(&token) else {
+            continue;
+        };
+        let len = pointer.len();
+        pointer.push('/');
+        pointer.push_str(&crate::batch::issue::pointer_token(&token));
+        // The child fits if it fits any of the schemas it may match.
+        let mut first = None;
+        let mut fits = false;
+        for s in shapes {
+            match value_mismatch_at(s, child, pointer, depth + 1) {
+                None => {
+                    fits = true;
+                    break;
+                }
+                Some(m) => {
+                    first.get_or_insert(m);
+                }
+            }
+        }
+        pointer.truncate(len);
+        if !fits {
+            return first;
+        }
+    }
+    None
+}
+
 /// Name of the schema definition of a typed reference in the published batch schema.
 pub const OUTPUT_REF_DEF: &str = "OutputRef";
 
@@ -338,6 +399,22 @@ mod tests {
         assert!(at(&["fixed", "b"]).is_err());
         assert!(at(&["list", "x"]).is_err());
         assert_eq!(types_at(&at(&["other"]).unwrap()), None);
+    }
+
+    #[test]
+    fn values_are_judged_by_type_inside_out() {
+        let root = json!({"type": "array", "items": {"type": "string"}});
+        let s = Shape::new(&root);
+        assert_eq!(value_mismatch(s, &json!(["a", "b"])), None);
+        assert_eq!(
+            value_mismatch(s, &json!("a")),
+            Some((String::new(), "is of type string, but this field takes array".into()))
+        );
+        assert_eq!(
+            value_mismatch(s, &json!(["a", 2])).map(|m| m.0),
+            Some("/1".into())
+        );
+        assert_eq!(value_mismatch(Shape::new(&json!(true)), &json!(1)), None);
     }
 
     #[test]

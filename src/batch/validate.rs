@@ -315,8 +315,30 @@ impl<'c> FullCheck<'c> {
 fn schema_issues(value: &Value) -> Vec<Issue> {
     let mut issues = Vec::new();
     for err in batch_validator().iter_errors(value) {
+        schema_issue(&err, &mut issues);
+    }
+    issues
+}
+
+/// The issues one error of the schema validator stands for.
+fn schema_issue(err: &jsonschema::ValidationError<'_>, issues: &mut Vec<Issue>) {
+    {
         let path = err.instance_path().as_str().to_string();
         match err.kind() {
+            // A field that takes its value or a typed reference (`anyOf: [T, OutputRef]`): the
+            // value is judged by the branch it was meant for, whose messages say more.
+            ValidationErrorKind::AnyOf { context }
+                if context.len() == 2 && takes_output_ref(err.schema_path().as_str()) =>
+            {
+                let meant = usize::from(
+                    err.instance()
+                        .get(template::OUTPUT_KEY)
+                        .is_some(),
+                );
+                for e in &context[meant] {
+                    schema_issue(e, issues);
+                }
+            }
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 let expected = expected_fields(err.schema_path().as_str());
                 for field in unexpected {
@@ -364,7 +386,18 @@ fn schema_issues(value: &Value) -> Vec<Issue> {
             _ => issues.push(Issue::new(path, short(&err.to_string()))),
         }
     }
-    issues
+}
+
+/// Whether the `anyOf` at `schema_path` (ending in `/anyOf`) is a field's own schema or a typed
+/// reference (see [`crate::batch::passed::Passed`]).
+fn takes_output_ref(schema_path: &str) -> bool {
+    let Some(at) = schema_path.strip_suffix("/anyOf") else {
+        return false;
+    };
+    batch_schema()
+        .pointer(&format!("{at}/anyOf/1/$ref"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r == format!("#/$defs/{}", typing::OUTPUT_REF_DEF))
 }
 
 /// The property names allowed where an `additionalProperties: false` failed, read from our schema
@@ -563,7 +596,7 @@ pub fn typed_ref_types(
         && !types.contains("array")
     {
         return Err(format!(
-            "\"$each\" needs an array, but '{}' of {whose} is {}",
+            "\"$each\" needs an array, but '{}' of {whose} is of type {}",
             r.pointer,
             typing::describe(&types)
         ));
@@ -574,6 +607,46 @@ pub fn typed_ref_types(
     typing::walk(Shape::new(schema), &item)
         .map_err(|e| format!("the elements of '{}' of {whose} have nothing at '{}': {e}", r.pointer, r.each.as_deref().unwrap_or("")))?;
     Ok(Some(["array"].into()))
+}
+
+/// Why an input no longer fits its agent once its typed references were replaced by values:
+/// the first reference whose value has a type the field does not take, as
+/// `input_data<pointer>: ...`. `None` when no reference is to blame (or it cannot be told).
+pub fn substituted_value_problem(agent: &str, original: &Value, substituted: &Value) -> Option<String> {
+    let schema = crate::batch::schema::agent_input_schema(agent)?;
+    let mut typed = Vec::new();
+    template::visit_sites(original, &mut String::new(), &mut |p, site| {
+        if let Site::Typed(v) = site
+            && let Some(Ok(r)) = template::typed_ref(v)
+        {
+            typed.push((p.to_string(), r));
+        }
+    });
+    typed.into_iter().find_map(|(p, r)| {
+        let value = substituted.pointer(&p)?;
+        let tokens = template::pointer_tokens(&p).ok()?;
+        let start = Shape {
+            root: batch_schema(),
+            schema,
+        };
+        let typing::At::Known(shapes) = typing::walk(start, &tokens).ok()? else {
+            return None;
+        };
+        let mut first = None;
+        for s in shapes {
+            match typing::value_mismatch(s, value) {
+                None => return None,
+                Some(m) => {
+                    first.get_or_insert(m);
+                }
+            }
+        }
+        let (inner, why) = first?;
+        Some(format!(
+            "input_data{p}{inner}: the value from {} {why}",
+            r.shown()
+        ))
+    })
 }
 
 /// Checks a typed reference against the producing agent's output schema and, where the
@@ -602,8 +675,38 @@ fn typed_ref_fits(
         return Ok(());
     };
     match typing::types_at(&place) {
-        Some(to) if !typing::may_fit(&from, &to) => Err(format!(
-            "{} is {} in the output of task '{}' ({agent} agent), but this field takes {}",
+        Some(to) if !typing::may_fit(&from, &to) => {
+            return Err(format!(
+                "{} is of type {} in the output of task '{}' ({agent} agent), but this field takes {}",
+                r.shown(),
+                typing::describe(&from),
+                r.task_id,
+                typing::describe(&to)
+            ));
+        }
+        Some(to) if to.contains("array") && from.contains("array") => {}
+        _ => return Ok(()),
+    }
+    // A list into a list: its elements, one level down, where both sides say.
+    let Some(output) = agents::output_schema(agent) else {
+        return Ok(());
+    };
+    let mut item = r.tokens();
+    item.push("0".into());
+    if let Some(each) = r.each_tokens() {
+        item.extend(each);
+    }
+    let mut place_item = tokens;
+    place_item.push("0".into());
+    let (Ok(from_item), Ok(to_item)) = (
+        typing::walk(Shape::new(output), &item),
+        typing::walk(start, &place_item),
+    ) else {
+        return Ok(());
+    };
+    match (typing::types_at(&from_item), typing::types_at(&to_item)) {
+        (Some(from), Some(to)) if !typing::may_fit(&from, &to) => Err(format!(
+            "the elements of {} are of type {} in the output of task '{}' ({agent} agent), but this field takes a list of {}",
             r.shown(),
             typing::describe(&from),
             r.task_id,

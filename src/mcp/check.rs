@@ -132,7 +132,7 @@ fn check_task(
             issues.push(Issue::new(
                 at(&p),
                 format!(
-                    "tool '{}' takes {} here, but {what} is {}{hint}",
+                    "tool '{}' takes {} here, but {what} is of type {}{hint}",
                     tool.name,
                     typing::describe(&to),
                     typing::describe(&from)
