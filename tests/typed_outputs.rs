@@ -368,3 +368,30 @@ fn agent_fields_take_typed_references() {
         "the elements of \"gen/context_files\" with \"$each\": \"/bytes\" are of type integer in the output of task 'gen' (coder agent), but this field takes a list of string"
     );
 }
+
+/// examples/mcp_typed_outputs.json, run against the real servers it names.
+#[test]
+fn the_typed_outputs_example_runs() {
+    let server = start_everything_http();
+    let sb = Sandbox::new();
+    let store = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}    memory:\n      command: node\n      args: [\"{}\"]\n      env:\n        MEMORY_FILE_PATH: \"{}\"\n",
+        http_config(&[("everything", &server.url())]),
+        memory_js(),
+        store.path().join("memory.jsonl").display()
+    );
+    let cfg = sb.write("dispatch.yaml", &yaml).display().to_string();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mcp_typed_outputs.json");
+    let run = sb.run(
+        &["--config", &cfg, "--check-tools"],
+        &std::fs::read_to_string(example).unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        names(&run.result("open_people")["output"]["structured_content"]),
+        ["Ada", "Babbage"]
+    );
+    let report = run.result("report")["output"]["stdout"].as_str().unwrap().to_string();
+    assert!(report.starts_with("The sum of 36 and 82 is 118. / "), "{report}");
+}
