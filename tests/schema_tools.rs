@@ -438,7 +438,10 @@ fn corpus() -> Vec<(&'static str, Kind, String, Vec<&'static str>)> {
             Invalid,
             json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "debug", "dependencies": ["a"], "input_data": {
                 "problem_description": "x", "affected_files": {"$output": "a/stdout", "default": ["x.py"]}}}]}),
-            vec!["/tasks/1/input_data/affected_files", "/tasks/1/input_data/affected_files/default"],
+            vec![
+                "/tasks/1/input_data/affected_files",
+                "/tasks/1/input_data/affected_files/default",
+            ],
         ),
         v(
             "typed reference that is not a JSON Pointer",
@@ -446,7 +449,10 @@ fn corpus() -> Vec<(&'static str, Kind, String, Vec<&'static str>)> {
             json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "coder", "dependencies": ["a"], "input_data": {
                 "contract_description": "x", "node_type": "Compute", "output_path": "gen",
                 "context_files": {"$output": "a/std~out"}}}]}),
-            vec!["/tasks/1/input_data/context_files", "/tasks/1/input_data/context_files/$output"],
+            vec![
+                "/tasks/1/input_data/context_files",
+                "/tasks/1/input_data/context_files/$output",
+            ],
         ),
         // Beyond any schema.
         v(

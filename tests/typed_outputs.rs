@@ -4,9 +4,9 @@
 //! server-everything's `get-sum`. Also the checks before the run (plain validation and
 //! `--check-tools`) and failures at run time.
 
-mod common;
 #[path = "common/agents.rs"]
 mod agents;
+mod common;
 mod mcp_support;
 
 use common::*;
@@ -108,7 +108,10 @@ fn numbers_reach_get_sum_as_numbers() {
             "b": {"$output": "weather/parsed/temperature"}})), &["probe", "weather"]),
     ]});
     // The same batch passes every check before the run, --check-tools included, and runs.
-    for args in [vec!["--config", &cfg], vec!["--config", &cfg, "--check-tools"]] {
+    for args in [
+        vec!["--config", &cfg],
+        vec!["--config", &cfg, "--check-tools"],
+    ] {
         let run = sb.run_json(&args, &batch);
         assert_eq!(run.code, 0, "{args:?}\n{}\n{}", run.stdout, run.stderr);
         assert_eq!(
@@ -217,13 +220,29 @@ fn malformed_typed_references_are_refused_with_their_place() {
             .unwrap_or_else(|| panic!("nothing for task {i}: {errors:?}"))
     };
     let expect = [
-        (1, "/tasks/1/input_data/arguments/x", "no field 'exit_status'"),
+        (
+            1,
+            "/tasks/1/input_data/arguments/x",
+            "no field 'exit_status'",
+        ),
         (2, "/tasks/2/input_data/arguments/x/1", "is of type integer"),
         (3, "/tasks/3/input_data/arguments/x", "does not list it"),
-        (4, "/tasks/4/input_data/arguments/x", "unknown task 'nobody'"),
-        (5, "/tasks/5/input_data/arguments/x", "'~' must be followed by 0 or 1"),
+        (
+            4,
+            "/tasks/4/input_data/arguments/x",
+            "unknown task 'nobody'",
+        ),
+        (
+            5,
+            "/tasks/5/input_data/arguments/x",
+            "'~' must be followed by 0 or 1",
+        ),
         (6, "/tasks/6/input_data/arguments/x", "needs an array"),
-        (7, "/tasks/7/input_data/arguments/x", "unknown key 'default'"),
+        (
+            7,
+            "/tasks/7/input_data/arguments/x",
+            "unknown key 'default'",
+        ),
         (8, "/tasks/8/input_data/arguments/x", "\"$output\" takes"),
     ];
     for (i, path, words) in expect {
@@ -239,8 +258,12 @@ fn values_that_do_not_fit_at_run_time_fail_their_task_clearly() {
     let server = start_everything_http();
     let sb = Sandbox::new();
     let cfg = everything_config(&sb, &server.url());
-    let weather =
-        mcp_task("weather", "everything", "get-structured-content", json!({"location": "Chicago"}));
+    let weather = mcp_task(
+        "weather",
+        "everything",
+        "get-structured-content",
+        json!({"location": "Chicago"}),
+    );
     let sum = |id: &str, a: Value| {
         with_deps(
             mcp_task("x", "everything", "get-sum", json!({"a": a, "b": 1})),
@@ -331,9 +354,19 @@ fn agent_fields_take_typed_references() {
     let run = agents::run_with_env(&sb, &batch, &[], &["--config", &cfg]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let files = |id: &str| run.result(id)["output"]["files_analyzed"].clone();
-    assert_eq!(run.status("debug_context"), "success", "{}", run.result("debug_context"));
+    assert_eq!(
+        run.status("debug_context"),
+        "success",
+        "{}",
+        run.result("debug_context")
+    );
     assert_eq!(files("debug_context"), json!(["buggy.py", "helper.py"]));
-    assert_eq!(run.status("debug_recalled"), "success", "{}", run.result("debug_recalled"));
+    assert_eq!(
+        run.status("debug_recalled"),
+        "success",
+        "{}",
+        run.result("debug_recalled")
+    );
     assert_eq!(files("debug_recalled"), json!(["buggy.py"]));
     let wrong = &run.result("wrong_type")["error"];
     assert_eq!(wrong["kind"], "reference_unresolved", "{wrong}");
@@ -382,7 +415,8 @@ fn the_typed_outputs_example_runs() {
         store.path().join("memory.jsonl").display()
     );
     let cfg = sb.write("dispatch.yaml", &yaml).display().to_string();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mcp_typed_outputs.json");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mcp_typed_outputs.json");
     let run = sb.run(
         &["--config", &cfg, "--check-tools"],
         &std::fs::read_to_string(example).unwrap(),
@@ -392,6 +426,12 @@ fn the_typed_outputs_example_runs() {
         names(&run.result("open_people")["output"]["structured_content"]),
         ["Ada", "Babbage"]
     );
-    let report = run.result("report")["output"]["stdout"].as_str().unwrap().to_string();
-    assert!(report.starts_with("The sum of 36 and 82 is 118. / "), "{report}");
+    let report = run.result("report")["output"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        report.starts_with("The sum of 36 and 82 is 118. / "),
+        "{report}"
+    );
 }

@@ -94,14 +94,18 @@ pub fn typed_ref(v: &Value) -> Option<Result<TypedRef, String>> {
 }
 
 fn parse_typed(m: &Map<String, Value>, target: &Value) -> Result<TypedRef, String> {
-    const FORM: &str = "\"$output\" takes \"<task_id>\" or \"<task_id>/<JSON Pointer into its output>\"";
+    const FORM: &str =
+        "\"$output\" takes \"<task_id>\" or \"<task_id>/<JSON Pointer into its output>\"";
     if let Some(k) = m.keys().find(|k| *k != OUTPUT_KEY && *k != EACH_KEY) {
         return Err(format!(
             "unknown key '{k}' in a typed reference: it has only \"$output\" and, optionally, \"$each\""
         ));
     }
     let Value::String(s) = target else {
-        return Err(format!("{FORM}, not {}", crate::batch::typing::type_of(target)));
+        return Err(format!(
+            "{FORM}, not {}",
+            crate::batch::typing::type_of(target)
+        ));
     };
     let (task_id, pointer) = match s.find('/') {
         Some(i) => (&s[..i], &s[i..]),
@@ -661,5 +665,99 @@ mod tests {
             substitute_bounded(&mut v, 1000, &known, &lookup_big),
             Err(SubstituteError::Unresolved(_))
         ));
+    }
+
+    #[test]
+    fn typed_references_parse_and_pick() {
+        let out = json!({"exit_code": 0, "a/b": {"~k": [1, 2]},
+                         "list": [{"name": "x", "n": 1}, {"name": "y", "n": 2}]});
+        let parse = |v: Value| typed_ref(&v).unwrap();
+        let r = parse(json!({"$output": "t/a~1b/~0k/1"})).unwrap();
+        assert_eq!(r.task_id, "t");
+        assert_eq!(r.tokens(), ["a/b", "~k", "1"]);
+        assert_eq!(r.pick(&out), Ok(json!(2)));
+        assert_eq!(
+            parse(json!({"$output": "lint.py"})).unwrap().pick(&out),
+            Ok(out.clone())
+        );
+        let each = parse(json!({"$output": "t/list", "$each": "/name"})).unwrap();
+        assert_eq!(each.pick(&out), Ok(json!(["x", "y"])));
+        let all = parse(json!({"$output": "t/list", "$each": ""})).unwrap();
+        assert_eq!(all.pick(&out), Ok(out["list"].clone()));
+        assert!(
+            parse(json!({"$output": "t/list", "$each": "/zz"}))
+                .unwrap()
+                .pick(&out)
+                .unwrap_err()
+                .contains("element 0")
+        );
+        assert!(
+            parse(json!({"$output": "t/exit_code", "$each": "/x"}))
+                .unwrap()
+                .pick(&out)
+                .unwrap_err()
+                .contains("needs an array")
+        );
+        // JSON Pointer indices: no leading zeros, no signs.
+        assert!(
+            parse(json!({"$output": "t/list/01"}))
+                .unwrap()
+                .pick(&out)
+                .is_err()
+        );
+        assert!(
+            parse(json!({"$output": "t/list/+1"}))
+                .unwrap()
+                .pick(&out)
+                .is_err()
+        );
+        for bad in [
+            json!({"$output": 1}),
+            json!({"$output": "/x"}),
+            json!({"$output": "t/a~"}),
+            json!({"$output": "t", "$each": "name"}),
+            json!({"$output": "t", "$each": 3}),
+            json!({"$output": "t", "other": 1}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(typed_ref(&json!({"output": "t"})), None);
+        assert_eq!(typed_ref(&json!("{{tasks.t.output.x}}")), None);
+    }
+
+    #[test]
+    fn typed_references_expand_with_their_types_within_the_limit() {
+        let out = json!({"n": 7, "list": ["a", "b"], "big": "x".repeat(100)});
+        // Templates ask for their field, typed references for the whole output.
+        let whole = |r: &Reference| lookup(&out, &r.fields).ok_or_else(|| "missing".to_string());
+        let mut v = json!({"args": {"n": {"$output": "build/n"}, "names": {"$output": "build/list"},
+                                    "text": "n={{tasks.build.output.n}}",
+                                    "nested": [{"$output": "build/list/1"}]}});
+        substitute_bounded(&mut v, 1000, &known, &whole).unwrap();
+        assert_eq!(
+            v,
+            json!({"args": {"n": 7, "names": ["a", "b"], "text": "n=7", "nested": ["b"]}})
+        );
+        // A value is counted at its length as JSON: 102 bytes with its quotes.
+        let mut v = json!({"t": {"$output": "build/big"}});
+        assert!(substitute_bounded(&mut v, 102, &known, &whole).is_ok());
+        let mut v = json!({"t": {"$output": "build/big"}});
+        assert_eq!(
+            substitute_bounded(&mut v, 101, &known, &whole),
+            Err(SubstituteError::TooLarge {
+                limit: 101,
+                pointer: "/t".into()
+            })
+        );
+        let mut v = json!({"t": {"$output": "build/nope"}});
+        match substitute_bounded(&mut v, 1000, &known, &whole) {
+            Err(SubstituteError::Unresolved(m)) => {
+                assert_eq!(
+                    m,
+                    "input_data/t: the output of task 'build' has nothing at '/nope'"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

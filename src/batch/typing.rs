@@ -262,7 +262,11 @@ pub fn walk<'a>(start: Shape<'a>, tokens: &[String]) -> Result<At<'a>, String> {
         }
         if next.is_empty() {
             let at = crate::batch::template::encode_pointer(&tokens[..n]);
-            let at = if at.is_empty() { "the value".into() } else { format!("'{at}'") };
+            let at = if at.is_empty() {
+                "the value".into()
+            } else {
+                format!("'{at}'")
+            };
             return Err(format!(
                 "{at} {}",
                 why.unwrap_or_else(|| "has nothing there".into())
@@ -307,7 +311,10 @@ fn value_mismatch_at(
     if !may_fit(&[found].into(), &allowed) {
         return Some((
             pointer.clone(),
-            format!("is of type {found}, but this field takes {}", describe(&allowed)),
+            format!(
+                "is of type {found}, but this field takes {}",
+                describe(&allowed)
+            ),
         ));
     }
     let children: Vec<(String, &Value)> = match value {
@@ -394,8 +401,15 @@ mod tests {
             Some(t(&["null", "string"]))
         );
         assert_eq!(types_at(&at(&["free", "x"]).unwrap()), None);
-        assert_eq!(types_at(&at(&["fixed", "a"]).unwrap()), Some(t(&["integer"])));
-        assert!(at(&["n", "x"]).unwrap_err().contains("'/n' is of type integer and has no 'x'"));
+        assert_eq!(
+            types_at(&at(&["fixed", "a"]).unwrap()),
+            Some(t(&["integer"]))
+        );
+        assert!(
+            at(&["n", "x"])
+                .unwrap_err()
+                .contains("'/n' is of type integer and has no 'x'")
+        );
         assert!(at(&["fixed", "b"]).is_err());
         assert!(at(&["list", "x"]).is_err());
         assert_eq!(types_at(&at(&["other"]).unwrap()), None);
@@ -408,7 +422,10 @@ mod tests {
         assert_eq!(value_mismatch(s, &json!(["a", "b"])), None);
         assert_eq!(
             value_mismatch(s, &json!("a")),
-            Some((String::new(), "is of type string, but this field takes array".into()))
+            Some((
+                String::new(),
+                "is of type string, but this field takes array".into()
+            ))
         );
         assert_eq!(
             value_mismatch(s, &json!(["a", 2])).map(|m| m.0),

@@ -330,11 +330,7 @@ fn schema_issue(err: &jsonschema::ValidationError<'_>, issues: &mut Vec<Issue>) 
             ValidationErrorKind::AnyOf { context }
                 if context.len() == 2 && takes_output_ref(err.schema_path().as_str()) =>
             {
-                let meant = usize::from(
-                    err.instance()
-                        .get(template::OUTPUT_KEY)
-                        .is_some(),
-                );
+                let meant = usize::from(err.instance().get(template::OUTPUT_KEY).is_some());
                 for e in &context[meant] {
                     schema_issue(e, issues);
                 }
@@ -587,7 +583,10 @@ pub fn typed_ref_types(
     }
     let found = typing::walk(Shape::new(schema), &r.tokens()).map_err(|e| {
         let fields = agents::output_fields(agent).unwrap_or_default().join(", ");
-        format!("{whose} has nothing at '{}': {e} (its fields are: {fields})", r.pointer)
+        format!(
+            "{whose} has nothing at '{}': {e} (its fields are: {fields})",
+            r.pointer
+        )
     })?;
     let Some(each) = r.each_tokens() else {
         return Ok(typing::types_at(&found));
@@ -604,15 +603,24 @@ pub fn typed_ref_types(
     let mut item = r.tokens();
     item.push("0".into());
     item.extend(each);
-    typing::walk(Shape::new(schema), &item)
-        .map_err(|e| format!("the elements of '{}' of {whose} have nothing at '{}': {e}", r.pointer, r.each.as_deref().unwrap_or("")))?;
+    typing::walk(Shape::new(schema), &item).map_err(|e| {
+        format!(
+            "the elements of '{}' of {whose} have nothing at '{}': {e}",
+            r.pointer,
+            r.each.as_deref().unwrap_or("")
+        )
+    })?;
     Ok(Some(["array"].into()))
 }
 
 /// Why an input no longer fits its agent once its typed references were replaced by values:
 /// the first reference whose value has a type the field does not take, as
 /// `input_data<pointer>: ...`. `None` when no reference is to blame (or it cannot be told).
-pub fn substituted_value_problem(agent: &str, original: &Value, substituted: &Value) -> Option<String> {
+pub fn substituted_value_problem(
+    agent: &str,
+    original: &Value,
+    substituted: &Value,
+) -> Option<String> {
     let schema = crate::batch::schema::agent_input_schema(agent)?;
     let mut typed = Vec::new();
     template::visit_sites(original, &mut String::new(), &mut |p, site| {

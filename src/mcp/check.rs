@@ -101,9 +101,11 @@ fn check_task(
     let at = |p: &str| format!("/tasks/{i}/input_data/arguments{p}");
     // What stands at a site now is not what the tool will get: the site is judged below.
     let filled_in = |p: &str| {
-        sites
-            .iter()
-            .any(|(s, _)| p == s || p.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('/')))
+        sites.iter().any(|(s, _)| {
+            p == s
+                || p.strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
     };
     let mut issues: Vec<Issue> = validator
         .iter_errors(&arguments)
@@ -145,10 +147,7 @@ fn check_task(
 
 /// The types a site will hold once filled, what fills it (for the message) and a hint; `None`
 /// when that is not known.
-fn filled_with(
-    site: Site<'_>,
-    batch: &Batch,
-) -> Option<(BTreeSet<&'static str>, String, String)> {
+fn filled_with(site: Site<'_>, batch: &Batch) -> Option<(BTreeSet<&'static str>, String, String)> {
     let agent_of = |id: &str| {
         batch
             .tasks

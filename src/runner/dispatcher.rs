@@ -565,7 +565,10 @@ impl<E: Executor> Dispatcher<E> {
                 .unwrap_or_else(|| {
                     format!("input no longer valid after substituting outputs: {e}")
                 });
-                return Err(TaskError::permanent(ErrorKind::ReferenceUnresolved, message));
+                return Err(TaskError::permanent(
+                    ErrorKind::ReferenceUnresolved,
+                    message,
+                ));
             }
         };
         Ok((resolved, true))
