@@ -322,65 +322,63 @@ fn schema_issues(value: &Value) -> Vec<Issue> {
 
 /// The issues one error of the schema validator stands for.
 fn schema_issue(err: &jsonschema::ValidationError<'_>, issues: &mut Vec<Issue>) {
-    {
-        let path = err.instance_path().as_str().to_string();
-        match err.kind() {
-            // A field that takes its value or a typed reference (`anyOf: [T, OutputRef]`): the
-            // value is judged by the branch it was meant for, whose messages say more.
-            ValidationErrorKind::AnyOf { context }
-                if context.len() == 2 && takes_output_ref(err.schema_path().as_str()) =>
-            {
-                let meant = usize::from(err.instance().get(template::OUTPUT_KEY).is_some());
-                for e in &context[meant] {
-                    schema_issue(e, issues);
+    let path = err.instance_path().as_str().to_string();
+    match err.kind() {
+        // A field that takes its value or a typed reference (`anyOf: [T, OutputRef]`): the
+        // value is judged by the branch it was meant for, whose messages say more.
+        ValidationErrorKind::AnyOf { context }
+            if context.len() == 2 && takes_output_ref(err.schema_path().as_str()) =>
+        {
+            let meant = usize::from(err.instance().get(template::OUTPUT_KEY).is_some());
+            for e in &context[meant] {
+                schema_issue(e, issues);
+            }
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let expected = expected_fields(err.schema_path().as_str());
+            for field in unexpected {
+                let mut message = format!("unknown field {}", quote(field));
+                if !expected.is_empty() {
+                    message.push_str(&format!("; expected one of: {}", expected.join(", ")));
                 }
-            }
-            ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let expected = expected_fields(err.schema_path().as_str());
-                for field in unexpected {
-                    let mut message = format!("unknown field {}", quote(field));
-                    if !expected.is_empty() {
-                        message.push_str(&format!("; expected one of: {}", expected.join(", ")));
-                    }
-                    issues.push(Issue::new(
-                        format!("{path}/{}", crate::batch::issue::pointer_token(field)),
-                        message,
-                    ));
-                }
-            }
-            ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
-                let valid = available_agents().join(", ");
-                let message = format!("unknown agent {}; valid agents: {valid}", err.instance());
-                issues.push(Issue::new(path, message));
-            }
-            ValidationErrorKind::Pattern { .. }
-                if path.ends_with("/task_id") || path.contains("/dependencies/") =>
-            {
                 issues.push(Issue::new(
-                    path,
-                    format!(
-                        "task id {} may contain only letters, digits, '_', '-' and '.'",
-                        short(&err.instance().to_string())
-                    ),
+                    format!("{path}/{}", crate::batch::issue::pointer_token(field)),
+                    message,
                 ));
             }
-            // `dependentSchemas: {A: {properties: {B: false}}}`: fields that exclude each other.
-            ValidationErrorKind::FalseSchema => {
-                let schema_path = err.schema_path().as_str();
-                let message = match schema_path
-                    .split_once("/dependentSchemas/")
-                    .and_then(|(_, rest)| rest.split_once("/properties/"))
-                {
-                    Some((a, b)) => {
-                        let b = b.split('/').next().unwrap_or(b);
-                        format!("set either `{a}` or `{b}`, not both")
-                    }
-                    None => "this field is not allowed here".to_string(),
-                };
-                issues.push(Issue::new(path, message));
-            }
-            _ => issues.push(Issue::new(path, short(&err.to_string()))),
         }
+        ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
+            let valid = available_agents().join(", ");
+            let message = format!("unknown agent {}; valid agents: {valid}", err.instance());
+            issues.push(Issue::new(path, message));
+        }
+        ValidationErrorKind::Pattern { .. }
+            if path.ends_with("/task_id") || path.contains("/dependencies/") =>
+        {
+            issues.push(Issue::new(
+                path,
+                format!(
+                    "task id {} may contain only letters, digits, '_', '-' and '.'",
+                    short(&err.instance().to_string())
+                ),
+            ));
+        }
+        // `dependentSchemas: {A: {properties: {B: false}}}`: fields that exclude each other.
+        ValidationErrorKind::FalseSchema => {
+            let schema_path = err.schema_path().as_str();
+            let message = match schema_path
+                .split_once("/dependentSchemas/")
+                .and_then(|(_, rest)| rest.split_once("/properties/"))
+            {
+                Some((a, b)) => {
+                    let b = b.split('/').next().unwrap_or(b);
+                    format!("set either `{a}` or `{b}`, not both")
+                }
+                None => "this field is not allowed here".to_string(),
+            };
+            issues.push(Issue::new(path, message));
+        }
+        _ => issues.push(Issue::new(path, short(&err.to_string()))),
     }
 }
 
