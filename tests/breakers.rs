@@ -87,6 +87,7 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     let metrics = std::fs::read_to_string(sb.path().join("metrics.prom")).unwrap();
+    promtool_check("the metrics file with a breaker", &metrics);
     let parsed = parse_text(&metrics).unwrap();
     assert_eq!(
         sample(

@@ -124,7 +124,27 @@ fn metrics_file_matches_the_run() {
         ),
         Some(5.0)
     );
-    let run_secs = sample(&s, "dispatch_run_duration_seconds", &[]).unwrap();
+    // The same metric types as `serve`: the run is one observation of the run histogram and
+    // one count of its status; there is no in-flight gauge in a file written at the end.
+    common::promtool_check("the --metrics-file file", &text);
+    assert_eq!(
+        sample(&s, "dispatch_run_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "dispatch_runs_total", &[("status", "partial")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "dispatch_runs_total", &[("status", "success")]),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("# TYPE dispatch_run_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(!text.contains("dispatch_runs_in_flight"), "{text}");
+    let run_secs = sample(&s, "dispatch_run_duration_seconds_sum", &[]).unwrap();
     let total_ms = m.run.json["summary"]["total_time_ms"].as_f64().unwrap();
     assert!(
         (run_secs - total_ms / 1000.0).abs() < 0.002,
@@ -175,8 +195,9 @@ fn junit_is_valid_and_maps_every_ending() {
     let case = |id: &str| junit_case(&xml, id);
     let flaky = case("flaky");
     assert!(
-        flaky.contains("<flakyFailure message=\"attempt 1: &apos;sh&apos; exited with code 3: first try fails")
-            && flaky.contains("type=\"exit_status\">started 20")
+        flaky.contains(
+            "<flakyFailure message=\"attempt 1: &apos;sh&apos; exited with code 3: first try fails"
+        ) && flaky.contains("type=\"exit_status\">started 20")
             && flaky.contains(" s</flakyFailure>"),
         "{flaky}"
     );
@@ -220,14 +241,20 @@ fn junit_surefire_format_keeps_nextest_timestamps() {
         .find(|l| l.contains("<flakyFailure "))
         .unwrap_or_else(|| panic!("{flaky}"));
     assert!(
-        element.contains(" timestamp=\"20") && element.contains(" time=\"") && element.ends_with("/>"),
+        element.contains(" timestamp=\"20")
+            && element.contains(" time=\"")
+            && element.ends_with("/>"),
         "{element}"
     );
     let broken = junit_case(&xml, "broken");
     assert_eq!(broken.matches("<rerunFailure ").count(), 1, "{broken}");
-    assert!(broken.contains("<rerunFailure message=\"attempt 1: "), "{broken}");
+    assert!(
+        broken.contains("<rerunFailure message=\"attempt 1: "),
+        "{broken}"
+    );
     // Exactly what junit-10.xsd refuses: this is why it is not the default.
-    let err = xmllint_validate(&path, &xsd()).expect_err("surefire attributes are outside junit-10.xsd");
+    let err =
+        xmllint_validate(&path, &xsd()).expect_err("surefire attributes are outside junit-10.xsd");
     assert!(
         err.contains("attribute 'timestamp': The attribute 'timestamp' is not allowed")
             && err.contains("attribute 'time': The attribute 'time' is not allowed"),
@@ -236,7 +263,14 @@ fn junit_surefire_format_keeps_nextest_timestamps() {
     // The report subcommand writes the same dialect from the trace.
     let trace_file = m.run.json["trace_file"].as_str().unwrap().to_string();
     let out = m.sb.run(
-        &["report", &trace_file, "--junit", "again.xml", "--junit-format", "surefire"],
+        &[
+            "report",
+            &trace_file,
+            "--junit",
+            "again.xml",
+            "--junit-format",
+            "surefire",
+        ],
         "",
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
