@@ -6,24 +6,15 @@
 mod common;
 mod observe;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::Sandbox;
 use dispatch_runner::reporter::metrics::{parse_text, sample};
 use observe::{OUTPUT_FLAGS, attempt_count, mixed_batch, read_ndjson, xmllint_validate};
 use serde_json::Value;
 
-/// The Jenkins xunit plugin's JUnit schema, as shipped in pytest's source distribution
-/// (testing/example_scripts/junit-10.xsd); scripts/install-test-deps fetches the pinned sdist
-/// and checks the file's hash.
 fn xsd() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/junit/junit-10.xsd");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/install-test-deps",
-        path.display()
-    );
-    path
+    observe::junit_xsd()
 }
 
 /// The `<testcase>` element of task `id`, start tag to end tag.
