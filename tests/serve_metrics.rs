@@ -357,3 +357,36 @@ async fn a_real_prometheus_scrapes_serve() {
     );
     // Prometheus is stopped (and its storage removed) when `prometheus` and `dir` drop.
 }
+
+/// Clients choose breaker names, and every run has its own metrics sink: the bound on distinct
+/// label values must hold over all the runs the server served, or `/metrics` grows without end.
+#[tokio::test(flavor = "multi_thread")]
+async fn label_values_stay_bounded_across_runs() {
+    let server = Serve::start();
+    for run in ["a", "b"] {
+        let tasks: Vec<Value> = (0..60)
+            .map(|i| {
+                let mut t = sh_task(&format!("t{i}"), "true", &[]);
+                t["breaker"] = json!(format!("grp_{run}{i}"));
+                t
+            })
+            .collect();
+        let result = server
+            .dispatch(&json!({"tasks": tasks, "config": {"max_workers": 8}}), true)
+            .await;
+        assert_eq!(result["status"], "success", "{result}");
+    }
+    let (text, s) = server.metrics("after 120 breaker names").await;
+    let breakers: Vec<&str> = s
+        .iter()
+        .filter(|x| x.0 == "dispatch_circuit_breaker_state")
+        .map(|x| x.1[0].1.as_str())
+        .collect();
+    assert_eq!(
+        breakers.len(),
+        dispatch_runner::reporter::metrics::MAX_LABEL_VALUES + 1,
+        "{text}"
+    );
+    assert!(breakers.contains(&"other"), "{text}");
+    assert!(breakers.contains(&"grp_a0") && !breakers.contains(&"grp_b59"));
+}

@@ -11,9 +11,11 @@
 //! Label values come from bounded sets only (agent names, task statuses, attempt outcomes,
 //! breaker keys, MCP server and tool names, model backends), never task ids or free text; a
 //! label that looks like free text, or one past [`MAX_LABEL_VALUES`] distinct values, is
-//! reported as `other`.
+//! reported as `other`. The bound is per registry: in `serve`, over all the runs it served, so
+//! clients cannot grow `/metrics` without end by sending new names in every batch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -63,6 +65,9 @@ pub struct Metrics {
     run_duration: Histogram,
     /// `serve` only.
     runs_in_flight: Option<IntGauge>,
+    /// Shared by every sink filling these metrics, so that the bound on label values holds for
+    /// the registry (all the runs a server serves), not just for one run.
+    labels: Arc<Mutex<LabelSets>>,
     mcp_calls: IntCounterVec,
     llm_tokens: IntCounterVec,
     llm_cost: CounterVec,
@@ -182,6 +187,7 @@ impl Metrics {
             runs,
             run_duration,
             runs_in_flight: None,
+            labels: Arc::default(),
             mcp_calls,
             llm_tokens,
             llm_cost,
@@ -271,6 +277,40 @@ impl Drop for InFlight {
     }
 }
 
+/// Which label a value is for; each has its own bound.
+#[derive(Clone, Copy)]
+enum Label {
+    Agent,
+    Breaker,
+    Server,
+    Tool,
+    Backend,
+}
+
+#[derive(Default)]
+struct LabelSets {
+    agents: Bounded,
+    breakers: Bounded,
+    servers: Bounded,
+    tools: Bounded,
+    backends: Bounded,
+}
+
+impl Metrics {
+    /// `value` as a value of `which`, or `other` (see [`Bounded`]).
+    fn label(&self, which: Label, value: &str) -> String {
+        let mut sets = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        let set = match which {
+            Label::Agent => &mut sets.agents,
+            Label::Breaker => &mut sets.breakers,
+            Label::Server => &mut sets.servers,
+            Label::Tool => &mut sets.tools,
+            Label::Backend => &mut sets.backends,
+        };
+        set.label(value)
+    }
+}
+
 /// Keeps a label's set of values bounded.
 #[derive(Default)]
 struct Bounded {
@@ -308,11 +348,6 @@ pub struct MetricsSink {
     metrics: Metrics,
     file: Option<FileTarget>,
     tasks: HashMap<String, TaskFacts>,
-    agents: Bounded,
-    breakers: Bounded,
-    servers: Bounded,
-    tools: Bounded,
-    backends: Bounded,
 }
 
 impl MetricsSink {
@@ -323,11 +358,6 @@ impl MetricsSink {
             metrics,
             file,
             tasks: HashMap::new(),
-            agents: Bounded::default(),
-            breakers: Bounded::default(),
-            servers: Bounded::default(),
-            tools: Bounded::default(),
-            backends: Bounded::default(),
         }
     }
 
@@ -345,7 +375,7 @@ impl MetricsSink {
             .get("backend")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let backend = self.backends.label(backend);
+        let backend = self.metrics.label(Label::Backend, backend);
         let m = &self.metrics;
         for (field, direction) in [("input_tokens", "input"), ("output_tokens", "output")] {
             if let Some(n) = usage.get(field).and_then(Value::as_u64) {
@@ -385,10 +415,13 @@ impl EventSink for MetricsSink {
         match &event.kind {
             EventKind::RunStarted { tasks, .. } => {
                 for t in tasks {
-                    let agent = self.agents.label(&t.agent);
+                    let agent = self.metrics.label(Label::Agent, &t.agent);
                     let mcp = (t.agent == "mcp").then(|| {
                         let (server, tool) = mcp_labels(&t.input);
-                        (self.servers.label(&server), self.tools.label(&tool))
+                        (
+                            self.metrics.label(Label::Server, &server),
+                            self.metrics.label(Label::Tool, &tool),
+                        )
                     });
                     // Zero series for every status, so a rate() sees a status appear.
                     for s in STATUSES {
@@ -415,7 +448,7 @@ impl EventSink for MetricsSink {
                     t.first_start_ms.get_or_insert(event.elapsed_ms);
                 }
                 if let Some(breaker) = breaker {
-                    let b = self.breakers.label(breaker);
+                    let b = self.metrics.label(Label::Breaker, breaker);
                     // Seen breakers start closed; later changes overwrite this.
                     self.metrics.breaker.with_label_values(&[&b]);
                 }
@@ -461,7 +494,7 @@ impl EventSink for MetricsSink {
                 }
             }
             EventKind::BreakerChanged { breaker, to, .. } => {
-                let b = self.breakers.label(breaker);
+                let b = self.metrics.label(Label::Breaker, breaker);
                 let v = match to {
                     BreakerState::Closed => 0,
                     BreakerState::HalfOpen => 1,
@@ -789,6 +822,32 @@ mod tests {
         assert_eq!(in_flight(), Some(1.0));
         drop(b);
         assert_eq!(in_flight(), Some(0.0));
+    }
+
+    #[test]
+    fn the_label_bound_holds_across_sinks_sharing_metrics() {
+        let metrics = Metrics::for_server();
+        for run in 0..2 {
+            let mut sink = MetricsSink::new(metrics.clone(), None);
+            for i in 0..MAX_LABEL_VALUES {
+                sink.on_event(&ev(i as u64, 0.0, started("t", 1, &format!("r{run}-b{i}"))));
+            }
+        }
+        let s = parse_text(&metrics.encode()).unwrap();
+        let breakers: Vec<&Sample> = s
+            .iter()
+            .filter(|x| x.0 == "dispatch_circuit_breaker_state")
+            .collect();
+        assert_eq!(
+            breakers.len(),
+            MAX_LABEL_VALUES + 1,
+            "100 names and `other`"
+        );
+        assert!(
+            breakers
+                .iter()
+                .any(|x| x.1 == [("breaker".to_string(), "other".to_string())])
+        );
     }
 
     #[test]
