@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::batch::BatchConfig;
 use crate::batch::limits::{self, Limits};
+use crate::reporter::junit::JunitFormat;
 use crate::reporter::outputs::OutputPlan;
 
 macro_rules! exit_codes {
@@ -234,6 +235,11 @@ pub struct ReportArgs {
     /// Write JUnit XML here.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+    /// The dialect of the --junit file: `jenkins` (valid against the Jenkins xunit plugin's
+    /// junit-10.xsd) or `surefire` (nextest / Maven Surefire: timestamps and times on test cases
+    /// and on flakyFailure / rerunFailure).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "jenkins")]
+    pub junit_format: JunitFormat,
 }
 
 impl ReportArgs {
@@ -242,6 +248,7 @@ impl ReportArgs {
             html: self.html.clone(),
             chrome_trace: self.chrome_trace.clone(),
             junit: self.junit.clone(),
+            junit_format: self.junit_format,
             ..OutputPlan::default()
         }
     }
@@ -359,6 +366,11 @@ pub struct RunArgs {
     /// Write JUnit XML (one test case per task) here when the run ends.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+    /// The dialect of the --junit file: `jenkins` (valid against the Jenkins xunit plugin's
+    /// junit-10.xsd) or `surefire` (nextest / Maven Surefire: timestamps and times on test cases
+    /// and on flakyFailure / rerunFailure).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "jenkins")]
+    pub junit_format: JunitFormat,
     /// Write the self-contained HTML report here when the run ends.
     #[arg(long, value_name = "PATH")]
     pub html: Option<PathBuf>,
@@ -380,6 +392,7 @@ impl RunArgs {
         OutputPlan {
             events: self.events.clone(),
             junit: self.junit.clone(),
+            junit_format: self.junit_format,
             html: self.html.clone(),
             chrome_trace: self.chrome_trace.clone(),
             metrics_file: self.metrics_file.clone(),

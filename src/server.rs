@@ -8,7 +8,8 @@
 //!   `DELETE /v1/runs/{run_id}`: cancels a running run (its processes are killed, its trace is
 //!   written) and answers its result.
 //! - `GET /health`: liveness, version, agents, MCP reachability. `GET /metrics`: Prometheus text,
-//!   cumulative across the runs this instance served.
+//!   cumulative across the runs this instance served, plus runs in flight; every series with
+//!   known label values is there at zero from start-up.
 //!
 //! A run belongs to the server, not to the HTTP connection that submitted it: it is a task of its
 //! own, so a client that goes away changes nothing about the run, its trace or its slot.
@@ -152,7 +153,7 @@ pub async fn serve(
     on_listening(local);
     let state = Arc::new(AppState {
         hosts: HostPolicy::new(local, &options.allowed_hosts),
-        metrics: Metrics::new(),
+        metrics: Metrics::for_server(),
         slots: Arc::new(Semaphore::new(options.max_concurrent_runs.max(1))),
         options,
         runs: Mutex::new(HashMap::new()),
@@ -614,8 +615,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         state: state.clone(),
         run_id: run_id.clone(),
     };
+    let in_flight = state.metrics.run_in_flight();
     tokio::spawn(async move {
         let outcome = run(validated, run_options).await;
+        // Before the answer goes out: whoever got it and then scrapes sees the run finished.
+        drop(in_flight);
         let _ = done_tx.send(Some(Arc::new(finished(outcome))));
         drop(registration);
         drop(slot);

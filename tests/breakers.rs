@@ -3,6 +3,7 @@
 //! off. (MCP and model breakers: tests/mcp_failures.rs, tests/model_faults.rs.)
 
 mod common;
+mod observe;
 
 use common::*;
 use dispatch_runner::reporter::metrics::{parse_text, sample};
@@ -87,6 +88,7 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     let metrics = std::fs::read_to_string(sb.path().join("metrics.prom")).unwrap();
+    promtool_check("the metrics file with a breaker", &metrics);
     let parsed = parse_text(&metrics).unwrap();
     assert_eq!(
         sample(
@@ -96,6 +98,16 @@ fn a_named_breaker_groups_commands_and_opens_on_their_failures() {
         ),
         Some(2.0),
         "open is 2: {metrics}"
+    );
+    // Tasks the open breaker refused are JUnit errors; still valid for Jenkins' schema.
+    let junit = sb.path().join("junit.xml");
+    observe::xmllint_validate(&junit, &observe::junit_xsd())
+        .unwrap_or_else(|e| panic!("JUnit does not validate:\n{e}"));
+    assert!(
+        std::fs::read_to_string(&junit)
+            .unwrap()
+            .contains("<error message="),
+        "circuit_open is an error"
     );
     let chrome = std::fs::read_to_string(sb.path().join("chrome.json")).unwrap();
     assert!(chrome.contains("breaker staging-db"), "{chrome}");

@@ -1,11 +1,12 @@
 //! The outputs of a real run with successes, a retry that passes, failures, a skip and a
-//! timeout: metrics parsed back, JUnit checked against an XSD, the NDJSON stream against the
-//! trace, the Chrome trace, the `report` subcommand, and progress on a non-terminal stderr.
+//! timeout: metrics parsed back (and linted by promtool), JUnit checked against the Jenkins
+//! xunit plugin's junit-10.xsd, the NDJSON stream against the trace, the Chrome trace, the
+//! `report` subcommand, and progress on a non-terminal stderr.
 
 mod common;
 mod observe;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::Sandbox;
 use dispatch_runner::reporter::metrics::{parse_text, sample};
@@ -13,7 +14,16 @@ use observe::{OUTPUT_FLAGS, attempt_count, mixed_batch, read_ndjson, xmllint_val
 use serde_json::Value;
 
 fn xsd() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit.xsd")
+    observe::junit_xsd()
+}
+
+/// The `<testcase>` element of task `id`, start tag to end tag.
+fn junit_case(xml: &str, id: &str) -> String {
+    let start = xml
+        .find(&format!("<testcase name=\"{id}\" classname=\"command\""))
+        .unwrap_or_else(|| panic!("no testcase {id}:\n{xml}"));
+    let end = start + xml[start..].find("</testcase>").unwrap();
+    xml[start..end].to_string()
 }
 
 struct MixedRun {
@@ -105,7 +115,27 @@ fn metrics_file_matches_the_run() {
         ),
         Some(5.0)
     );
-    let run_secs = sample(&s, "dispatch_run_duration_seconds", &[]).unwrap();
+    // The same metric types as `serve`: the run is one observation of the run histogram and
+    // one count of its status; there is no in-flight gauge in a file written at the end.
+    common::promtool_check("the --metrics-file file", &text);
+    assert_eq!(
+        sample(&s, "dispatch_run_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "dispatch_runs_total", &[("status", "partial")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "dispatch_runs_total", &[("status", "success")]),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("# TYPE dispatch_run_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(!text.contains("dispatch_runs_in_flight"), "{text}");
+    let run_secs = sample(&s, "dispatch_run_duration_seconds_sum", &[]).unwrap();
     let total_ms = m.run.json["summary"]["total_time_ms"].as_f64().unwrap();
     assert!(
         (run_secs - total_ms / 1000.0).abs() < 0.002,
@@ -147,19 +177,25 @@ fn junit_is_valid_and_maps_every_ending() {
         xml.contains("tests=\"6\" failures=\"2\" errors=\"0\" skipped=\"1\""),
         "{xml}"
     );
-    let case = |id: &str| {
-        let start = xml
-            .find(&format!("<testcase name=\"{id}\" classname=\"command\""))
-            .unwrap_or_else(|| panic!("no testcase {id}:\n{xml}"));
-        let end = start + xml[start..].find("</testcase>").unwrap();
-        xml[start..end].to_string()
-    };
+    // Flaky detail where junit-10.xsd allows it: suite properties and the retry elements' text.
+    assert!(
+        xml.contains("<property name=\"flaky_tasks\" value=\"1\"/>")
+            && xml.contains("<property name=\"retries\" value=\"2\"/>"),
+        "{xml}"
+    );
+    let case = |id: &str| junit_case(&xml, id);
     let flaky = case("flaky");
     assert!(
-        flaky.contains("<flakyFailure ") && flaky.contains("type=\"exit_status\""),
+        flaky.contains(
+            "<flakyFailure message=\"attempt 1: &apos;sh&apos; exited with code 3: first try fails"
+        ) && flaky.contains("type=\"exit_status\">started 20")
+            && flaky.contains(" s</flakyFailure>"),
         "{flaky}"
     );
     assert!(!flaky.contains("<failure"), "{flaky}");
+    for line in xml.lines().filter(|l| l.contains("<testcase ")) {
+        assert!(!line.contains("timestamp="), "{line}");
+    }
     let broken = case("broken");
     assert!(broken.contains("<failure message=\"&apos;sh&apos; exited with code 1: assertion &lt;failed&gt; &amp; more\" type=\"exit_status\""), "{broken}");
     assert_eq!(broken.matches("<rerunFailure ").count(), 1, "{broken}");
@@ -175,8 +211,69 @@ fn junit_is_valid_and_maps_every_ending() {
 }
 
 #[test]
+fn junit_surefire_format_keeps_nextest_timestamps() {
+    let m = mixed_run(&["--junit-format", "surefire"]);
+    let path = m.sb.path().join("junit.xml");
+    let xml = std::fs::read_to_string(&path).unwrap();
+    let wellformed = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(wellformed.status.success(), "{wellformed:?}");
+    let flaky = junit_case(&xml, "flaky");
+    assert!(
+        flaky.starts_with("<testcase name=\"flaky\" classname=\"command\" time=\"")
+            && flaky.contains("\" timestamp=\"20"),
+        "{flaky}"
+    );
+    let element = flaky
+        .lines()
+        .find(|l| l.contains("<flakyFailure "))
+        .unwrap_or_else(|| panic!("{flaky}"));
+    assert!(
+        element.contains(" timestamp=\"20")
+            && element.contains(" time=\"")
+            && element.ends_with("/>"),
+        "{element}"
+    );
+    let broken = junit_case(&xml, "broken");
+    assert_eq!(broken.matches("<rerunFailure ").count(), 1, "{broken}");
+    assert!(
+        broken.contains("<rerunFailure message=\"attempt 1: "),
+        "{broken}"
+    );
+    // Exactly what junit-10.xsd refuses: this is why it is not the default.
+    let err =
+        xmllint_validate(&path, &xsd()).expect_err("surefire attributes are outside junit-10.xsd");
+    assert!(
+        err.contains("attribute 'timestamp': The attribute 'timestamp' is not allowed")
+            && err.contains("attribute 'time': The attribute 'time' is not allowed"),
+        "{err}"
+    );
+    // The report subcommand writes the same dialect from the trace.
+    let trace_file = m.run.json["trace_file"].as_str().unwrap().to_string();
+    let out = m.sb.run(
+        &[
+            "report",
+            &trace_file,
+            "--junit",
+            "again.xml",
+            "--junit-format",
+            "surefire",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(m.sb.path().join("again.xml")).unwrap(),
+        xml
+    );
+}
+
+#[test]
 fn invalid_junit_is_rejected_by_the_schema() {
-    // The schema check can fail: a testcase without classname and an unknown element.
+    // The schema check can fail: an unknown element, and a testcase without a name.
     let sb = Sandbox::new();
     let bad = sb.write(
         "bad.xml",
@@ -184,6 +281,12 @@ fn invalid_junit_is_rejected_by_the_schema() {
          <testcase name=\"t\" time=\"0\"><oops/></testcase></testsuite></testsuites>",
     );
     assert!(xmllint_validate(&bad, &xsd()).is_err());
+    let nameless = sb.write(
+        "nameless.xml",
+        "<testsuites><testsuite name=\"x\" tests=\"1\" failures=\"0\" errors=\"0\" time=\"0\">\
+         <testcase classname=\"c\" time=\"0\"/></testsuite></testsuites>",
+    );
+    assert!(xmllint_validate(&nameless, &xsd()).is_err());
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! `--pushgateway` against the real Prometheus Pushgateway (Debian `prometheus-pushgateway`),
-//! started here on loopback; the pushed metrics are read back over HTTP and parsed.
+//! started here on loopback; the pushed metrics are read back over HTTP and parsed, and linted
+//! with promtool (as is the exact body pushed, recorded by a stand-in gateway).
 
 mod common;
+#[path = "common/mockapi.rs"]
+mod mockapi;
 mod observe;
 
 use common::Sandbox;
@@ -60,7 +63,13 @@ async fn metrics_are_pushed_and_read_back() {
         pushed("dispatch_task_attempts_total", &[("agent", "command")]),
         Some(observe::attempt_count(&run.trace()) as f64)
     );
-    assert!(pushed("dispatch_run_duration_seconds", &[]).unwrap() > 0.4);
+    assert!(pushed("dispatch_run_duration_seconds_sum", &[]).unwrap() > 0.4);
+    assert_eq!(
+        pushed("dispatch_runs_total", &[("status", "partial")]),
+        Some(1.0)
+    );
+    // What a Prometheus scraping the gateway reads: our metrics plus the gateway's own.
+    common::promtool_check("the Pushgateway's /metrics", &text);
     // The gateway's own record of the push succeeding.
     let last_ok = s
         .iter()
@@ -78,6 +87,39 @@ async fn metrics_are_pushed_and_read_back() {
             &[("agent", "command"), ("status", "success")]
         ),
         Some(3.0)
+    );
+}
+
+#[test]
+fn the_pushed_body_passes_promtool() {
+    let gateway = mockapi::MockApi::start(vec![mockapi::raw(200, "")]);
+    let sb = Sandbox::new();
+    let run = sb.run_json(
+        &[
+            "run",
+            "--pushgateway",
+            &gateway.base,
+            "--metrics-file",
+            "m.prom",
+        ],
+        &mixed_batch(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let requests = gateway.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "PUT");
+    assert_eq!(requests[0].path, "/metrics/job/dispatch_runner");
+    let body = requests[0].body.as_str().expect("a text body");
+    common::promtool_check("the pushed body", body);
+    assert!(
+        body.contains("dispatch_runs_total{status=\"partial\"} 1"),
+        "{body}"
+    );
+    assert_eq!(
+        body,
+        std::fs::read_to_string(sb.path().join("m.prom")).unwrap(),
+        "the file and the push hold the same metrics"
     );
 }
 

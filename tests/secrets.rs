@@ -104,6 +104,14 @@ fn planted_secrets_appear_in_no_output() {
         let text =
             std::fs::read_to_string(sb.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(!text.is_empty(), "{f} is empty");
+        // Redaction must not break the formats.
+        if f.ends_with(".prom") {
+            common::promtool_check(f, &text);
+        }
+        if f.ends_with(".xml") {
+            observe::xmllint_validate(&sb.path().join(f), &observe::junit_xsd())
+                .unwrap_or_else(|e| panic!("{f} does not validate:\n{e}"));
+        }
         outputs.push((f.to_string(), text));
     }
     for (name, text) in &outputs {
@@ -248,6 +256,9 @@ fn credentials_in_mcp_urls_appear_in_no_output() {
         let text =
             std::fs::read_to_string(sb.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(!text.is_empty(), "{f} is empty");
+        if f.ends_with(".prom") {
+            common::promtool_check(f, &text);
+        }
         outputs.push((f.to_string(), text));
     }
     for (name, text) in &outputs {

@@ -187,6 +187,7 @@ async fn metrics_are_cumulative_across_runs() {
             .starts_with("text/plain")
     );
     let text = resp.text().await.unwrap();
+    promtool_check("serve /metrics after two runs", &text);
     let samples = dispatch_runner::reporter::metrics::parse_text(&text).unwrap();
     let count = |status: &str| {
         dispatch_runner::reporter::metrics::sample(

@@ -9,6 +9,14 @@
 //!   open, unresolved reference, internal), with the message and the kind as `type`; earlier
 //!   attempts follow as `<rerunFailure>` / `<rerunError>`.
 //! - skipped and cancelled: `<skipped>` with the reason.
+//!
+//! Two dialects ([`JunitFormat`]). The default, `jenkins`, validates against the Jenkins xunit
+//! plugin's `junit-10.xsd` (the schema Jenkins checks JUnit input with; the tests take it from
+//! pytest's source distribution): that schema declares the four retry elements but with only
+//! `message` and `type`, and no `timestamp` on a test case, so each earlier attempt's start time
+//! and duration go into the element's text instead. `surefire` writes those as attributes
+//! (`timestamp`, `time`), as nextest and Maven Surefire do, for consumers that read them there.
+//! Both carry `flaky_tasks` and `retries` as suite properties.
 
 use std::fmt::Write;
 
@@ -25,13 +33,41 @@ const MAX_OUTPUT: usize = 64 * 1024;
 /// could not run properly (a JUnit error).
 const FAILURE_KINDS: &[&str] = &["exit_status", "timeout", "validation_failed", "tool_error"];
 
-/// Renders the record (already redacted) as a JUnit XML document.
+/// Which JUnit dialect `--junit` writes (`--junit-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum JunitFormat {
+    /// Valid against the Jenkins xunit plugin's junit-10.xsd: retry elements carry only
+    /// `message` and `type` (time and duration in their text); no `timestamp` on test cases.
+    #[default]
+    Jenkins,
+    /// Surefire / cargo-nextest style: `timestamp` on test cases, `timestamp` and `time` on
+    /// `flakyFailure` / `rerunFailure` and friends. Not valid against junit-10.xsd.
+    Surefire,
+}
+
+/// Renders the record (already redacted) as a JUnit XML document in the default dialect.
 pub fn render(record: &RunRecord) -> Vec<u8> {
+    render_as(record, JunitFormat::Jenkins)
+}
+
+/// [`render`] in the Surefire / nextest dialect.
+pub fn render_surefire(record: &RunRecord) -> Vec<u8> {
+    render_as(record, JunitFormat::Surefire)
+}
+
+/// Renders the record (already redacted) as a JUnit XML document in `format`.
+pub fn render_as(record: &RunRecord, format: JunitFormat) -> Vec<u8> {
     let mut x = String::new();
     let (mut failures, mut errors, mut skipped) = (0, 0, 0);
+    let (mut flaky, mut retries) = (0, 0);
     for t in &record.tasks {
+        retries += t.attempts.len().saturating_sub(1);
         match t.status {
-            Some(TaskStatus::Success) => {}
+            Some(TaskStatus::Success) => {
+                if t.attempts.len() > 1 {
+                    flaky += 1
+                }
+            }
             Some(TaskStatus::Skipped | TaskStatus::Cancelled) | None => skipped += 1,
             Some(TaskStatus::Error | TaskStatus::Timeout) => {
                 if is_failure(t.error.as_ref()) {
@@ -58,7 +94,7 @@ pub fn render(record: &RunRecord) -> Vec<u8> {
     );
     let _ = writeln!(
         x,
-        "    <properties>\n      <property name=\"run_id\" value=\"{}\"/>\n      <property name=\"status\" value=\"{}\"/>\n    </properties>",
+        "    <properties>\n      <property name=\"run_id\" value=\"{}\"/>\n      <property name=\"status\" value=\"{}\"/>\n      <property name=\"flaky_tasks\" value=\"{flaky}\"/>\n      <property name=\"retries\" value=\"{retries}\"/>\n    </properties>",
         esc(&record.run_id),
         record
             .status
@@ -66,13 +102,13 @@ pub fn render(record: &RunRecord) -> Vec<u8> {
             .unwrap_or_default()
     );
     for t in &record.tasks {
-        testcase(&mut x, t);
+        testcase(&mut x, t, format);
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
     x.into_bytes()
 }
 
-fn testcase(x: &mut String, t: &TaskRecord) {
+fn testcase(x: &mut String, t: &TaskRecord, format: JunitFormat) {
     let _ = write!(
         x,
         "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\"",
@@ -80,7 +116,7 @@ fn testcase(x: &mut String, t: &TaskRecord) {
         esc(&t.agent),
         secs(t.execution_time_ms as f64)
     );
-    if let Some(at) = &t.started_at {
+    if let (JunitFormat::Surefire, Some(at)) = (format, &t.started_at) {
         let _ = write!(x, " timestamp=\"{}\"", esc(&timestamp(at)));
     }
     x.push_str(">\n");
@@ -92,7 +128,7 @@ fn testcase(x: &mut String, t: &TaskRecord) {
     match t.status {
         Some(TaskStatus::Success) => {
             for a in &failed {
-                attempt_element(x, "flaky", a);
+                attempt_element(x, "flaky", a, format);
             }
         }
         Some(TaskStatus::Error | TaskStatus::Timeout) => {
@@ -112,7 +148,7 @@ fn testcase(x: &mut String, t: &TaskRecord) {
             // The last attempt is the main failure; the earlier ones are reruns.
             let earlier = failed.len().saturating_sub(1);
             for a in &failed[..earlier] {
-                attempt_element(x, "rerun", a);
+                attempt_element(x, "rerun", a, format);
             }
         }
         Some(TaskStatus::Skipped | TaskStatus::Cancelled) | None => {
@@ -136,21 +172,32 @@ fn testcase(x: &mut String, t: &TaskRecord) {
 }
 
 /// `<flakyFailure>` / `<rerunError>` etc. for one earlier attempt.
-fn attempt_element(x: &mut String, prefix: &str, a: &AttemptRecord) {
+fn attempt_element(x: &mut String, prefix: &str, a: &AttemptRecord, format: JunitFormat) {
     let kind = if is_failure(a.error.as_ref()) {
         "Failure"
     } else {
         "Error"
     };
     let (ty, message) = kind_message(a.error.as_ref());
-    let _ = writeln!(
-        x,
-        "      <{prefix}{kind} message=\"{}\" type=\"{}\" timestamp=\"{}\" time=\"{}\"/>",
-        esc(&format!("attempt {}: {message}", a.attempt)),
-        esc(&ty),
+    let message = esc(&format!("attempt {}: {message}", a.attempt));
+    let (stamp, time) = (
         esc(&timestamp(&a.started_at)),
-        secs(a.duration_ms.unwrap_or(0.0))
+        secs(a.duration_ms.unwrap_or(0.0)),
     );
+    let tag = format!("{prefix}{kind}");
+    let _ = match format {
+        JunitFormat::Surefire => writeln!(
+            x,
+            "      <{tag} message=\"{message}\" type=\"{}\" timestamp=\"{stamp}\" time=\"{time}\"/>",
+            esc(&ty),
+        ),
+        // junit-10.xsd's rerunType has mixed content but no time attributes.
+        JunitFormat::Jenkins => writeln!(
+            x,
+            "      <{tag} message=\"{message}\" type=\"{}\">started {stamp}, took {time} s</{tag}>",
+            esc(&ty),
+        ),
+    };
 }
 
 fn is_failure(e: Option<&TaskError>) -> bool {

@@ -1,22 +1,30 @@
 //! Prometheus metrics of a run, filled from the event stream. A batch run is short-lived, so the
 //! metrics leave at the end: as a text-format file (`--metrics-file`, for node_exporter's textfile
-//! collector) and/or pushed to a Pushgateway (`--pushgateway`, job `dispatch_runner`).
+//! collector) and/or pushed to a Pushgateway (`--pushgateway`, job `dispatch_runner`). `serve`
+//! keeps one [`Metrics`] for all its runs ([`Metrics::for_server`]) and answers it on `/metrics`.
+//!
+//! One metric name has one type in every output: `dispatch_run_duration_seconds` is a histogram
+//! everywhere (a one-shot run's file holds one observation), `dispatch_runs_total` a counter
+//! (1 for the run's status in a one-shot file). Only `serve` has `dispatch_runs_in_flight`: a
+//! file written when the run has ended would always say 0.
 //!
 //! Label values come from bounded sets only (agent names, task statuses, attempt outcomes,
 //! breaker keys, MCP server and tool names, model backends), never task ids or free text; a
 //! label that looks like free text, or one past [`MAX_LABEL_VALUES`] distinct values, is
-//! reported as `other`.
+//! reported as `other`. The bound is per registry: in `serve`, over all the runs it served, so
+//! clients cannot grow `/metrics` without end by sending new names in every batch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use serde_json::Value;
 
-use crate::events::{Event, EventKind, EventSink, TaskStatus};
+use crate::events::{Event, EventKind, EventSink, RunStatus, TaskStatus};
 use crate::policy::breaker::BreakerState;
 use crate::reporter::output::FileTarget;
 
@@ -34,7 +42,17 @@ const STATUSES: [TaskStatus; 5] = [
     TaskStatus::Cancelled,
 ];
 
-/// Every metric of a run, in one registry.
+const RUN_STATUSES: [RunStatus; 3] = [RunStatus::Success, RunStatus::Partial, RunStatus::Failure];
+
+fn run_status(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Success => "success",
+        RunStatus::Partial => "partial",
+        RunStatus::Failure => "failure",
+    }
+}
+
+/// Every metric of a run (or of every run a server served), in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -43,7 +61,13 @@ pub struct Metrics {
     attempts: IntCounterVec,
     retries: IntCounterVec,
     breaker: IntGaugeVec,
-    run_duration: Gauge,
+    runs: IntCounterVec,
+    run_duration: Histogram,
+    /// `serve` only.
+    runs_in_flight: Option<IntGauge>,
+    /// Shared by every sink filling these metrics, so that the bound on label values holds for
+    /// the registry (all the runs a server serves), not just for one run.
+    labels: Arc<Mutex<LabelSets>>,
     mcp_calls: IntCounterVec,
     llm_tokens: IntCounterVec,
     llm_cost: CounterVec,
@@ -120,10 +144,27 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let runs = counter(
+            "dispatch_runs_total",
+            "Runs finished, by run status (success, partial, failure).",
+            &["status"],
+        );
+        for s in RUN_STATUSES {
+            runs.with_label_values(&[run_status(s)]);
+        }
         let run_duration = reg(
             &registry,
-            Gauge::new("dispatch_run_duration_seconds", "Wall time of the run.")
-                .expect("valid metric"),
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "dispatch_run_duration_seconds",
+                    "Wall time of finished runs.",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                    7200.0,
+                ]),
+            )
+            .expect("valid metric"),
         );
         let llm_cost = reg(
             &registry,
@@ -143,11 +184,49 @@ impl Metrics {
             attempts,
             retries,
             breaker,
+            runs,
             run_duration,
+            runs_in_flight: None,
+            labels: Arc::default(),
             mcp_calls,
             llm_tokens,
             llm_cost,
         }
+    }
+
+    /// The metrics of `serve`: also `dispatch_runs_in_flight`, and every series whose label
+    /// values are known before any run (each agent with each task status, each run status) is
+    /// exported at zero from start-up, so that a scraper sees it before it first changes.
+    pub fn for_server() -> Self {
+        let mut m = Self::new();
+        let in_flight = IntGauge::new(
+            "dispatch_runs_in_flight",
+            "Runs started and not yet finished.",
+        )
+        .expect("valid metric");
+        m.registry
+            .register(Box::new(in_flight.clone()))
+            .expect("metric names are unique");
+        m.runs_in_flight = Some(in_flight);
+        for agent in crate::agents::ALL_AGENTS {
+            for s in STATUSES {
+                m.tasks.with_label_values(&[agent, s.as_str()]);
+            }
+            m.attempts.with_label_values(&[agent]);
+            m.retries.with_label_values(&[agent]);
+            m.duration.with_label_values(&[agent]);
+        }
+        m
+    }
+
+    /// Counts a run as in flight until the returned guard is dropped (`serve` only; a no-op
+    /// for metrics without that gauge). A guard rather than an event, so a run whose task ends
+    /// in any way is never left counted.
+    pub fn run_in_flight(&self) -> InFlight {
+        if let Some(g) = &self.runs_in_flight {
+            g.inc();
+        }
+        InFlight(self.runs_in_flight.clone())
     }
 
     /// The Prometheus text exposition format.
@@ -184,6 +263,51 @@ impl Metrics {
                 body.trim()
             ))
         }
+    }
+}
+
+/// See [`Metrics::run_in_flight`].
+pub struct InFlight(Option<IntGauge>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+/// Which label a value is for; each has its own bound.
+#[derive(Clone, Copy)]
+enum Label {
+    Agent,
+    Breaker,
+    Server,
+    Tool,
+    Backend,
+}
+
+#[derive(Default)]
+struct LabelSets {
+    agents: Bounded,
+    breakers: Bounded,
+    servers: Bounded,
+    tools: Bounded,
+    backends: Bounded,
+}
+
+impl Metrics {
+    /// `value` as a value of `which`, or `other` (see [`Bounded`]).
+    fn label(&self, which: Label, value: &str) -> String {
+        let mut sets = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        let set = match which {
+            Label::Agent => &mut sets.agents,
+            Label::Breaker => &mut sets.breakers,
+            Label::Server => &mut sets.servers,
+            Label::Tool => &mut sets.tools,
+            Label::Backend => &mut sets.backends,
+        };
+        set.label(value)
     }
 }
 
@@ -224,11 +348,6 @@ pub struct MetricsSink {
     metrics: Metrics,
     file: Option<FileTarget>,
     tasks: HashMap<String, TaskFacts>,
-    agents: Bounded,
-    breakers: Bounded,
-    servers: Bounded,
-    tools: Bounded,
-    backends: Bounded,
 }
 
 impl MetricsSink {
@@ -239,11 +358,6 @@ impl MetricsSink {
             metrics,
             file,
             tasks: HashMap::new(),
-            agents: Bounded::default(),
-            breakers: Bounded::default(),
-            servers: Bounded::default(),
-            tools: Bounded::default(),
-            backends: Bounded::default(),
         }
     }
 
@@ -261,7 +375,7 @@ impl MetricsSink {
             .get("backend")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let backend = self.backends.label(backend);
+        let backend = self.metrics.label(Label::Backend, backend);
         let m = &self.metrics;
         for (field, direction) in [("input_tokens", "input"), ("output_tokens", "output")] {
             if let Some(n) = usage.get(field).and_then(Value::as_u64) {
@@ -301,10 +415,13 @@ impl EventSink for MetricsSink {
         match &event.kind {
             EventKind::RunStarted { tasks, .. } => {
                 for t in tasks {
-                    let agent = self.agents.label(&t.agent);
+                    let agent = self.metrics.label(Label::Agent, &t.agent);
                     let mcp = (t.agent == "mcp").then(|| {
                         let (server, tool) = mcp_labels(&t.input);
-                        (self.servers.label(&server), self.tools.label(&tool))
+                        (
+                            self.metrics.label(Label::Server, &server),
+                            self.metrics.label(Label::Tool, &tool),
+                        )
                     });
                     // Zero series for every status, so a rate() sees a status appear.
                     for s in STATUSES {
@@ -331,7 +448,7 @@ impl EventSink for MetricsSink {
                     t.first_start_ms.get_or_insert(event.elapsed_ms);
                 }
                 if let Some(breaker) = breaker {
-                    let b = self.breakers.label(breaker);
+                    let b = self.metrics.label(Label::Breaker, breaker);
                     // Seen breakers start closed; later changes overwrite this.
                     self.metrics.breaker.with_label_values(&[&b]);
                 }
@@ -377,7 +494,7 @@ impl EventSink for MetricsSink {
                 }
             }
             EventKind::BreakerChanged { breaker, to, .. } => {
-                let b = self.breakers.label(breaker);
+                let b = self.metrics.label(Label::Breaker, breaker);
                 let v = match to {
                     BreakerState::Closed => 0,
                     BreakerState::HalfOpen => 1,
@@ -385,10 +502,14 @@ impl EventSink for MetricsSink {
                 };
                 self.metrics.breaker.with_label_values(&[&b]).set(v);
             }
-            EventKind::RunFinished { summary, .. } => {
+            EventKind::RunFinished { status, summary } => {
+                self.metrics
+                    .runs
+                    .with_label_values(&[run_status(*status)])
+                    .inc();
                 self.metrics
                     .run_duration
-                    .set(summary.total_time_ms as f64 / 1000.0);
+                    .observe(summary.total_time_ms as f64 / 1000.0);
                 if let Some(file) = &self.file {
                     file.write(self.metrics.encode().as_bytes());
                 }
@@ -647,7 +768,11 @@ mod tests {
             ),
             0.0
         );
-        assert_eq!(get("dispatch_run_duration_seconds", &[]), 2.5);
+        assert_eq!(get("dispatch_run_duration_seconds_sum", &[]), 2.5);
+        assert_eq!(get("dispatch_run_duration_seconds_count", &[]), 1.0);
+        assert_eq!(get("dispatch_runs_total", &[("status", "partial")]), 1.0);
+        assert_eq!(get("dispatch_runs_total", &[("status", "success")]), 0.0);
+        assert!(!text_has(&metrics, "dispatch_runs_in_flight"));
         assert_eq!(
             get("dispatch_task_duration_seconds_count", &[("agent", "mcp")]),
             2.0
@@ -657,6 +782,71 @@ mod tests {
         assert!(
             !text.contains("\"q\"") && !text.contains("127.0.0.1"),
             "{text}"
+        );
+    }
+
+    fn text_has(m: &Metrics, name: &str) -> bool {
+        m.encode().contains(name)
+    }
+
+    #[test]
+    fn server_metrics_start_at_zero_and_count_runs_in_flight() {
+        let m = Metrics::for_server();
+        let s = parse_text(&m.encode()).unwrap();
+        for agent in crate::agents::ALL_AGENTS {
+            assert_eq!(
+                sample(
+                    &s,
+                    "dispatch_tasks_total",
+                    &[("agent", agent), ("status", "cancelled")]
+                ),
+                Some(0.0)
+            );
+        }
+        assert_eq!(
+            sample(&s, "dispatch_runs_total", &[("status", "failure")]),
+            Some(0.0)
+        );
+        let in_flight = || {
+            sample(
+                &parse_text(&m.encode()).unwrap(),
+                "dispatch_runs_in_flight",
+                &[],
+            )
+        };
+        assert_eq!(in_flight(), Some(0.0));
+        let a = m.run_in_flight();
+        let b = m.run_in_flight();
+        assert_eq!(in_flight(), Some(2.0));
+        drop(a);
+        assert_eq!(in_flight(), Some(1.0));
+        drop(b);
+        assert_eq!(in_flight(), Some(0.0));
+    }
+
+    #[test]
+    fn the_label_bound_holds_across_sinks_sharing_metrics() {
+        let metrics = Metrics::for_server();
+        for run in 0..2 {
+            let mut sink = MetricsSink::new(metrics.clone(), None);
+            for i in 0..MAX_LABEL_VALUES {
+                sink.on_event(&ev(i as u64, 0.0, started("t", 1, &format!("r{run}-b{i}"))));
+            }
+        }
+        let s = parse_text(&metrics.encode()).unwrap();
+        let breakers: Vec<&Sample> = s
+            .iter()
+            .filter(|x| x.0 == "dispatch_circuit_breaker_state")
+            .collect();
+        assert_eq!(
+            breakers.len(),
+            MAX_LABEL_VALUES + 1,
+            "100 names and `other`"
+        );
+        assert!(
+            breakers
+                .iter()
+                .any(|x| x.1 == [("breaker".to_string(), "other".to_string())])
         );
     }
 

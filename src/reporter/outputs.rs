@@ -18,6 +18,8 @@ type Render = fn(&crate::reporter::RunRecord) -> Vec<u8>;
 pub struct OutputPlan {
     pub events: Option<PathBuf>,
     pub junit: Option<PathBuf>,
+    /// The dialect of the `--junit` file.
+    pub junit_format: junit::JunitFormat,
     pub html: Option<PathBuf>,
     pub chrome_trace: Option<PathBuf>,
     pub metrics_file: Option<PathBuf>,
@@ -101,7 +103,14 @@ impl OutputPlan {
             written.push(("--events", p.clone()));
         }
         let renders: [(&'static str, &Option<PathBuf>, Render); 3] = [
-            ("--junit", &self.junit, junit::render),
+            (
+                "--junit",
+                &self.junit,
+                match self.junit_format {
+                    junit::JunitFormat::Jenkins => junit::render,
+                    junit::JunitFormat::Surefire => junit::render_surefire,
+                },
+            ),
             ("--html", &self.html, html::render),
             ("--chrome-trace", &self.chrome_trace, chrome_trace::render),
         ];

@@ -108,7 +108,12 @@ fn handle(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        // JSON as JSON; any other UTF-8 body (a Prometheus push) as a string.
+        body: serde_json::from_slice(&body).unwrap_or_else(|_| {
+            String::from_utf8(body.to_vec())
+                .map(Value::String)
+                .unwrap_or(Value::Null)
+        }),
     });
     let Some(reply) = s.script.pop_front() else {
         return (StatusCode::from_u16(599).unwrap(), "script exhausted").into_response();

@@ -306,3 +306,33 @@ pub fn read_pids(files: &[PathBuf]) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Pipes Prometheus text-format `text` through `promtool check metrics` (Debian `prometheus`,
+/// installed by scripts/install-test-deps) and fails the test unless it passes with no lint
+/// problem at all (promtool prints nothing then). `what` names the output in the message.
+pub fn promtool_check(what: &str, text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (run scripts/install-test-deps)");
+    let mut stdin = child.stdin.take().unwrap();
+    let body = text.to_string();
+    // Written from a thread so a promtool that answers early cannot block us on a full pipe.
+    let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()));
+    let out = wait_with_deadline(child, Duration::from_secs(60));
+    // A write error (promtool exited first) shows in its exit status and output below.
+    let _ = writer.join();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics refused {what} ({:?}): {said}\n--- {what} ---\n{text}",
+        out.status.code()
+    );
+}

@@ -123,6 +123,19 @@ pub fn read_ndjson(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The Jenkins xunit plugin's JUnit schema, as shipped in pytest's source distribution
+/// (testing/example_scripts/junit-10.xsd); scripts/install-test-deps fetches the pinned sdist
+/// into .deps/junit/ and checks the file's hash.
+pub fn junit_xsd() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/junit/junit-10.xsd");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/install-test-deps",
+        path.display()
+    );
+    path
+}
+
 /// Validates an XML file against an XSD with xmllint (Debian `libxml2-utils`).
 pub fn xmllint_validate(xml: &Path, xsd: &Path) -> Result<(), String> {
     let out = Command::new("xmllint")
