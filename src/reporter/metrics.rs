@@ -425,7 +425,9 @@ impl EventSink for MetricsSink {
                     });
                     // Zero series for every status, so a rate() sees a status appear.
                     for s in STATUSES {
-                        self.metrics.tasks.with_label_values(&[&agent, s.as_str()]);
+                        self.metrics
+                            .tasks
+                            .with_label_values(&[agent.as_str(), s.as_str()]);
                     }
                     self.metrics.attempts.with_label_values(&[&agent]);
                     self.metrics.retries.with_label_values(&[&agent]);
@@ -464,7 +466,11 @@ impl EventSink for MetricsSink {
                     let outcome = serde_json::to_value(outcome).expect("serializable");
                     self.metrics
                         .mcp_calls
-                        .with_label_values(&[server, tool, outcome.as_str().unwrap_or("other")])
+                        .with_label_values(&[
+                            server.as_str(),
+                            tool.as_str(),
+                            outcome.as_str().unwrap_or("other"),
+                        ])
                         .inc();
                 }
             }
@@ -481,7 +487,7 @@ impl EventSink for MetricsSink {
                 let agent = self.agent(task_id);
                 self.metrics
                     .tasks
-                    .with_label_values(&[&agent, status.as_str()])
+                    .with_label_values(&[agent.as_str(), status.as_str()])
                     .inc();
                 if let Some(start) = self.tasks.get(task_id).and_then(|t| t.first_start_ms) {
                     self.metrics
