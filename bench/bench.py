@@ -208,6 +208,10 @@ def fmt(v, unit):
         return f"{v:.0f} calls/s"
     if unit == "MiB":
         return f"{v / 1024:.1f} MiB"
+    if unit == "KiB/task":
+        return f"{v:.2f} KiB/task"
+    if unit == "us":
+        return f"{v * 1e6:.0f} µs"
     return f"{v}"
 
 
@@ -366,6 +370,65 @@ def bench_mcp(args, table, work):
         proc.wait()
 
 
+def true_batch_text(n, workers, trace_dir):
+    """A batch of n independent `true` tasks, written as text: a million task dicts would cost
+    the benchmark itself a gigabyte."""
+    head = json.dumps({"max_workers": workers, "trace_dir": str(trace_dir)}) if workers else None
+    tasks = ",\n".join(
+        '{"task_id":"t%d","agent":"command","input_data":{"argv":["true"]}}' % i for i in range(n)
+    )
+    return '{"tasks":[\n' + tasks + "\n]" + (',"config":' + head if head else "") + "}\n"
+
+
+def bench_scale(args, table, work):
+    """Memory and scale (issue 13): many `true` tasks with 64 workers, peak resident memory per
+    task against GNU parallel keeping a --joblog, and the validate-only path on a million tasks."""
+    n = args.scale_tasks or args.scale(200_000, 300)
+    workers = 64
+    trace = work / "traces6"
+    path = work / "scale.json"
+    path.write_text(true_batch_text(n, workers, trace))
+    # One run each: a full-size run takes minutes, and peak memory does not need a median.
+    ours_t, _, ours_m = wall_and_peak([args.binary, "run", "-q", "-f", str(path)])
+    traces = list(trace.glob("dispatch-*.json"))
+    if len(traces) != 1:
+        raise RuntimeError(f"expected one trace file in {trace}, found {len(traces)}")
+    shutil.rmtree(trace, ignore_errors=True)
+    what = f"{n:,} `true` tasks, {workers} workers"
+    par_t = par_m = None
+    if have("parallel"):
+        # The same work: one `true` process per task (GNU parallel execs a simple command
+        # without a shell, as we do), 64 at a time, and a record of every job on disk (its
+        # --joblog, our trace and journal). The job arguments come from a file, as our batch does.
+        jobs = work / "scale-jobs.txt"
+        jobs.write_text("".join(f"{i}\n" for i in range(n)))
+        joblog = work / "scale.joblog"
+        par_t, _, par_m = wall_and_peak(
+            ["parallel", "--will-cite", f"-j{workers}", "--joblog", str(joblog), "true", "::::", str(jobs)]
+        )
+        logged = len(joblog.read_text().splitlines()) - 1
+        if logged != n:
+            raise RuntimeError(f"GNU parallel's joblog has {logged} jobs, not {n}")
+    peer = f"GNU `parallel -j{workers} --joblog`"
+    table.add(6, what + ": wall time", ours_t, peer, par_t, "s", "per-task time <= 1.1x the before figure (notes)", None)
+    table.add(6, what + ": wall time per task", ours_t / n, peer, par_t / n if par_t else None, "us", "(same)", None)
+    table.add(6, what + ": peak resident memory", ours_m, peer, par_m, "MiB", "-", None)
+    per_task = lambda kib: kib / n if kib is not None else None
+    table.add(6, what + ": peak resident memory per task", per_task(ours_m), peer, per_task(par_m), "KiB/task", "<= 2 KiB per task", per_task(ours_m) <= 2)
+
+    m = args.validate_tasks or args.scale(1_000_000, 1000)
+    vpath = work / "scale-validate.json"
+    text = true_batch_text(m, 0, None)
+    vpath.write_text(text)
+    # The default input limit (64 MiB) is below a million tasks' text; raise it for this run.
+    argv = [args.binary, "validate", "--max-input-bytes", str(len(text) + 1), "--max-tasks", str(max(m, 1)), "-f", str(vpath)]
+    del text
+    v_t, _, v_m = min((wall_and_peak(argv) for _ in range(args.repeat)), key=lambda x: x[0])
+    what = f"validate {m:,} independent `true` tasks ({vpath.stat().st_size / 2**20:.1f} MiB)"
+    table.add(6, what + ": wall time", v_t, "none (absolute target)", "-", "s", "< 2 s", v_t < 2)
+    table.add(6, what + ": peak resident memory", v_m, "none (absolute target)", "-", "MiB", "< 1 GB", v_m * 1024 < 1e9)
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -404,6 +467,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--write", help="rewrite the measured section of this markdown file")
     ap.add_argument("--only", help="comma-separated benchmark numbers")
+    ap.add_argument("--scale-tasks", type=int, help="tasks of benchmark 6's run (default 200,000; 300 with --quick)")
+    ap.add_argument("--validate-tasks", type=int, help="tasks of benchmark 6's validate (default 1,000,000; 1,000 with --quick)")
     args = ap.parse_args()
     args.binary = str(Path(args.binary).resolve())
     if args.python and not Path(args.python).exists():
@@ -412,13 +477,13 @@ def main():
     args.scale = (lambda full, quick: quick) if args.quick else (lambda full, quick: full)
     if args.write is None and not args.quick:
         args.write = str(ROOT / "BENCHMARKS.md")
-    only = set(args.only.split(",")) if args.only else {"1", "2", "3", "4", "5"}
+    only = set(args.only.split(",")) if args.only else {"1", "2", "3", "4", "5", "6"}
 
     table = Table()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         work = Path(tmp)
-        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup), ("5", bench_mcp)]:
+        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup), ("5", bench_mcp), ("6", bench_scale)]:
             if key in only:
                 print(f"benchmark {key}...", file=sys.stderr, flush=True)
                 fn(args, table, work)
@@ -426,7 +491,7 @@ def main():
     section = (
         f"{BEGIN}\n\nMeasured {started} by `bench/run`"
         + (" (--quick sizes)" if args.quick else "")
-        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2, medians of {args.repeat} (ours) and {min(args.repeat, 3)} (peers) for 5.\n\n"
+        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2, medians of {args.repeat} (ours) and {min(args.repeat, 3)} (peers) for 5, one run per tool for 6's run and best of {args.repeat} for its validate.\n\n"
         + machine()
         + "\n\n"
         + table.markdown()
