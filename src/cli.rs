@@ -290,7 +290,12 @@ pub struct RunArgs {
     /// The result document on stdout: `full` (every task with its whole output) or `compact`
     /// (status, summary, trace path, and for each task that did not succeed its error and the
     /// last lines of its stdout and stderr; for AI agents: pair it with -o for the full one).
-    #[arg(long = "result", value_enum, value_name = "FORM", default_value = "full")]
+    #[arg(
+        long = "result",
+        value_enum,
+        value_name = "FORM",
+        default_value = "full"
+    )]
     pub result_form: crate::reporter::compact::ResultForm,
     /// With --result compact: lines kept of the end of each output stream of a failed task.
     #[arg(long, value_name = "N", default_value_t = crate::reporter::compact::DEFAULT_TAIL_LINES,

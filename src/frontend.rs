@@ -584,8 +584,9 @@ fn execute(
                 if args.result_form == ResultForm::Compact {
                     eprintln!("dispatch_runner: error: {message}");
                     let mut doc = error_document(&message, None);
-                    doc["result"] = serde_json::to_value(compact_result(&args, &report.result, false))
-                        .expect("serializable");
+                    doc["result"] =
+                        serde_json::to_value(compact_result(&args, &report.result, false))
+                            .expect("serializable");
                     print_json_value(doc);
                     return EXIT_RUNNER;
                 }
@@ -623,7 +624,11 @@ fn compact_result(
             lines: args.tail_lines,
             bytes: args.tail_bytes,
         },
-        output_file: args.output_file.as_ref().filter(|_| output_written).map(path),
+        output_file: args
+            .output_file
+            .as_ref()
+            .filter(|_| output_written)
+            .map(path),
         input_file: args.input.input_file.as_ref().map(path),
         rerun_command: true,
     };

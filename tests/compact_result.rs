@@ -150,11 +150,18 @@ fn two_hundred_tasks_give_a_small_document_with_the_failures_tails() {
     let full_unit = &full["results"][195];
     assert_eq!(full_unit["task_id"], "unit");
     assert_eq!(
-        full_unit["output"]["stdout"].as_str().unwrap().lines().count(),
+        full_unit["output"]["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .count(),
         full_stdout_len
     );
     assert!(
-        std::fs::metadata(sb.path().join("full.json")).unwrap().len() > 8 * 8 * 1024,
+        std::fs::metadata(sb.path().join("full.json"))
+            .unwrap()
+            .len()
+            > 8 * 8 * 1024,
         "the full document is the big one"
     );
     let trace = sb.path().join(doc["trace_file"].as_str().unwrap());
@@ -209,7 +216,10 @@ fn exit_codes_are_those_of_the_full_result() {
 
     let explicit_full = sb.run_json(&["run", "-q", "--result", "full"], &ok);
     assert_eq!(explicit_full.json["results"].as_array().unwrap().len(), 2);
-    let bad = sb.cmd(&["run", "-q", "--result", "short"]).output().unwrap();
+    let bad = sb
+        .cmd(&["run", "-q", "--result", "short"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2), "clap refuses an unknown form");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("compact"));
 }
@@ -261,7 +271,13 @@ fn tail_limits_and_cut_markers() {
 fn many_failures_keep_tails_for_the_first_twenty_only() {
     let sb = Sandbox::new();
     let tasks: Vec<Value> = (0..60)
-        .map(|i| sh_task(&format!("f{i}"), &format!("seq 1 100; echo 'failure {i}' >&2; exit 1"), &[]))
+        .map(|i| {
+            sh_task(
+                &format!("f{i}"),
+                &format!("seq 1 100; echo 'failure {i}' >&2; exit 1"),
+                &[],
+            )
+        })
         .collect();
     let run = sb.run_json(
         &["run", "-q", "--result", "compact"],
@@ -274,7 +290,10 @@ fn many_failures_keep_tails_for_the_first_twenty_only() {
     assert_eq!(with_tails, 20);
     assert_eq!(list[0]["stderr"]["text"], "failure 0\n");
     assert_eq!(list[59]["output_omitted"], true);
-    assert_eq!(list[59]["error"]["message"], "'sh' exited with code 1: failure 59");
+    assert_eq!(
+        list[59]["error"]["message"],
+        "'sh' exited with code 1: failure 59"
+    );
     assert!(run.stdout.len() < 64 * 1024, "{} bytes", run.stdout.len());
 }
 

@@ -360,7 +360,10 @@ mod tests {
 
     #[test]
     fn paths_are_quoted_only_when_needed() {
-        assert_eq!(shell_quote("traces/dispatch-1.json"), "traces/dispatch-1.json");
+        assert_eq!(
+            shell_quote("traces/dispatch-1.json"),
+            "traces/dispatch-1.json"
+        );
         assert_eq!(shell_quote("my traces/x.json"), "'my traces/x.json'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
