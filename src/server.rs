@@ -525,12 +525,9 @@ fn result_param(query: Option<&str>) -> Result<ResultForm, String> {
     Ok(form)
 }
 
-/// A finished run's answer in the form asked for: the result document, or the `error` document
-/// whose `result` is one.
-fn shaped(body: &Value, form: ResultForm) -> Value {
-    if form == ResultForm::Full {
-        return body.clone();
-    }
+/// A finished run's answer in the compact form: the compact result, or the `error` document with
+/// a compact `result`.
+fn compacted(body: &Value) -> Value {
     let context = CompactContext::default();
     let compact = |v: &Value| {
         serde_json::from_value::<RunResult>(v.clone())
@@ -689,7 +686,10 @@ async fn answer_when_done(
     match done.wait_for(Option::is_some).await {
         Ok(finished) => {
             let finished = finished.clone().expect("checked by wait_for");
-            json_response(finished.status, &shaped(&finished.body, form))
+            match form {
+                ResultForm::Full => json_response(finished.status, &finished.body),
+                ResultForm::Compact => json_response(finished.status, &compacted(&finished.body)),
+            }
         }
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
