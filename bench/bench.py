@@ -208,6 +208,10 @@ def fmt(v, unit):
         return f"{v:.0f} calls/s"
     if unit == "MiB":
         return f"{v / 1024:.1f} MiB"
+    if unit == "KiB/task":
+        return f"{v:.2f} KiB/task"
+    if unit == "us":
+        return f"{v * 1e6:.0f} µs"
     return f"{v}"
 
 
@@ -366,6 +370,75 @@ def bench_mcp(args, table, work):
         proc.wait()
 
 
+def true_batch_text(n, workers, trace_dir):
+    """A batch of n independent `true` tasks, written as text: a million task dicts would cost
+    the benchmark itself a gigabyte."""
+    head = json.dumps({"max_workers": workers, "trace_dir": str(trace_dir)}) if workers else None
+    tasks = ",\n".join(
+        '{"task_id":"t%d","agent":"command","input_data":{"argv":["true"]}}' % i for i in range(n)
+    )
+    return '{"tasks":[\n' + tasks + "\n]" + (',"config":' + head if head else "") + "}\n"
+
+
+def bench_scale(args, table, work):
+    """Memory and scale (issue 13): many `true` tasks with 64 workers, peak resident memory per
+    task against GNU parallel keeping a --joblog, and the validate-only path on a million tasks."""
+    n = args.scale_tasks or args.scale(200_000, 300)
+    workers = 64
+    trace = work / "traces6"
+    path = work / "scale.json"
+    path.write_text(true_batch_text(n, workers, trace))
+    # One run each: a full-size run takes minutes, and peak memory does not need a median.
+    ours_t, ours_c, ours_m = wall_and_peak([args.binary, "run", "-q", "-f", str(path)])
+    traces = list(trace.glob("dispatch-*.json"))
+    if len(traces) != 1:
+        raise RuntimeError(f"expected one trace file in {trace}, found {len(traces)}")
+    shutil.rmtree(trace, ignore_errors=True)
+    what = f"{n:,} `true` tasks, {workers} workers"
+    print(f"benchmark 6: ours {n:,} tasks: {ours_t:.1f} s, {ours_m / 1024:.1f} MiB", file=sys.stderr, flush=True)
+    # GNU parallel may run fewer tasks (--peer-tasks) when time is short: it is much slower per
+    # task, and its memory does not grow with the count. Then only the per-task rows compare.
+    pn = args.peer_tasks or n
+    par_t = par_c = par_m = None
+    if have("parallel"):
+        # The same work: one `true` process per task (GNU parallel execs a simple command
+        # without a shell, as we do), 64 at a time, and a record of every job on disk (its
+        # --joblog, our trace and journal). The job arguments come from a file, as our batch does.
+        jobs = work / "scale-jobs.txt"
+        jobs.write_text("".join(f"{i}\n" for i in range(pn)))
+        joblog = work / "scale.joblog"
+        par_t, par_c, par_m = wall_and_peak(
+            ["parallel", "--will-cite", f"-j{workers}", "--joblog", str(joblog), "true", "::::", str(jobs)]
+        )
+        logged = len(joblog.read_text().splitlines()) - 1
+        if logged != pn:
+            raise RuntimeError(f"GNU parallel's joblog has {logged} jobs, not {pn}")
+    peer = f"GNU `parallel -j{workers} --joblog`" + (f" on {pn:,} tasks" if pn != n else "")
+    # Totals of different task counts are shown but not divided into a ratio; nor is memory per
+    # task, since GNU parallel's memory does not grow with the count.
+    total = (lambda v, unit: fmt(v, unit) if v is not None else None) if pn != n else (lambda v, unit: v)
+    table.add(6, what + ": wall time", ours_t, peer, total(par_t, "s"), "s", "per-task time <= 1.1x the before figure (notes)", None)
+    table.add(6, what + ": wall time per task", ours_t / n, peer, par_t / pn if par_t else None, "us", "(same)", None)
+    # CPU time includes the `true` children's (GNU time reports the reaped children too), for
+    # both tools; unlike wall time it does not grow with the machine's load.
+    table.add(6, what + ": CPU time (user + sys) per task", ours_c / n, peer, par_c / pn if par_c else None, "us", "-", None)
+    table.add(6, what + ": peak resident memory", ours_m, peer, total(par_m, "MiB"), "MiB", "-", None)
+    table.add(6, what + ": peak resident memory per task", ours_m / n, peer, total(par_m / pn if par_m else None, "KiB/task"), "KiB/task", "<= 2 KiB per task", ours_m / n <= 2)
+
+    m = args.validate_tasks or args.scale(1_000_000, 1000)
+    vpath = work / "scale-validate.json"
+    text = true_batch_text(m, 0, None)
+    vpath.write_text(text)
+    # The default input limit (64 MiB) is below a million tasks' text; raise it for this run.
+    argv = [args.binary, "validate", "--max-input-bytes", str(len(text) + 1), "--max-tasks", str(max(m, 1)), "-f", str(vpath)]
+    del text
+    v_t, v_c, v_m = min((wall_and_peak(argv) for _ in range(args.repeat)), key=lambda x: x[0])
+    what = f"validate {m:,} independent `true` tasks ({vpath.stat().st_size / 2**20:.1f} MiB)"
+    table.add(6, what + ": wall time", v_t, "none (absolute target)", "-", "s", "< 2 s", v_t < 2)
+    table.add(6, what + ": CPU time (user + sys)", v_c, "none (absolute target)", "-", "s", "(same target, without machine load)", v_c < 2)
+    table.add(6, what + ": peak resident memory", v_m, "none (absolute target)", "-", "MiB", "< 1 GB", v_m * 1024 < 1e9)
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -404,6 +477,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--write", help="rewrite the measured section of this markdown file")
     ap.add_argument("--only", help="comma-separated benchmark numbers")
+    ap.add_argument("--scale-tasks", type=int, help="tasks of benchmark 6's run (default 200,000; 300 with --quick)")
+    ap.add_argument("--peer-tasks", type=int, help="tasks GNU parallel runs in benchmark 6 (default: as many as ours)")
+    ap.add_argument("--validate-tasks", type=int, help="tasks of benchmark 6's validate (default 1,000,000; 1,000 with --quick)")
     args = ap.parse_args()
     args.binary = str(Path(args.binary).resolve())
     if args.python and not Path(args.python).exists():
@@ -412,13 +488,13 @@ def main():
     args.scale = (lambda full, quick: quick) if args.quick else (lambda full, quick: full)
     if args.write is None and not args.quick:
         args.write = str(ROOT / "BENCHMARKS.md")
-    only = set(args.only.split(",")) if args.only else {"1", "2", "3", "4", "5"}
+    only = set(args.only.split(",")) if args.only else {"1", "2", "3", "4", "5", "6"}
 
     table = Table()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         work = Path(tmp)
-        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup), ("5", bench_mcp)]:
+        for key, fn in [("1", bench_throughput), ("2", bench_schedule), ("3", bench_validate), ("4", bench_startup), ("5", bench_mcp), ("6", bench_scale)]:
             if key in only:
                 print(f"benchmark {key}...", file=sys.stderr, flush=True)
                 fn(args, table, work)
@@ -426,7 +502,7 @@ def main():
     section = (
         f"{BEGIN}\n\nMeasured {started} by `bench/run`"
         + (" (--quick sizes)" if args.quick else "")
-        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2, medians of {args.repeat} (ours) and {min(args.repeat, 3)} (peers) for 5.\n\n"
+        + f"; medians of {args.repeat} runs for benchmark 1, best of {args.repeat} for 3, {args.repeat * 4} runs for 4, one run per tool per graph for benchmark 2, medians of {args.repeat} (ours) and {min(args.repeat, 3)} (peers) for 5, one run per tool for 6's run and best of {args.repeat} for its validate.\n\n"
         + machine()
         + "\n\n"
         + table.markdown()

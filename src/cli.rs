@@ -309,9 +309,27 @@ impl InputArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Also write the result document to this file.
+    /// Also write the result document to this file (always the full one).
     #[arg(short = 'o', long = "output-file", value_name = "PATH")]
     pub output_file: Option<PathBuf>,
+    /// The result document on stdout: `full` (every task with its whole output) or `compact`
+    /// (status, summary, trace path, and for each task that did not succeed its error and the
+    /// last lines of its stdout and stderr; for AI agents: pair it with -o for the full one).
+    #[arg(
+        long = "result",
+        value_enum,
+        value_name = "FORM",
+        default_value = "full"
+    )]
+    pub result_form: crate::reporter::compact::ResultForm,
+    /// With --result compact: lines kept of the end of each output stream of a failed task.
+    #[arg(long, value_name = "N", default_value_t = crate::reporter::compact::DEFAULT_TAIL_LINES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
+    pub tail_lines: usize,
+    /// With --result compact: most bytes kept of each of those tails.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::reporter::compact::DEFAULT_TAIL_BYTES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=1_048_576))]
+    pub tail_bytes: usize,
     /// Most tasks running at once (overrides config.max_workers).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_workers: Option<u64>,

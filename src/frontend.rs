@@ -20,6 +20,7 @@ use crate::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, ResumeArgs, Ru
 use crate::config::{AgentSection, Config, ConfigError, Layer, LogFormat, explain};
 use crate::events::RunStatus;
 use crate::reporter::RunResult;
+use crate::reporter::compact::{CompactContext, ResultForm, TailLimits};
 use crate::reporter::outputs::Delivery;
 use crate::reporter::trace::write_json_atomic;
 use crate::{Interrupt, Issue, RunOptions, RunSettings, RunnerError, Services, ValidatedBatch};
@@ -631,6 +632,15 @@ fn execute(
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
                 warn(&delivery);
                 let message = format!("cannot write trace file '{}': {source}", path.display());
+                if args.result_form == ResultForm::Compact {
+                    eprintln!("dispatch_runner: error: {message}");
+                    let mut doc = error_document(&message, None);
+                    doc["result"] =
+                        serde_json::to_value(compact_result(&args, &report.result, false))
+                            .expect("serializable");
+                    print_json_value(doc);
+                    return EXIT_RUNNER;
+                }
                 runner_error(&message, Some(&report.result))
             }
         }
@@ -646,20 +656,50 @@ fn warn(delivery: &Delivery) {
     }
 }
 
+/// Prints the result in the form asked for; `output_written` says whether `-o` holds the full one.
+fn print_result(args: &RunArgs, result: &RunResult, output_written: bool) {
+    match args.result_form {
+        ResultForm::Full => print_json(result),
+        ResultForm::Compact => print_json(&compact_result(args, result, output_written)),
+    }
+}
+
+fn compact_result(
+    args: &RunArgs,
+    result: &RunResult,
+    output_written: bool,
+) -> crate::reporter::compact::CompactResult {
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let context = CompactContext {
+        tails: TailLimits {
+            lines: args.tail_lines,
+            bytes: args.tail_bytes,
+        },
+        output_file: args
+            .output_file
+            .as_ref()
+            .filter(|_| output_written)
+            .map(path),
+        input_file: args.input.input_file.as_ref().map(path),
+        rerun_command: true,
+    };
+    crate::reporter::compact::compact(result, context)
+}
+
 fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 {
     let result = &report.result;
     warn(delivery);
     if let Some(path) = &args.output_file
         && let Err(e) = write_json_atomic(path, &crate::redact::redacted(result))
     {
-        print_json(result);
+        print_result(args, result, false);
         eprintln!(
             "dispatch_runner: cannot write output file '{}': {e}",
             path.display()
         );
         return EXIT_RUNNER;
     }
-    print_json(result);
+    print_result(args, result, true);
     if !args.quiet {
         let s = &result.summary;
         eprintln!(

@@ -7,6 +7,8 @@
 //! - `GET /v1/runs/{run_id}`: a running run's live status, or a finished run's trace and result.
 //!   `DELETE /v1/runs/{run_id}`: cancels a running run (its processes are killed, its trace is
 //!   written) and answers its result.
+//! - `?result=compact` on these three: the compact result (`--result compact`) in place of the
+//!   full one (for a finished run's `GET`, instead of the trace too).
 //! - `GET /health`: liveness, version, agents, MCP reachability. `GET /metrics`: Prometheus text,
 //!   cumulative across the runs this instance served, plus runs in flight; every series with
 //!   known label values is there at zero from start-up.
@@ -39,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +58,7 @@ use crate::frontend::{Intake, error_document, invalid_document};
 use crate::mcp::Transport;
 use crate::redact::redacted;
 use crate::reporter::RunResult;
+use crate::reporter::compact::{CompactContext, ResultForm, compact};
 use crate::reporter::metrics::{Metrics, MetricsSink};
 use crate::reporter::recorder::RunRecord;
 use crate::runner::{Interrupt, RunOptions, RunnerError, new_run_id, run};
@@ -504,9 +507,51 @@ fn wait_param(query: Option<&str>) -> Result<bool, String> {
     Ok(wait)
 }
 
+/// `result` from the query string: `full` (the default) or `compact` (the agent-sized form).
+fn result_param(query: Option<&str>) -> Result<ResultForm, String> {
+    let mut form = ResultForm::Full;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("result", "full") => form = ResultForm::Full,
+            ("result", "compact") => form = ResultForm::Compact,
+            ("result", other) => {
+                return Err(format!(
+                    "query parameter result must be full or compact, not '{}'",
+                    printable(other)
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(form)
+}
+
+/// A finished run's answer in the compact form: the compact result, or the `error` document with
+/// a compact `result`.
+fn compacted(body: &Value) -> Value {
+    let context = CompactContext::default();
+    let compact = |v: &Value| {
+        serde_json::from_value::<RunResult>(v.clone())
+            .ok()
+            .map(|r| serde_json::to_value(compact(&r, context.clone())).unwrap_or(Value::Null))
+    };
+    if let Some(doc) = compact(body) {
+        return doc;
+    }
+    let mut body = body.clone();
+    if let Some(doc) = body.get("result").and_then(compact) {
+        body["result"] = doc;
+    }
+    body
+}
+
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let wait = match wait_param(request.uri().query()) {
         Ok(w) => w,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let form = match result_param(request.uri().query()) {
+        Ok(f) => f,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let limit = state.options.max_body_bytes;
@@ -635,14 +680,20 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         }
         return response;
     }
-    answer_when_done(done).await
+    answer_when_done(done, form).await
 }
 
-async fn answer_when_done(mut done: watch::Receiver<Option<Arc<Finished>>>) -> Response {
+async fn answer_when_done(
+    mut done: watch::Receiver<Option<Arc<Finished>>>,
+    form: ResultForm,
+) -> Response {
     match done.wait_for(Option::is_some).await {
         Ok(finished) => {
             let finished = finished.clone().expect("checked by wait_for");
-            json_response(finished.status, &finished.body)
+            match form {
+                ResultForm::Full => json_response(finished.status, &finished.body),
+                ResultForm::Compact => json_response(finished.status, &compacted(&finished.body)),
+            }
         }
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -697,7 +748,15 @@ fn well_formed(run_id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-async fn get_run(State(state): State<Arc<AppState>>, Path(run_id): Path<String>) -> Response {
+async fn get_run(
+    State(state): State<Arc<AppState>>,
+    Path(run_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let form = match result_param(query.as_deref()) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     if !well_formed(&run_id) {
         return error(StatusCode::NOT_FOUND, "no such run");
     }
@@ -708,12 +767,12 @@ async fn get_run(State(state): State<Arc<AppState>>, Path(run_id): Path<String>)
     if let Some(view) = live {
         return json_response(StatusCode::OK, &view);
     }
-    finished_view(&state, &run_id).await
+    finished_view(&state, &run_id, form).await
 }
 
 /// A finished run as its trace says (any instance sharing the trace directory can answer):
-/// the trace, plus `state` and the result document.
-async fn finished_view(state: &AppState, run_id: &str) -> Response {
+/// the trace, plus `state` and the result document; compact, only the compact result and `state`.
+async fn finished_view(state: &AppState, run_id: &str, form: ResultForm) -> Response {
     let path = crate::reporter::trace::trace_path(&state.options.trace_dir, run_id);
     let bytes = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
@@ -735,6 +794,12 @@ async fn finished_view(state: &AppState, run_id: &str) -> Response {
         );
     };
     let result = RunResult::from_record(&record, &path);
+    if form == ResultForm::Compact {
+        let mut doc = serde_json::to_value(compact(&result, CompactContext::default()))
+            .unwrap_or(Value::Null);
+        doc["state"] = json!("finished");
+        return json_response(StatusCode::OK, &doc);
+    }
     if let Some(doc) = trace.as_object_mut() {
         doc.insert("state".into(), json!("finished"));
         doc.insert(
@@ -745,7 +810,15 @@ async fn finished_view(state: &AppState, run_id: &str) -> Response {
     json_response(StatusCode::OK, &trace)
 }
 
-async fn cancel_run(State(state): State<Arc<AppState>>, Path(run_id): Path<String>) -> Response {
+async fn cancel_run(
+    State(state): State<Arc<AppState>>,
+    Path(run_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let form = match result_param(query.as_deref()) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     if !well_formed(&run_id) {
         return error(StatusCode::NOT_FOUND, "no such run");
     }
@@ -763,7 +836,7 @@ async fn cancel_run(State(state): State<Arc<AppState>>, Path(run_id): Path<Strin
     // The run cancels as on SIGTERM: no new tasks, running ones are terminated (then killed),
     // the trace is written. A full channel means a cancel is already on its way.
     let _ = interrupts.try_send(Interrupt::Request);
-    answer_when_done(done).await
+    answer_when_done(done, form).await
 }
 
 /// What a running run is doing, kept up to date from its event stream.
@@ -1052,5 +1125,11 @@ mod tests {
         assert_eq!(wait_param(Some("wait=false")), Ok(false));
         assert_eq!(wait_param(Some("x=1&wait=0")), Ok(false));
         assert!(wait_param(Some("wait=maybe")).is_err());
+        assert_eq!(result_param(None), Ok(ResultForm::Full));
+        assert_eq!(
+            result_param(Some("wait=1&result=compact")),
+            Ok(ResultForm::Compact)
+        );
+        assert!(result_param(Some("result=short")).is_err());
     }
 }

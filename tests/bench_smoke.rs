@@ -19,7 +19,7 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for bench in 1..=5 {
+    for bench in 1..=6 {
         let rows: Vec<&str> = stdout
             .lines()
             .filter(|l| l.starts_with(&format!("| {bench} |")))
@@ -36,5 +36,35 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
             "benchmark {bench} has no figure: {}",
             rows[0]
         );
+    }
+    // Benchmark 6 (memory and scale): the run's wall time, wall and CPU time per task, peak
+    // memory and memory per task beside GNU parallel's, then the validate-only path's wall time,
+    // CPU time and memory.
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 6 |"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    let measures: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(rows.len(), 8, "{measures:?}");
+    let units = [" s", " µs", " µs", " MiB", " KiB/task", " s", " s", " MiB"];
+    for (row, unit) in rows.iter().zip(units) {
+        assert!(row[3].ends_with(unit), "ours in {unit}: {row:?}");
+    }
+    assert!(
+        rows[0][2].contains("300 `true` tasks, 64 workers"),
+        "{measures:?}"
+    );
+    assert!(rows[5][2].starts_with("validate 1,000 "), "{measures:?}");
+    // GNU parallel is installed by scripts/install-test-deps; when it is there, its figures are
+    // measured (its job log checked to hold every job), in the same units as ours.
+    if std::process::Command::new("parallel")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        for (row, unit) in rows.iter().zip(&units[..5]) {
+            assert!(row[5].ends_with(unit), "GNU parallel in {unit}: {row:?}");
+        }
     }
 }

@@ -157,6 +157,7 @@ fn claude_code_agent_definition_has_front_matter() {
         "dispatch_runner validate",
         "dispatch_runner schema",
         "--rerun-failed",
+        "--result compact -o",
         "Exit code",
     ] {
         assert!(body.contains(must), "the agent prompt must cover {must}");

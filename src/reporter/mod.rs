@@ -1,9 +1,10 @@
 //! Consumers of the event stream: the recorder (which the result document and the trace are read
 //! from) and, one file each, every other output: live progress, the NDJSON event stream,
 //! Prometheus metrics, JUnit XML, the HTML report and the Chrome trace. [`outputs`] turns the
-//! command-line flags into these sinks.
+//! command-line flags into these sinks; [`compact`] is the agent-sized form of the result.
 
 pub mod chrome_trace;
+pub mod compact;
 pub mod html;
 pub mod junit;
 pub mod log;
