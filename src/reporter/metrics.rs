@@ -210,7 +210,7 @@ impl Metrics {
         m.runs_in_flight = Some(in_flight);
         for agent in crate::agents::ALL_AGENTS {
             for s in STATUSES {
-                m.tasks.with_label_values(&[agent, s.as_str()]);
+                m.tasks.with_label_values(&[*agent, s.as_str()]);
             }
             m.attempts.with_label_values(&[agent]);
             m.retries.with_label_values(&[agent]);
