@@ -190,7 +190,8 @@ fn trace_and_result_read_back_from_the_journal_equal_the_in_memory_record() {
     let report = rt
         .block_on(dispatch_runner::run(validated, options))
         .unwrap();
-    drop(report.sinks);
+    let mut report = report;
+    drop(std::mem::take(&mut report.sinks));
     let record = Arc::try_unwrap(recorder)
         .ok()
         .unwrap()

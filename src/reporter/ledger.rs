@@ -235,6 +235,29 @@ impl Ledger {
         Ok(record)
     }
 
+    /// Every event, in order, as JSON (what the trace needs: reading a line into its type and
+    /// back costs twice as much); `run_started` as its type, without its list of tasks.
+    pub fn event_values(&self) -> impl Iterator<Item = Result<Result<Value, Event>, String>> + '_ {
+        let mut buf = Vec::new();
+        self.locs.iter().map(move |&loc| {
+            if loc.len == IN_MEMORY {
+                let event = &self.mem[loc.at as usize];
+                return Ok(match event.kind {
+                    EventKind::RunStarted { .. } => Err(event.clone()),
+                    _ => Ok(serde_json::to_value(event).expect("events serialize")),
+                });
+            }
+            let reader = self.reader.as_ref().ok_or("the journal cannot be read back")?;
+            buf.resize(loc.len as usize, 0);
+            reader
+                .read_exact_at(&mut buf, loc.at)
+                .map_err(|e| format!("cannot read the journal back: {e}"))?;
+            serde_json::from_slice(&buf)
+                .map(Ok)
+                .map_err(|e| format!("cannot read the journal back: {e}"))
+        })
+    }
+
     /// Every event, in order; `run_started` without its list of tasks.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, String>> + '_ {
         let mut buf = Vec::new();
@@ -291,13 +314,16 @@ impl RunLog {
 
     /// Every event, in order, redacted, ready to write.
     pub fn events(&self) -> impl Iterator<Item = Result<EventDoc<'_>, String>> + '_ {
-        self.ledger.events().map(|e| {
-            e.map(|event| match &event.kind {
-                EventKind::RunStarted { .. } => EventDoc::RunStarted(Spliced {
-                    skeleton: crate::redact::redacted(&event),
+        self.ledger.event_values().map(|e| {
+            e.map(|event| match event {
+                Err(run_started) => EventDoc::RunStarted(Spliced {
+                    skeleton: crate::redact::redacted(&run_started),
                     splices: vec![("tasks", Part::Infos(&self.batch.tasks))],
                 }),
-                _ => EventDoc::Other(crate::redact::redacted(&event)),
+                Ok(mut value) => {
+                    crate::redact::redact_json(&mut value);
+                    EventDoc::Other(value)
+                }
             })
         })
     }
