@@ -369,6 +369,22 @@ pub fn read(path: &Path) -> Result<Journal, String> {
     })
 }
 
+/// The digests in a journal's header, read without reading its batch into memory.
+pub fn read_digests(path: &Path) -> Result<Digests, String> {
+    #[derive(Deserialize)]
+    struct DigestsOnly {
+        digests: Digests,
+    }
+    let file = File::open(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+    let mut lines = serde_json::Deserializer::from_reader(std::io::BufReader::new(file))
+        .into_iter::<DigestsOnly>();
+    match lines.next() {
+        Some(Ok(h)) => Ok(h.digests),
+        Some(Err(e)) => Err(format!("'{}' line 1: {e}", path.display())),
+        None => Err(format!("'{}' is empty", path.display())),
+    }
+}
+
 /// What a resumed run continues from.
 #[derive(Debug, Clone, Default)]
 pub struct Resumed {

@@ -177,6 +177,9 @@ impl Ledger {
             .map(|(i, t)| (t.task_id.as_str().into(), i as u32))
             .collect();
         self.chains = vec![(NONE, NONE); tasks.len()];
+        // A task that runs once has four events: room for them at once, rather than growing
+        // (and briefly holding twice the room) as they come.
+        self.locs.reserve((4 * tasks.len() + 2).saturating_sub(self.locs.len()));
         self.head = Some(RunRecord {
             run_id: run_id.to_string(),
             previous_run_id: previous_run_id.clone(),

@@ -170,6 +170,10 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         .map(|r| (r.journal_len, r.events.len() as u64));
     let journal = open_journal(&dir, &run_id, batch, &digests, journal_fsync, resume_at)?;
     let config = batch.config.clone();
+    // A new journal's header holds the digests: they are read back from there for the trace
+    // rather than held through the run (about 200 bytes a task).
+    let journal_file = crate::journal::journal_path(&dir, &run_id);
+    let digests = resume_at.is_some().then_some(digests);
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
@@ -192,6 +196,12 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     };
     let log = Arc::new(RunLog::new(done.ledger, batch));
     let result = RunResult::from_log(log.clone(), &trace_file);
+    let digests = digests.unwrap_or_else(|| {
+        crate::journal::read_digests(&journal_file).unwrap_or_else(|e| {
+            tracing::warn!("cannot read the digests back from the journal: {e}");
+            crate::rerun::seal_batch(log.batch(), &dir, None)
+        })
+    });
     let written = log.write_trace(&trace_file, Some(&digests));
     drop(digests);
     let report = RunReport {
