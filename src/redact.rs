@@ -458,7 +458,10 @@ mod tests {
         // The shortcut in `is_secret_key` must never answer "not secret" for a secret key.
         for phrase in SECRET_WORDS {
             assert!(is_secret_key(&phrase.join("_")), "{phrase:?}");
-            assert!(is_secret_key(&phrase.join("-").to_uppercase()), "{phrase:?}");
+            assert!(
+                is_secret_key(&phrase.join("-").to_uppercase()),
+                "{phrase:?}"
+            );
         }
         assert!(is_secret_key("X-Api-Key") && is_secret_key("accessToken"));
         assert!(!is_secret_key("max_tokens") && !is_secret_key("task_id"));

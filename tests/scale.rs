@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 /// Runs the binary on `batch_file` with stdout to `out`, and returns its exit code and peak
 /// resident memory in bytes (from `wait4`, the kernel's own count for that one child).
+// The child is reaped by `wait4` below, which std's `Child` cannot know.
+#[allow(clippy::zombie_processes)]
 fn run_measured(sandbox: &Sandbox, args: &[&str], out: File) -> (i32, u64) {
     let child = sandbox
         .cmd(args)
@@ -50,7 +52,11 @@ fn fifty_thousand_tasks_run_in_bounded_memory() {
         .map(|i| json!({"task_id": format!("t{i}"), "agent": "command", "input_data": {"argv": ["true"]}}))
         .collect();
     let batch = sandbox.path().join("batch.json");
-    std::fs::write(&batch, serde_json::to_vec(&json!({"tasks": tasks})).unwrap()).unwrap();
+    std::fs::write(
+        &batch,
+        serde_json::to_vec(&json!({"tasks": tasks})).unwrap(),
+    )
+    .unwrap();
     let out_path = sandbox.path().join("out.json");
     let started = Instant::now();
     let (code, peak) = run_measured(
@@ -126,19 +132,29 @@ fn outputs_reach_every_dependent_after_others_have_finished() {
     ];
     let fillers: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
     for f in &fillers {
-        tasks.push(json!({"task_id": f, "agent": "command", "dependencies": ["b"],
-                          "input_data": {"argv": ["true"]}}));
+        tasks.push(
+            json!({"task_id": f, "agent": "command", "dependencies": ["b"],
+                          "input_data": {"argv": ["true"]}}),
+        );
     }
     let mut late_deps = vec![json!("a")];
     late_deps.extend(fillers.iter().map(|f| json!(f)));
-    tasks.push(json!({"task_id": "late", "agent": "command", "dependencies": late_deps,
-                      "input_data": {"argv": ["echo", "late got {{tasks.a.output.stdout}}"]}}));
+    tasks.push(
+        json!({"task_id": "late", "agent": "command", "dependencies": late_deps,
+                      "input_data": {"argv": ["echo", "late got {{tasks.a.output.stdout}}"]}}),
+    );
     let batch = json!({"tasks": tasks, "config": {"max_workers": 4, "retry_backoff_ms": 10}});
     let run = sandbox.run(&["run"], &batch.to_string());
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.result("b")["output"]["stdout"], "b got from-a\n\n");
-    assert_eq!(run.result("late")["output"]["stdout"], "late got from-a\n\n");
-    assert_eq!(run.result("flaky")["output"]["stdout"], "flaky got from-a\n\n");
+    assert_eq!(
+        run.result("late")["output"]["stdout"],
+        "late got from-a\n\n"
+    );
+    assert_eq!(
+        run.result("flaky")["output"]["stdout"],
+        "flaky got from-a\n\n"
+    );
     assert_eq!(run.result("flaky")["attempts"], 2);
     assert_eq!(run.result("z")["output"]["stdout"], "from-z\n");
     assert_eq!(run.result("a")["output"]["stdout"], "from-a\n");

@@ -129,7 +129,11 @@ impl Ledger {
                     },
                 })
             }
-            (_, Some((at, len))) if len != IN_MEMORY => Loc { at, len, next: NONE },
+            (_, Some((at, len))) if len != IN_MEMORY => Loc {
+                at,
+                len,
+                next: NONE,
+            },
             _ => self.keep(event.clone()),
         };
         self.locs.push(loc);
@@ -179,7 +183,8 @@ impl Ledger {
         self.chains = vec![(NONE, NONE); tasks.len()];
         // A task that runs once has four events: room for them at once, rather than growing
         // (and briefly holding twice the room) as they come.
-        self.locs.reserve((4 * tasks.len() + 2).saturating_sub(self.locs.len()));
+        self.locs
+            .reserve((4 * tasks.len() + 2).saturating_sub(self.locs.len()));
         self.head = Some(RunRecord {
             run_id: run_id.to_string(),
             previous_run_id: previous_run_id.clone(),
@@ -215,7 +220,10 @@ impl Ledger {
         if loc.len == IN_MEMORY {
             return Ok(self.mem[loc.at as usize].clone());
         }
-        let reader = self.reader.as_ref().ok_or("the journal cannot be read back")?;
+        let reader = self
+            .reader
+            .as_ref()
+            .ok_or("the journal cannot be read back")?;
         buf.resize(loc.len as usize, 0);
         reader
             .read_exact_at(buf, loc.at)
@@ -250,7 +258,10 @@ impl Ledger {
                     _ => Ok(serde_json::to_value(event).expect("events serialize")),
                 });
             }
-            let reader = self.reader.as_ref().ok_or("the journal cannot be read back")?;
+            let reader = self
+                .reader
+                .as_ref()
+                .ok_or("the journal cannot be read back")?;
             buf.resize(loc.len as usize, 0);
             reader
                 .read_exact_at(&mut buf, loc.at)
@@ -293,26 +304,24 @@ impl RunLog {
 
     /// The run's own fields (tasks and events left empty).
     pub fn head(&self) -> &RunRecord {
-        self.ledger.head().expect("a run log starts with run_started")
+        self.ledger
+            .head()
+            .expect("a run log starts with run_started")
     }
 
     /// Each task's record, in batch order.
     pub fn task_records(&self) -> impl Iterator<Item = Result<TaskRecord, String>> + '_ {
-        self.batch
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let info = TaskInfo {
-                    task_id: t.task_id.clone(),
-                    agent: t.agent.name().to_string(),
-                    description: t.description.clone(),
-                    dependencies: t.dependencies.clone(),
-                    // A record has no input; no need to build it.
-                    input: Value::Null,
-                };
-                self.ledger.task_record(i, &info)
-            })
+        self.batch.tasks.iter().enumerate().map(|(i, t)| {
+            let info = TaskInfo {
+                task_id: t.task_id.clone(),
+                agent: t.agent.name().to_string(),
+                description: t.description.clone(),
+                dependencies: t.dependencies.clone(),
+                // A record has no input; no need to build it.
+                input: Value::Null,
+            };
+            self.ledger.task_record(i, &info)
+        })
     }
 
     /// Every event, in order, redacted, ready to write.

@@ -72,7 +72,6 @@ impl Recorder {
     pub fn record(&self) -> Option<&RunRecord> {
         self.record.as_ref()
     }
-
 }
 
 impl EventSink for Recorder {
@@ -218,8 +217,8 @@ impl TaskRecord {
                 if self.started_at.is_some() {
                     self.finished_at = Some(event.at.clone());
                 }
-                self.execution_time_ms = first_start_ms
-                    .map_or(0, |s| (event.elapsed_ms - s).max(0.0).round() as u64);
+                self.execution_time_ms =
+                    first_start_ms.map_or(0, |s| (event.elapsed_ms - s).max(0.0).round() as u64);
             }
             _ => {}
         }

@@ -38,7 +38,9 @@ impl TaskResults {
     pub fn iter(&self) -> Box<dyn Iterator<Item = Result<TaskResult, String>> + '_> {
         match self {
             TaskResults::List(list) => Box::new(list.iter().cloned().map(Ok)),
-            TaskResults::Log(log) => Box::new(log.task_records().map(|r| r.map(|r| TaskResult::of(&r)))),
+            TaskResults::Log(log) => {
+                Box::new(log.task_records().map(|r| r.map(|r| TaskResult::of(&r))))
+            }
         }
     }
 

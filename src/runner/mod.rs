@@ -235,9 +235,7 @@ fn open_journal(
         Some((keep, skip_below)) => {
             crate::journal::JournalSink::append(&path, keep, skip_below, policy)
         }
-        None => {
-            crate::journal::JournalSink::create(&path, run_id, batch, digests, policy)
-        }
+        None => crate::journal::JournalSink::create(&path, run_id, batch, digests, policy),
     };
     opened.map_err(|e| RunnerError::TraceDir {
         dir: dir.to_path_buf(),
