@@ -86,8 +86,8 @@ pub enum Command {
     /// Print the effective configuration as JSON, with where each value came from.
     #[command(after_help = EXIT_CODES)]
     Config(RunArgs),
-    /// Connect to every configured MCP server (the built-in `archon` included) and print a JSON
-    /// health report per server. Exit 0 when all are healthy, 1 otherwise.
+    /// Connect to every configured MCP server (and `archon` when ARCHON_MCP_URL is set) and print
+    /// a JSON health report per server. Exit 0 when all are healthy, 1 otherwise.
     Doctor(DoctorArgs),
     /// Continue a run that did not finish (the runner was killed) from its journal: finished tasks
     /// keep their results, attempts that were running are recorded as `interrupted` and run
@@ -98,6 +98,24 @@ pub enum Command {
     /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, powershell, elvish).
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout; read it with `dispatch_runner man | man -l -`.
+    Man,
+}
+
+pub const COMPLETIONS_HELP: &str = "\
+Enable them:
+  bash  dispatch_runner completions bash > ~/.local/share/bash-completion/completions/dispatch_runner
+  zsh   dispatch_runner completions zsh > \"${fpath[1]}/_dispatch_runner\"
+  fish  dispatch_runner completions fish > ~/.config/fish/completions/dispatch_runner.fish";
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 pub const SERVE_HELP: &str = "\
@@ -324,9 +342,11 @@ pub struct RunArgs {
     /// When the run's journal (`<trace_dir>/dispatch-<run_id>.journal`, what `resume` continues
     /// from) is forced to disk: `always` after every line, `interval` every 200 ms while it
     /// grows and at the end, `never`. Every line reaches the operating system at once (a killed
-    /// runner loses nothing) whatever this says; this is about power loss.
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "interval")]
-    pub journal_fsync: crate::journal::FsyncPolicy,
+    /// runner loses nothing) whatever this says; this is about power loss. Default:
+    /// $PARALLEL_DISPATCH_JOURNAL_FSYNC, else `dispatcher.journal_fsync` in the configuration
+    /// file, else `interval`.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub journal_fsync: Option<crate::journal::FsyncPolicy>,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::batch::{BatchConfig, BreakerConfig};
+use crate::journal::FsyncPolicy;
 use crate::llm::LlmConfig;
 use crate::mcp::McpConfig;
 
@@ -56,6 +57,9 @@ pub struct DispatcherSection {
     pub max_expanded_input_bytes: Option<usize>,
     /// Root that agents' file paths must stay inside (default: the current directory).
     pub workspace: Option<String>,
+    /// When the run's journal is forced to disk: `always`, `interval` (default) or `never`.
+    /// `--journal-fsync` and `PARALLEL_DISPATCH_JOURNAL_FSYNC` win over it.
+    pub journal_fsync: Option<FsyncPolicy>,
 }
 
 /// Per-agent settings; they override the dispatcher's and are overridden by the task's.
@@ -111,6 +115,9 @@ pub struct Config {
     pub env: BatchConfig,
     /// Which variable set each environment-layer field, for `dispatch_runner config`.
     pub env_sources: BTreeMap<&'static str, &'static str>,
+    /// `PARALLEL_DISPATCH_JOURNAL_FSYNC`: not a batch setting (a batch cannot weaken the
+    /// operator's durability choice), so it lives beside the environment layer.
+    pub env_journal_fsync: Option<FsyncPolicy>,
     pub debug: bool,
 }
 
@@ -123,11 +130,13 @@ impl Config {
             None => FileConfig::default(),
         };
         let (env, env_sources) = env_layer()?;
+        let env_journal_fsync = env_fsync()?;
         Ok(Config {
             file_path: path,
             file,
             env,
             env_sources,
+            env_journal_fsync,
             debug: std::env::var("DISPATCH_DEBUG").is_ok_and(|v| v == "1" || v == "true"),
         })
     }
@@ -147,6 +156,14 @@ impl Config {
             max_expanded_input_bytes: d.max_expanded_input_bytes,
             circuit_breaker: self.file.circuit_breaker.clone(),
         }
+    }
+
+    /// The journal's fsync policy: the flag, else the environment, else the file, else
+    /// `interval`.
+    pub fn journal_fsync(&self, flag: Option<FsyncPolicy>) -> FsyncPolicy {
+        flag.or(self.env_journal_fsync)
+            .or(self.file.dispatcher.journal_fsync)
+            .unwrap_or_default()
     }
 
     /// The log filter directive: RUST_LOG, else DISPATCH_DEBUG=1, else the file, else `warn`.
@@ -524,6 +541,25 @@ fn env_layer() -> Result<(BatchConfig, BTreeMap<&'static str, &'static str>), Ve
         Ok((layer, sources))
     } else {
         Err(problems)
+    }
+}
+
+fn env_fsync() -> Result<Option<FsyncPolicy>, Vec<ConfigError>> {
+    const NAME: &str = "PARALLEL_DISPATCH_JOURNAL_FSYNC";
+    let Some(v) = std::env::var(NAME).ok().filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match v.trim() {
+        "always" => Ok(Some(FsyncPolicy::Always)),
+        "interval" => Ok(Some(FsyncPolicy::Interval)),
+        "never" => Ok(Some(FsyncPolicy::Never)),
+        _ => Err(vec![ConfigError {
+            path: NAME.into(),
+            message: format!(
+                "{} is not one of always, interval, never",
+                crate::batch::issue::quote(&v)
+            ),
+        }]),
     }
 }
 

@@ -33,9 +33,15 @@ pub const EXIT_RUNNER: u8 = 3;
 /// the invocation on stdout and messages on stderr.
 pub fn main(cli: Cli) -> u8 {
     crate::redact::register_env_secrets();
-    if let Some(Command::Schema) = cli.command {
-        print_json(batch_schema());
-        return EXIT_OK;
+    // These need no configuration: a broken config file must not break them.
+    match &cli.command {
+        Some(Command::Schema) => {
+            print_json(batch_schema());
+            return EXIT_OK;
+        }
+        Some(Command::Completions(args)) => return completions(args.shell),
+        Some(Command::Man) => return man_page(),
+        _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -43,7 +49,9 @@ pub fn main(cli: Cli) -> u8 {
     };
     init_logging(&config);
     let code = match cli.command {
-        Some(Command::Schema) => unreachable!("handled above"),
+        Some(Command::Schema | Command::Completions(_) | Command::Man) => {
+            unreachable!("handled above")
+        }
         Some(Command::Validate(input)) => validate(&config, &input),
         Some(Command::Config(args)) => show_config(&config, &args),
         Some(Command::Serve(args)) => serve(&config, args),
@@ -153,6 +161,7 @@ fn show_config(config: &Config, args: &RunArgs) -> u8 {
         "agents": config.file.agents,
         "mcp": {"servers": config.mcp_servers().servers},
         "llm": config.llm(),
+        "journal_fsync": config.journal_fsync(args.journal_fsync),
         "logging": {
             "level": config.log_directive(),
             "format": config.file.logging.format.unwrap_or_default(),
@@ -191,6 +200,48 @@ fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, 
 }
 
 /// Prints the one JSON document of this invocation, with secrets redacted.
+/// Completion scripts and the man page come from the same clap definitions as the parser, so
+/// they cannot drift from it.
+fn completions(shell: clap_complete::Shell) -> u8 {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut text = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "dispatch_runner", &mut text);
+    write_stdout(&text)
+}
+
+fn man_page() -> u8 {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut text = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(cmd).render(&mut text) {
+        eprintln!("dispatch_runner: cannot render the man page: {e}");
+        return EXIT_RUNNER;
+    }
+    // troff reads bytes, not UTF-8: non-ASCII characters of the help text (`×`, `–`) become
+    // groff's named Unicode escapes so `man -l` renders them without warnings.
+    let mut roff = String::with_capacity(text.len());
+    for c in String::from_utf8_lossy(&text).chars() {
+        if c.is_ascii() {
+            roff.push(c);
+        } else {
+            roff.push_str(&format!("\\[u{:04X}]", c as u32));
+        }
+    }
+    write_stdout(roff.as_bytes())
+}
+
+/// Writes a whole document to stdout; a reader that went away (`| head`) is not worth a panic.
+fn write_stdout(bytes: &[u8]) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("dispatch_runner: cannot write to stdout: {e}");
+            EXIT_RUNNER
+        }
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) {
     print_json_value(serde_json::to_value(value).expect("serializable"));
 }
@@ -580,7 +631,7 @@ fn execute(
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
-        options.journal_fsync = args.journal_fsync;
+        options.journal_fsync = config.journal_fsync(args.journal_fsync);
         options.run_id = run_id;
         match crate::run(validated, options).await {
             Ok(mut report) => {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
@@ -32,7 +33,9 @@ pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// When the journal is forced to disk (`--journal-fsync`). Every line reaches the operating
 /// system at once whatever the policy; this only decides what a power loss can take.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// After every line: slowest, nothing acknowledged is lost.
@@ -126,6 +129,7 @@ impl JournalSink {
     }
 
     fn over(file: File, path: &Path, policy: FsyncPolicy, skip_below: u64, len: u64) -> Self {
+        tracing::debug!(journal = %path.display(), fsync = ?policy, "journal opened");
         let dirty = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         if policy == FsyncPolicy::Interval

@@ -114,6 +114,71 @@ fn the_fsync_policy_is_checked_on_the_command_line() {
     assert_eq!(journals(&sb).len(), 2);
 }
 
+/// The policy the run used, read off its debug log line.
+fn fsync_used(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let batch = json!({"tasks": [sh_task("a", "echo a", &[])]});
+    let mut args = vec!["--trace-dir", "traces"];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.cmd(&args);
+    cmd.env("RUST_LOG", "dispatch_runner::journal=debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = sb.run_cmd(cmd, &batch.to_string());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("journal opened"))
+        .unwrap_or_else(|| panic!("no journal log line in:\n{}", run.stderr));
+    line.split("fsync=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_fsync_policy_comes_from_flag_then_environment_then_file() {
+    let sb = Sandbox::new();
+    assert_eq!(fsync_used(&sb, &[], &[]), "Interval");
+    sb.write("dispatch.yaml", "dispatcher:\n  journal_fsync: always\n");
+    let file = ["--config", "dispatch.yaml"];
+    assert_eq!(fsync_used(&sb, &file, &[]), "Always");
+    let env = [("PARALLEL_DISPATCH_JOURNAL_FSYNC", "never")];
+    assert_eq!(fsync_used(&sb, &file, &env), "Never");
+    let flag = ["--config", "dispatch.yaml", "--journal-fsync", "interval"];
+    assert_eq!(fsync_used(&sb, &flag, &env), "Interval");
+    // `config` shows the effective policy.
+    let out = sb
+        .cmd(&["config", "--config", "dispatch.yaml"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["journal_fsync"], "always");
+    // Bad values are configuration errors (exit 3) naming where they are.
+    let out = sb
+        .cmd(&["config"])
+        .env("PARALLEL_DISPATCH_JOURNAL_FSYNC", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PARALLEL_DISPATCH_JOURNAL_FSYNC"));
+    sb.write("bad.yaml", "dispatcher:\n  journal_fsync: sometimes\n");
+    let out = sb
+        .cmd(&["config", "--config", "bad.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("journal_fsync") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
 const SECRET: &str = "journal-planted-secret-7c41d9";
 
 #[test]

@@ -418,6 +418,42 @@ fn corpus() -> Vec<(&'static str, Kind, String, Vec<&'static str>)> {
             ),
             vec!["/config/max_output_bytes"],
         ),
+        v(
+            "typed references",
+            Valid,
+            json!({"tasks": [
+                cmd("a"),
+                {"task_id": "gen", "agent": "coder", "input_data": {"contract_description": "x",
+                    "node_type": "Compute", "output_path": "gen", "context_files": ["a.py"]}},
+                {"task_id": "b", "agent": "mcp", "dependencies": ["a"], "input_data": {
+                    "url": "http://127.0.0.1:9/mcp", "tool": "get-sum",
+                    "arguments": {"a": {"$output": "a/exit_code"}, "b": 1}}},
+                {"task_id": "c", "agent": "debug", "dependencies": ["gen"], "input_data": {
+                    "problem_description": "x",
+                    "affected_files": {"$output": "gen/context_files", "$each": "/path"}}}]}),
+            vec![],
+        ),
+        v(
+            "typed reference with an unknown key",
+            Invalid,
+            json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "debug", "dependencies": ["a"], "input_data": {
+                "problem_description": "x", "affected_files": {"$output": "a/stdout", "default": ["x.py"]}}}]}),
+            vec![
+                "/tasks/1/input_data/affected_files",
+                "/tasks/1/input_data/affected_files/default",
+            ],
+        ),
+        v(
+            "typed reference that is not a JSON Pointer",
+            Invalid,
+            json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "coder", "dependencies": ["a"], "input_data": {
+                "contract_description": "x", "node_type": "Compute", "output_path": "gen",
+                "context_files": {"$output": "a/std~out"}}}]}),
+            vec![
+                "/tasks/1/input_data/context_files",
+                "/tasks/1/input_data/context_files/$output",
+            ],
+        ),
         // Beyond any schema.
         v(
             "unknown dependency",
@@ -436,6 +472,20 @@ fn corpus() -> Vec<(&'static str, Kind, String, Vec<&'static str>)> {
             BeyondSchema,
             json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "command", "input_data": {"argv": ["echo", "{{tasks.a.output.stdout}}"]}}]}),
             vec!["/tasks/1/input_data/argv/1"],
+        ),
+        v(
+            "typed reference to a non-dependency",
+            BeyondSchema,
+            json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "mcp", "input_data": {
+                "url": "http://127.0.0.1:9/mcp", "tool": "t", "arguments": {"n": {"$output": "a/exit_code"}}}}]}),
+            vec!["/tasks/1/input_data/arguments/n"],
+        ),
+        v(
+            "typed reference of the wrong type",
+            BeyondSchema,
+            json!({"tasks": [cmd("a"), {"task_id": "b", "agent": "debug", "dependencies": ["a"], "input_data": {
+                "problem_description": "x", "affected_files": {"$output": "a/stdout"}}}]}),
+            vec!["/tasks/1/input_data/affected_files"],
         ),
         v(
             "unconfigured server",

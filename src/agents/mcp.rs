@@ -20,7 +20,9 @@ pub struct McpInput {
     /// Name of the tool to call.
     #[schemars(length(min = 1))]
     pub tool: String,
-    /// The tool's arguments.
+    /// The tool's arguments. Strings may hold `{{tasks...}}` references (replaced by text); an
+    /// object `{"$output": "<task_id>/<JSON Pointer>"}` (optionally with `"$each"`) anywhere in
+    /// them is replaced by that value of the task's output, its JSON type kept.
     #[serde(default)]
     pub arguments: Map<String, Value>,
     /// A server named in the configuration (`mcp.servers`). Default: `archon`.

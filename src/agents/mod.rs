@@ -167,15 +167,24 @@ fn to_json<T: Serialize>(r: Result<T, Failure>) -> Result<Value, Failure> {
 
 /// Top-level field names of an agent's output, to check `{{tasks.X.output.<field>}}` up front.
 pub fn output_fields(agent: &str) -> Option<Vec<String>> {
-    let schema = match agent {
-        "command" => schemars::schema_for!(CommandOutput),
-        "coder" => schemars::schema_for!(CoderOutput),
-        "debug" => schemars::schema_for!(DebugOutput),
-        "mcp" => schemars::schema_for!(McpOutput),
-        _ => return None,
-    };
-    let props = schema.get("properties")?.as_object()?;
+    let props = output_schema(agent)?.get("properties")?.as_object()?;
     Some(props.keys().cloned().collect())
+}
+
+/// The JSON Schema of an agent's output (with its `$defs`), to check typed references up front.
+pub fn output_schema(agent: &str) -> Option<&'static Value> {
+    use std::sync::OnceLock;
+    static SCHEMAS: OnceLock<Vec<(&'static str, Value)>> = OnceLock::new();
+    let all = SCHEMAS.get_or_init(|| {
+        let to_value = |s: schemars::Schema| serde_json::to_value(s).expect("schema serializes");
+        vec![
+            ("command", to_value(schemars::schema_for!(CommandOutput))),
+            ("coder", to_value(schemars::schema_for!(CoderOutput))),
+            ("debug", to_value(schemars::schema_for!(DebugOutput))),
+            ("mcp", to_value(schemars::schema_for!(McpOutput))),
+        ]
+    });
+    all.iter().find(|(a, _)| *a == agent).map(|(_, s)| s)
 }
 
 /// Checks an agent's input against the run's context (e.g. configured server names) before

@@ -320,8 +320,12 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         // Any other agent: its input is checked against the schema, as the full check would.
         _ => return checked_by_schema(i, t, &mut cx.sites),
     };
-    // A `{{` in a string shows in the text as `{{` or, escaped, with a `\u`.
-    if input.contains("{{") || input.contains("\\u") {
+    // A `{{` in a string shows in the text as `{{` or, escaped, with a `\u`; so does the key of
+    // a typed reference (`$output`).
+    if input.contains("{{")
+        || input.contains("\\u")
+        || input.contains(crate::batch::template::OUTPUT_KEY)
+    {
         let value: Value = serde_json::from_str(input).ok()?;
         collect_sites(i, &value, &mut cx.sites);
     }

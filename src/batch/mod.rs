@@ -8,9 +8,11 @@ pub mod integral;
 pub mod issue;
 pub mod limits;
 pub mod model;
+pub mod passed;
 mod scan;
 pub mod schema;
 pub mod template;
+pub mod typing;
 pub mod validate;
 
 pub use issue::Issue;

@@ -34,6 +34,16 @@ pub fn batch_validator() -> &'static jsonschema::Validator {
     VALIDATOR.get_or_init(|| jsonschema::validator_for(batch_schema()).expect("schema compiles"))
 }
 
+/// The schema of an agent's `input_data` inside [`batch_schema`] (whose `$defs` its `$ref`s
+/// point into).
+pub fn agent_input_schema(agent: &str) -> Option<&'static Value> {
+    batch_schema()["$defs"]["Task"]["allOf"]
+        .as_array()?
+        .iter()
+        .find(|rule| rule["if"]["properties"]["agent"]["const"] == agent)
+        .map(|rule| &rule["then"]["properties"]["input_data"])
+}
+
 /// Agent names that have an input schema in this build, in declaration order.
 pub fn available_agents() -> Vec<String> {
     batch_schema()["$defs"]["Task"]["properties"]["agent"]["enum"]

@@ -1,10 +1,219 @@
-//! Output passing between tasks: `{{tasks.<task_id>.output.<field>[.<field>...]}}` inside any
-//! string of `input_data`.
+//! Output passing between tasks, in two forms:
+//! - `{{tasks.<task_id>.output.<field>[.<field>...]}}` inside any string of `input_data`: the
+//!   value is rendered into the string as text;
+//! - a typed reference, an object whose keys are `"$output"` and optionally `"$each"`:
+//!   `{"$output": "<task_id>/<JSON Pointer>"}` is replaced by the value itself, its JSON type
+//!   kept, and `"$each": "<JSON Pointer>"` picks that part out of every element of the array the
+//!   reference names (`{"$output": "graph/structured_content/entities", "$each": "/name"}`).
 //!
 //! Parsing happens twice: at validation time (to reject malformed references and references to
 //! tasks that are not dependencies) and at run time (to substitute upstream outputs).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The key that makes an object a typed reference. `$` starts no name a tool or agent declares
+/// (JSON Schema reserves `$` for its own keywords, which live in schemas, never in the values
+/// validated), so it does not collide with real arguments.
+pub const OUTPUT_KEY: &str = "$output";
+/// The optional key of a typed reference that maps a JSON Pointer over an array.
+pub const EACH_KEY: &str = "$each";
+
+/// A typed reference: a task, a JSON Pointer into its output, and optionally a JSON Pointer
+/// applied to every element of the array found there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedRef {
+    pub task_id: String,
+    /// RFC 6901 JSON Pointer into the output, as written (`""` is the whole output).
+    pub pointer: String,
+    pub each: Option<String>,
+}
+
+impl TypedRef {
+    /// The pointer's decoded tokens.
+    pub fn tokens(&self) -> Vec<String> {
+        pointer_tokens(&self.pointer).unwrap_or_default()
+    }
+
+    /// The pointer of `$each` decoded, if there is one.
+    pub fn each_tokens(&self) -> Option<Vec<String>> {
+        self.each
+            .as_deref()
+            .map(|p| pointer_tokens(p).unwrap_or_default())
+    }
+
+    /// How the reference reads in messages: `"build/exit_code"`, with its `$each` if any.
+    pub fn shown(&self) -> String {
+        let mut s = format!("\"{}{}\"", self.task_id, self.pointer);
+        if let Some(each) = &self.each {
+            s.push_str(&format!(" with \"$each\": \"{each}\""));
+        }
+        s
+    }
+
+    /// The referenced value in `output` (the task's whole output), with its type.
+    pub fn pick(&self, output: &Value) -> Result<Value, String> {
+        let found = output.pointer(&self.pointer).ok_or_else(|| {
+            format!(
+                "the output of task '{}' has nothing at '{}'",
+                self.task_id, self.pointer
+            )
+        })?;
+        let Some(each) = &self.each else {
+            return Ok(found.clone());
+        };
+        let Value::Array(items) = found else {
+            return Err(format!(
+                "\"$each\" needs an array, but '{}' in the output of task '{}' is of type {}",
+                self.pointer,
+                self.task_id,
+                crate::batch::typing::type_of(found)
+            ));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.pointer(each).cloned().ok_or_else(|| {
+                    format!(
+                        "element {i} of '{}' in the output of task '{}' has nothing at '{each}'",
+                        self.pointer, self.task_id
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+    }
+}
+
+/// The typed reference an object is, if it has the `$output` key; `Err` when it has the key but
+/// is not a well-formed reference.
+pub fn typed_ref(v: &Value) -> Option<Result<TypedRef, String>> {
+    let Value::Object(m) = v else { return None };
+    let target = m.get(OUTPUT_KEY)?;
+    Some(parse_typed(m, target))
+}
+
+fn parse_typed(m: &Map<String, Value>, target: &Value) -> Result<TypedRef, String> {
+    const FORM: &str =
+        "\"$output\" takes \"<task_id>\" or \"<task_id>/<JSON Pointer into its output>\"";
+    if let Some(k) = m.keys().find(|k| *k != OUTPUT_KEY && *k != EACH_KEY) {
+        return Err(format!(
+            "unknown key '{k}' in a typed reference: it has only \"$output\" and, optionally, \"$each\""
+        ));
+    }
+    let Value::String(s) = target else {
+        return Err(format!(
+            "{FORM}, not {}",
+            crate::batch::typing::type_of(target)
+        ));
+    };
+    let (task_id, pointer) = match s.find('/') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s.as_str(), ""),
+    };
+    if task_id.is_empty() {
+        return Err(format!("{FORM}: '{s}' names no task"));
+    }
+    pointer_tokens(pointer).map_err(|e| format!("\"$output\" '{s}': {e}"))?;
+    let each = match m.get(EACH_KEY) {
+        // As serde reads an absent optional field (agent fields take `null` for "none").
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => {
+            pointer_tokens(p).map_err(|e| format!("\"$each\": {e}"))?;
+            Some(p.clone())
+        }
+        Some(other) => {
+            return Err(format!(
+                "\"$each\" takes a JSON Pointer string such as \"/name\", not {}",
+                crate::batch::typing::type_of(other)
+            ));
+        }
+    };
+    Ok(TypedRef {
+        task_id: task_id.to_string(),
+        pointer: pointer.to_string(),
+        each,
+    })
+}
+
+/// The decoded tokens of an RFC 6901 JSON Pointer (`~1` is `/`, `~0` is `~`).
+pub fn pointer_tokens(p: &str) -> Result<Vec<String>, String> {
+    if p.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = p.strip_prefix('/') else {
+        return Err(format!(
+            "'{}' is not a JSON Pointer: it is empty or starts with '/'",
+            truncate(p, 60)
+        ));
+    };
+    rest.split('/')
+        .map(|t| {
+            let mut out = String::with_capacity(t.len());
+            let mut chars = t.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '~') {
+                    (_, false) => out.push(c),
+                    (_, true) => match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => {
+                            return Err(format!(
+                                "'{}' is not a JSON Pointer: '~' must be followed by 0 or 1",
+                                truncate(p, 60)
+                            ));
+                        }
+                    },
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// A JSON Pointer from decoded tokens.
+pub fn encode_pointer(tokens: &[String]) -> String {
+    tokens
+        .iter()
+        .map(|t| format!("/{}", crate::batch::issue::pointer_token(t)))
+        .collect()
+}
+
+/// A place in an input that refers to another task's output.
+#[derive(Debug, Clone, Copy)]
+pub enum Site<'v> {
+    /// A string holding `{{` (it may or may not hold references).
+    Template(&'v str),
+    /// An object with the `$output` key.
+    Typed(&'v Value),
+}
+
+/// Calls `f` with the JSON Pointer suffix of every site in `v`. The inside of a typed reference
+/// is not visited: its strings are not templates.
+pub fn visit_sites(v: &Value, pointer: &mut String, f: &mut dyn FnMut(&str, Site<'_>)) {
+    match v {
+        Value::String(s) if s.contains(OPEN) => f(pointer, Site::Template(s)),
+        Value::Object(m) if m.contains_key(OUTPUT_KEY) => f(pointer, Site::Typed(v)),
+        Value::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                let len = pointer.len();
+                let _ = std::fmt::Write::write_fmt(pointer, format_args!("/{i}"));
+                visit_sites(item, pointer, f);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&crate::batch::issue::pointer_token(k));
+                visit_sites(item, pointer, f);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// One reference found in a string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +402,9 @@ pub enum SubstituteError {
 /// `limit` bytes once expanded. The size is checked before each piece is copied, so an input that references a large
 /// output many times fails after allocating at most about `limit` bytes, instead of building the
 /// whole expansion first. `resolve` hands back the upstream value itself; it is rendered here
-/// (non-strings as compact JSON, through a writer that stops at the remaining budget).
+/// (non-strings as compact JSON, through a writer that stops at the remaining budget). Typed
+/// references (`{"$output": ...}`) are replaced by the value they name, which counts at its
+/// length as compact JSON; `resolve` is asked for the whole output of their task.
 pub fn substitute_bounded<'o>(
     v: &mut Value,
     limit: usize,
@@ -246,12 +457,12 @@ fn expand<'o>(
                         }
                         other => {
                             let mut w = Capped {
-                                buf: Vec::new(),
+                                buf: Some(Vec::new()),
                                 left: *left,
                             };
                             serde_json::to_writer(&mut w, other).map_err(|_| too_large(pointer))?;
                             *left = w.left;
-                            out.push_str(&String::from_utf8_lossy(&w.buf));
+                            out.push_str(&String::from_utf8_lossy(&w.buf.unwrap_or_default()));
                         }
                     },
                 }
@@ -268,6 +479,26 @@ fn expand<'o>(
             }
             Ok(())
         }
+        Value::Object(m) if m.contains_key(OUTPUT_KEY) => {
+            let at = |e: String| SubstituteError::Unresolved(format!("input_data{pointer}: {e}"));
+            let r = typed_ref(v).expect("has the key").map_err(at)?;
+            let whole = Reference {
+                task_id: r.task_id.clone(),
+                fields: Vec::new(),
+            };
+            let value = r
+                .pick(resolve(&whole).map_err(SubstituteError::Unresolved)?)
+                .map_err(at)?;
+            // The value counts at its length as JSON, measured without building the text.
+            let mut w = Capped {
+                buf: None,
+                left: *left,
+            };
+            serde_json::to_writer(&mut w, &value).map_err(|_| too_large(pointer))?;
+            *left = w.left;
+            *v = value;
+            Ok(())
+        }
         Value::Object(m) => {
             for (k, item) in m.iter_mut() {
                 let len = pointer.len();
@@ -282,9 +513,9 @@ fn expand<'o>(
     }
 }
 
-/// A byte sink that refuses to grow past its budget.
+/// A byte sink that refuses to grow past its budget; without a buffer it only counts.
 struct Capped {
-    buf: Vec<u8>,
+    buf: Option<Vec<u8>>,
     left: usize,
 }
 
@@ -294,7 +525,9 @@ impl std::io::Write for Capped {
             .left
             .checked_sub(data.len())
             .ok_or_else(|| std::io::Error::other("over the size limit"))?;
-        self.buf.extend_from_slice(data);
+        if let Some(buf) = &mut self.buf {
+            buf.extend_from_slice(data);
+        }
         Ok(data.len())
     }
 
@@ -432,5 +665,99 @@ mod tests {
             substitute_bounded(&mut v, 1000, &known, &lookup_big),
             Err(SubstituteError::Unresolved(_))
         ));
+    }
+
+    #[test]
+    fn typed_references_parse_and_pick() {
+        let out = json!({"exit_code": 0, "a/b": {"~k": [1, 2]},
+                         "list": [{"name": "x", "n": 1}, {"name": "y", "n": 2}]});
+        let parse = |v: Value| typed_ref(&v).unwrap();
+        let r = parse(json!({"$output": "t/a~1b/~0k/1"})).unwrap();
+        assert_eq!(r.task_id, "t");
+        assert_eq!(r.tokens(), ["a/b", "~k", "1"]);
+        assert_eq!(r.pick(&out), Ok(json!(2)));
+        assert_eq!(
+            parse(json!({"$output": "lint.py"})).unwrap().pick(&out),
+            Ok(out.clone())
+        );
+        let each = parse(json!({"$output": "t/list", "$each": "/name"})).unwrap();
+        assert_eq!(each.pick(&out), Ok(json!(["x", "y"])));
+        let all = parse(json!({"$output": "t/list", "$each": ""})).unwrap();
+        assert_eq!(all.pick(&out), Ok(out["list"].clone()));
+        assert!(
+            parse(json!({"$output": "t/list", "$each": "/zz"}))
+                .unwrap()
+                .pick(&out)
+                .unwrap_err()
+                .contains("element 0")
+        );
+        assert!(
+            parse(json!({"$output": "t/exit_code", "$each": "/x"}))
+                .unwrap()
+                .pick(&out)
+                .unwrap_err()
+                .contains("needs an array")
+        );
+        // JSON Pointer indices: no leading zeros, no signs.
+        assert!(
+            parse(json!({"$output": "t/list/01"}))
+                .unwrap()
+                .pick(&out)
+                .is_err()
+        );
+        assert!(
+            parse(json!({"$output": "t/list/+1"}))
+                .unwrap()
+                .pick(&out)
+                .is_err()
+        );
+        for bad in [
+            json!({"$output": 1}),
+            json!({"$output": "/x"}),
+            json!({"$output": "t/a~"}),
+            json!({"$output": "t", "$each": "name"}),
+            json!({"$output": "t", "$each": 3}),
+            json!({"$output": "t", "other": 1}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(typed_ref(&json!({"output": "t"})), None);
+        assert_eq!(typed_ref(&json!("{{tasks.t.output.x}}")), None);
+    }
+
+    #[test]
+    fn typed_references_expand_with_their_types_within_the_limit() {
+        let out = json!({"n": 7, "list": ["a", "b"], "big": "x".repeat(100)});
+        // Templates ask for their field, typed references for the whole output.
+        let whole = |r: &Reference| lookup(&out, &r.fields).ok_or_else(|| "missing".to_string());
+        let mut v = json!({"args": {"n": {"$output": "build/n"}, "names": {"$output": "build/list"},
+                                    "text": "n={{tasks.build.output.n}}",
+                                    "nested": [{"$output": "build/list/1"}]}});
+        substitute_bounded(&mut v, 1000, &known, &whole).unwrap();
+        assert_eq!(
+            v,
+            json!({"args": {"n": 7, "names": ["a", "b"], "text": "n=7", "nested": ["b"]}})
+        );
+        // A value is counted at its length as JSON: 102 bytes with its quotes.
+        let mut v = json!({"t": {"$output": "build/big"}});
+        assert!(substitute_bounded(&mut v, 102, &known, &whole).is_ok());
+        let mut v = json!({"t": {"$output": "build/big"}});
+        assert_eq!(
+            substitute_bounded(&mut v, 101, &known, &whole),
+            Err(SubstituteError::TooLarge {
+                limit: 101,
+                pointer: "/t".into()
+            })
+        );
+        let mut v = json!({"t": {"$output": "build/nope"}});
+        match substitute_bounded(&mut v, 1000, &known, &whole) {
+            Err(SubstituteError::Unresolved(m)) => {
+                assert_eq!(
+                    m,
+                    "input_data/t: the output of task 'build' has nothing at '/nope'"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

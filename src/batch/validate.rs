@@ -14,7 +14,8 @@ use crate::batch::issue::{Issue, pointer_token, quote};
 use crate::batch::limits::Limits;
 use crate::batch::scan;
 use crate::batch::schema::{available_agents, batch_schema, batch_validator};
-use crate::batch::template::{self, Piece};
+use crate::batch::template::{self, Piece, Site};
+use crate::batch::typing::{self, Shape};
 use crate::graph::{GraphInput, Plan, natural_path_cmp};
 
 /// A batch that passed every check, with its dependency plan.
@@ -314,56 +315,83 @@ impl<'c> FullCheck<'c> {
 fn schema_issues(value: &Value) -> Vec<Issue> {
     let mut issues = Vec::new();
     for err in batch_validator().iter_errors(value) {
-        let path = err.instance_path().as_str().to_string();
-        match err.kind() {
-            ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let expected = expected_fields(err.schema_path().as_str());
-                for field in unexpected {
-                    let mut message = format!("unknown field {}", quote(field));
-                    if !expected.is_empty() {
-                        message.push_str(&format!("; expected one of: {}", expected.join(", ")));
-                    }
-                    issues.push(Issue::new(
-                        format!("{path}/{}", crate::batch::issue::pointer_token(field)),
-                        message,
-                    ));
-                }
-            }
-            ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
-                let valid = available_agents().join(", ");
-                let message = format!("unknown agent {}; valid agents: {valid}", err.instance());
-                issues.push(Issue::new(path, message));
-            }
-            ValidationErrorKind::Pattern { .. }
-                if path.ends_with("/task_id") || path.contains("/dependencies/") =>
-            {
-                issues.push(Issue::new(
-                    path,
-                    format!(
-                        "task id {} may contain only letters, digits, '_', '-' and '.'",
-                        short(&err.instance().to_string())
-                    ),
-                ));
-            }
-            // `dependentSchemas: {A: {properties: {B: false}}}`: fields that exclude each other.
-            ValidationErrorKind::FalseSchema => {
-                let schema_path = err.schema_path().as_str();
-                let message = match schema_path
-                    .split_once("/dependentSchemas/")
-                    .and_then(|(_, rest)| rest.split_once("/properties/"))
-                {
-                    Some((a, b)) => {
-                        let b = b.split('/').next().unwrap_or(b);
-                        format!("set either `{a}` or `{b}`, not both")
-                    }
-                    None => "this field is not allowed here".to_string(),
-                };
-                issues.push(Issue::new(path, message));
-            }
-            _ => issues.push(Issue::new(path, short(&err.to_string()))),
-        }
+        schema_issue(&err, &mut issues);
     }
     issues
+}
+
+/// The issues one error of the schema validator stands for.
+fn schema_issue(err: &jsonschema::ValidationError<'_>, issues: &mut Vec<Issue>) {
+    let path = err.instance_path().as_str().to_string();
+    match err.kind() {
+        // A field that takes its value or a typed reference (`anyOf: [T, OutputRef]`): the
+        // value is judged by the branch it was meant for, whose messages say more.
+        ValidationErrorKind::AnyOf { context }
+            if context.len() == 2 && takes_output_ref(err.schema_path().as_str()) =>
+        {
+            let meant = usize::from(err.instance().get(template::OUTPUT_KEY).is_some());
+            for e in &context[meant] {
+                schema_issue(e, issues);
+            }
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let expected = expected_fields(err.schema_path().as_str());
+            for field in unexpected {
+                let mut message = format!("unknown field {}", quote(field));
+                if !expected.is_empty() {
+                    message.push_str(&format!("; expected one of: {}", expected.join(", ")));
+                }
+                issues.push(Issue::new(
+                    format!("{path}/{}", crate::batch::issue::pointer_token(field)),
+                    message,
+                ));
+            }
+        }
+        ValidationErrorKind::Enum { .. } if path.ends_with("/agent") => {
+            let valid = available_agents().join(", ");
+            let message = format!("unknown agent {}; valid agents: {valid}", err.instance());
+            issues.push(Issue::new(path, message));
+        }
+        ValidationErrorKind::Pattern { .. }
+            if path.ends_with("/task_id") || path.contains("/dependencies/") =>
+        {
+            issues.push(Issue::new(
+                path,
+                format!(
+                    "task id {} may contain only letters, digits, '_', '-' and '.'",
+                    short(&err.instance().to_string())
+                ),
+            ));
+        }
+        // `dependentSchemas: {A: {properties: {B: false}}}`: fields that exclude each other.
+        ValidationErrorKind::FalseSchema => {
+            let schema_path = err.schema_path().as_str();
+            let message = match schema_path
+                .split_once("/dependentSchemas/")
+                .and_then(|(_, rest)| rest.split_once("/properties/"))
+            {
+                Some((a, b)) => {
+                    let b = b.split('/').next().unwrap_or(b);
+                    format!("set either `{a}` or `{b}`, not both")
+                }
+                None => "this field is not allowed here".to_string(),
+            };
+            issues.push(Issue::new(path, message));
+        }
+        _ => issues.push(Issue::new(path, short(&err.to_string()))),
+    }
+}
+
+/// Whether the `anyOf` at `schema_path` (ending in `/anyOf`) is a field's own schema or a typed
+/// reference (see [`crate::batch::passed::Passed`]).
+fn takes_output_ref(schema_path: &str) -> bool {
+    let Some(at) = schema_path.strip_suffix("/anyOf") else {
+        return false;
+    };
+    batch_schema()
+        .pointer(&format!("{at}/anyOf/1/$ref"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r == format!("#/$defs/{}", typing::OUTPUT_REF_DEF))
 }
 
 /// The property names allowed where an `additionalProperties: false` failed, read from our schema
@@ -403,30 +431,40 @@ pub(crate) fn graph_input(t: &Value) -> GraphInput {
     }
 }
 
-/// A string inside a task's `input_data` that may hold `{{tasks...}}` references.
+/// A place inside a task's `input_data` that may refer to another task's output: a string that
+/// may hold `{{tasks...}}` references, or a typed reference (`{"$output": ...}`).
 #[derive(Debug, Clone)]
 pub(crate) struct RefSite {
     pub task: usize,
     pub path: String,
-    pub text: String,
+    pub kind: SiteKind,
 }
 
-/// Appends the strings of `input_data` (of task `task`) that contain `{{`.
+#[derive(Debug, Clone)]
+pub(crate) enum SiteKind {
+    Template(String),
+    Typed(Value),
+}
+
+/// Appends the places of `input_data` (of task `task`) that may refer to outputs.
 pub(crate) fn collect_sites(task: usize, input: &Value, sites: &mut Vec<RefSite>) {
     let mut pointer = format!("/tasks/{task}/input_data");
-    template::visit_strings(input, &mut pointer, &mut |path, s| {
-        if s.contains("{{") {
-            sites.push(RefSite {
-                task,
-                path: path.to_string(),
-                text: s.to_string(),
-            });
-        }
+    template::visit_sites(input, &mut pointer, &mut |path, site| {
+        sites.push(RefSite {
+            task,
+            path: path.to_string(),
+            kind: match site {
+                Site::Template(s) => SiteKind::Template(s.to_string()),
+                Site::Typed(v) => SiteKind::Typed(v.clone()),
+            },
+        });
     });
 }
 
 /// Checks every reference: it names a known task, listed in the dependencies, and a field that
-/// task's agent produces. `agents[i]` is task `i`'s agent name, if it has one.
+/// task's agent produces; a typed reference must also name a place the producing agent's output
+/// has, and a value of a type the consuming field takes. `agents[i]` is task `i`'s agent name,
+/// if it has one.
 pub(crate) fn reference_issues(
     sites: &[RefSite],
     agents: &[Option<&str>],
@@ -440,8 +478,54 @@ pub(crate) fn reference_issues(
     let is_task = |id: &str| index.contains_key(id);
     let mut issues = Vec::new();
     for site in sites {
-        let (i, path, s) = (site.task, site.path.as_str(), site.text.as_str());
+        let (i, path) = (site.task, site.path.as_str());
         let name = inputs[i].id.as_deref().unwrap_or("?");
+        // The upstream task of a reference, if it is known and a dependency (else an issue).
+        let upstream = |task_id: &str, issues: &mut Vec<Issue>| {
+            let Some(&up) = index.get(task_id) else {
+                issues.push(Issue::new(
+                    path,
+                    format!("reference to unknown task '{task_id}'"),
+                ));
+                return None;
+            };
+            if !inputs[i].deps.iter().any(|(_, d)| d == task_id) {
+                issues.push(Issue::new(
+                    path,
+                    format!(
+                        "task '{name}' uses the output of '{task_id}' but does not list it in its dependencies"
+                    ),
+                ));
+            }
+            Some(up)
+        };
+        let s = match &site.kind {
+            SiteKind::Template(s) => s.as_str(),
+            SiteKind::Typed(v) => {
+                let r = match template::typed_ref(v) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        issues.push(Issue::new(path, e));
+                        continue;
+                    }
+                    None => continue,
+                };
+                let Some(up) = upstream(&r.task_id, &mut issues) else {
+                    continue;
+                };
+                if let Some(agent) = agents[up] {
+                    let consumer = agents[i].and_then(|a| {
+                        let prefix = format!("/tasks/{i}/input_data");
+                        let rest = path.strip_prefix(&prefix)?;
+                        Some((a, rest))
+                    });
+                    if let Err(e) = typed_ref_fits(&r, agent, consumer) {
+                        issues.push(Issue::new(path, e));
+                    }
+                }
+                continue;
+            }
+        };
         {
             let pieces = match template::parse(s, &is_task) {
                 Ok(p) => p,
@@ -452,22 +536,9 @@ pub(crate) fn reference_issues(
             };
             for piece in pieces {
                 let Piece::Ref(r) = piece else { continue };
-                let Some(&up) = index.get(r.task_id.as_str()) else {
-                    issues.push(Issue::new(
-                        path,
-                        format!("reference to unknown task '{}'", r.task_id),
-                    ));
+                let Some(up) = upstream(&r.task_id, &mut issues) else {
                     continue;
                 };
-                if !inputs[i].deps.iter().any(|(_, d)| *d == r.task_id) {
-                    issues.push(Issue::new(
-                        path,
-                        format!(
-                            "task '{name}' uses the output of '{}' but does not list it in its dependencies",
-                            r.task_id
-                        ),
-                    ));
-                }
                 let upstream_agent = agents[up];
                 if let (Some(agent), Some(field)) = (upstream_agent, r.fields.first())
                     && let Some(fields) = agents::output_fields(agent)
@@ -486,6 +557,169 @@ pub(crate) fn reference_issues(
         }
     }
     issues
+}
+
+/// What a typed reference yields, by the producing agent's output schema: `Err` when that
+/// output cannot have the place named, `Ok(None)` when its type is not known.
+pub fn typed_ref_types(
+    r: &template::TypedRef,
+    agent: &str,
+) -> Result<Option<BTreeSet<&'static str>>, String> {
+    let Some(schema) = agents::output_schema(agent) else {
+        return Ok(None);
+    };
+    let whose = format!("the output of task '{}' ({agent} agent)", r.task_id);
+    // Output types are open objects in their schemas; their fields are all there is.
+    let tokens = r.tokens();
+    if let (Some(first), Some(fields)) = (tokens.first(), agents::output_fields(agent))
+        && !fields.contains(first)
+    {
+        return Err(format!(
+            "{whose} has no field '{first}'; its fields are: {}",
+            fields.join(", ")
+        ));
+    }
+    let found = typing::walk(Shape::new(schema), &r.tokens()).map_err(|e| {
+        let fields = agents::output_fields(agent).unwrap_or_default().join(", ");
+        format!(
+            "{whose} has nothing at '{}': {e} (its fields are: {fields})",
+            r.pointer
+        )
+    })?;
+    let Some(each) = r.each_tokens() else {
+        return Ok(typing::types_at(&found));
+    };
+    if let Some(types) = typing::types_at(&found)
+        && !types.contains("array")
+    {
+        return Err(format!(
+            "\"$each\" needs an array, but '{}' of {whose} is of type {}",
+            r.pointer,
+            typing::describe(&types)
+        ));
+    }
+    let mut item = r.tokens();
+    item.push("0".into());
+    item.extend(each);
+    typing::walk(Shape::new(schema), &item).map_err(|e| {
+        format!(
+            "the elements of '{}' of {whose} have nothing at '{}': {e}",
+            r.pointer,
+            r.each.as_deref().unwrap_or("")
+        )
+    })?;
+    Ok(Some(["array"].into()))
+}
+
+/// Why an input no longer fits its agent once its typed references were replaced by values:
+/// the first reference whose value has a type the field does not take, as
+/// `input_data<pointer>: ...`. `None` when no reference is to blame (or it cannot be told).
+pub fn substituted_value_problem(
+    agent: &str,
+    original: &Value,
+    substituted: &Value,
+) -> Option<String> {
+    let schema = crate::batch::schema::agent_input_schema(agent)?;
+    let mut typed = Vec::new();
+    template::visit_sites(original, &mut String::new(), &mut |p, site| {
+        if let Site::Typed(v) = site
+            && let Some(Ok(r)) = template::typed_ref(v)
+        {
+            typed.push((p.to_string(), r));
+        }
+    });
+    typed.into_iter().find_map(|(p, r)| {
+        let value = substituted.pointer(&p)?;
+        let tokens = template::pointer_tokens(&p).ok()?;
+        let start = Shape {
+            root: batch_schema(),
+            schema,
+        };
+        let typing::At::Known(shapes) = typing::walk(start, &tokens).ok()? else {
+            return None;
+        };
+        let mut first = None;
+        for s in shapes {
+            match typing::value_mismatch(s, value) {
+                None => return None,
+                Some(m) => {
+                    first.get_or_insert(m);
+                }
+            }
+        }
+        let (inner, why) = first?;
+        Some(format!(
+            "input_data{p}{inner}: the value from {} {why}",
+            r.shown()
+        ))
+    })
+}
+
+/// Checks a typed reference against the producing agent's output schema and, where the
+/// consuming agent's input schema says what its field takes (`consumer`: agent name and JSON
+/// Pointer inside `input_data`), against that.
+fn typed_ref_fits(
+    r: &template::TypedRef,
+    agent: &str,
+    consumer: Option<(&str, &str)>,
+) -> Result<(), String> {
+    let Some(from) = typed_ref_types(r, agent)? else {
+        return Ok(());
+    };
+    let Some((consumer, at)) = consumer else {
+        return Ok(());
+    };
+    let Some(input_schema) = crate::batch::schema::agent_input_schema(consumer) else {
+        return Ok(());
+    };
+    let tokens = template::pointer_tokens(at).unwrap_or_default();
+    let start = Shape {
+        root: batch_schema(),
+        schema: input_schema,
+    };
+    let Ok(place) = typing::walk(start, &tokens) else {
+        return Ok(());
+    };
+    match typing::types_at(&place) {
+        Some(to) if !typing::may_fit(&from, &to) => {
+            return Err(format!(
+                "{} is of type {} in the output of task '{}' ({agent} agent), but this field takes {}",
+                r.shown(),
+                typing::describe(&from),
+                r.task_id,
+                typing::describe(&to)
+            ));
+        }
+        Some(to) if to.contains("array") && from.contains("array") => {}
+        _ => return Ok(()),
+    }
+    // A list into a list: its elements, one level down, where both sides say.
+    let Some(output) = agents::output_schema(agent) else {
+        return Ok(());
+    };
+    let mut item = r.tokens();
+    item.push("0".into());
+    if let Some(each) = r.each_tokens() {
+        item.extend(each);
+    }
+    let mut place_item = tokens;
+    place_item.push("0".into());
+    let (Ok(from_item), Ok(to_item)) = (
+        typing::walk(Shape::new(output), &item),
+        typing::walk(start, &place_item),
+    ) else {
+        return Ok(());
+    };
+    match (typing::types_at(&from_item), typing::types_at(&to_item)) {
+        (Some(from), Some(to)) if !typing::may_fit(&from, &to) => Err(format!(
+            "the elements of {} are of type {} in the output of task '{}' ({agent} agent), but this field takes a list of {}",
+            r.shown(),
+            typing::describe(&from),
+            r.task_id,
+            typing::describe(&to)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Agent-specific checks that need the run's context (see [`agents::check_input`]).

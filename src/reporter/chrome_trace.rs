@@ -1,20 +1,44 @@
 //! `--chrome-trace PATH`: the run in the Trace Event Format (JSON object form), which Perfetto
-//! (ui.perfetto.dev) and chrome://tracing open. One thread per worker lane with one complete
-//! event (`"ph": "X"`) per attempt; retries and breaker changes as instant events; run
-//! cancellation as a global instant.
+//! (ui.perfetto.dev) and chrome://tracing open. One named thread track per worker lane with one
+//! complete event (`"ph": "X"`) per attempt; retries on a named `scheduler` track, breaker
+//! changes as process-wide instants, run cancellation as a global instant.
+//!
+//! Ids are chosen for Perfetto's JSON importer, not only for chrome://tracing:
+//! - pid 0 and tid 0 are the kernel's idle task there: trace_processor reserves utid/upid 0 and
+//!   the UI filters them out (`ProcessTracker` constructor in
+//!   src/trace_processor/importers/common/process_tracker.cc; google/perfetto#394 "avoid pid 0
+//!   ... start from pid = 1"; thoren-d/tracing-chrome#32, tid 0 merged into another thread). So
+//!   no event uses pid 0 or tid 0.
+//! - A thread whose tid equals its pid is the process's main thread (`AssociateThreadToProcess`
+//!   sets `is_main_thread` when tid == pid) and the UI labels it so. No track here is a main
+//!   thread, so no tid equals [`PID`].
+//! - The importer (`json_trace_parser_impl.cc`, phase `M`) takes `thread_name` and
+//!   `process_name`; newer versions also `thread_sort_index` (google/perfetto#3273). Metadata
+//!   events carry no `ts` (a timestamp on them is at best ignored; google/perfetto#2048).
+//! - Duration events on one track must nest (Perfetto docs, "Visualizing external trace
+//!   formats", Chrome JSON notes); attempts on a lane are sequential, so each attempt's end is
+//!   clamped to the next attempt's start on that lane (whole microseconds, so rounding cannot
+//!   make them overlap). `args.duration_ms` keeps the measured duration.
 
 use serde_json::{Value, json};
 
 use crate::events::EventKind;
 use crate::reporter::recorder::RunRecord;
 
+/// The one process; not 0 (the idle process in Perfetto).
 const PID: u64 = 1;
-/// Lane for scheduler happenings that are not on a worker (retries waiting, breakers).
-const SCHEDULER_TID: u64 = 0;
+/// Track for scheduler happenings that are not on a worker (retries waiting).
+const SCHEDULER_TID: u64 = 2;
+/// Worker lane `n` is thread `FIRST_WORKER_TID + n`: never 0, never [`PID`].
+const FIRST_WORKER_TID: u64 = 3;
 
 /// Renders the record (already redacted) as Trace Event Format JSON.
 pub fn render(record: &RunRecord) -> Vec<u8> {
     serde_json::to_vec(&trace_events(record)).expect("serializable")
+}
+
+fn worker_tid(lane: usize) -> u64 {
+    FIRST_WORKER_TID + lane as u64
 }
 
 pub fn trace_events(record: &RunRecord) -> Value {
@@ -35,15 +59,23 @@ pub fn trace_events(record: &RunRecord) -> Value {
         .events
         .last()
         .map_or(record.summary.total_time_ms as f64, |e| e.elapsed_ms);
-    let mut lanes: Vec<usize> = record
+    // (lane, start µs, task index, attempt index), sorted so each lane's attempts are in order.
+    let mut attempts: Vec<(usize, u64, usize, usize)> = record
         .tasks
         .iter()
-        .flat_map(|t| t.attempts.iter().map(|a| a.worker))
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.attempts
+                .iter()
+                .enumerate()
+                .map(move |(ai, a)| (a.worker, us(a.start_ms), ti, ai))
+        })
         .collect();
-    lanes.sort_unstable();
+    attempts.sort_unstable();
+    let mut lanes: Vec<usize> = attempts.iter().map(|a| a.0).collect();
     lanes.dedup();
     for lane in &lanes {
-        let tid = *lane as u64 + 1;
+        let tid = worker_tid(*lane);
         events.push(meta(
             "thread_name",
             tid,
@@ -51,34 +83,41 @@ pub fn trace_events(record: &RunRecord) -> Value {
         ));
         events.push(meta("thread_sort_index", tid, json!({"sort_index": *lane})));
     }
-    for t in &record.tasks {
-        for a in &t.attempts {
-            let dur = a.duration_ms.unwrap_or((end_ms - a.start_ms).max(0.0));
-            let outcome = a
-                .outcome
-                .map(|o| format!("{o:?}").to_lowercase())
-                .unwrap_or_else(|| "unfinished".into());
-            let mut args = json!({
-                "task_id": t.task_id,
-                "attempt": a.attempt,
-                "outcome": outcome,
-                "task_status": t.status.map(|s| s.as_str()),
-            });
-            if let Some(e) = &a.error {
-                args["error"] = json!(e);
-            }
-            events.push(json!({
-                "name": t.task_id,
-                "cat": t.agent,
-                "ph": "X",
-                "ts": us(a.start_ms),
-                "dur": us(dur),
-                "pid": PID,
-                "tid": a.worker as u64 + 1,
-                "cname": colour(&outcome),
-                "args": args,
-            }));
+    for (k, &(lane, start, ti, ai)) in attempts.iter().enumerate() {
+        let t = &record.tasks[ti];
+        let a = &t.attempts[ai];
+        let dur_ms = a.duration_ms.unwrap_or((end_ms - a.start_ms).max(0.0));
+        let mut end = us(a.start_ms + dur_ms).max(start);
+        if let Some(&(next_lane, next_start, ..)) = attempts.get(k + 1)
+            && next_lane == lane
+        {
+            end = end.min(next_start);
         }
+        let outcome = a
+            .outcome
+            .map(|o| format!("{o:?}").to_lowercase())
+            .unwrap_or_else(|| "unfinished".into());
+        let mut args = json!({
+            "task_id": t.task_id,
+            "attempt": a.attempt,
+            "outcome": outcome,
+            "task_status": t.status.map(|s| s.as_str()),
+            "duration_ms": dur_ms,
+        });
+        if let Some(e) = &a.error {
+            args["error"] = json!(e);
+        }
+        events.push(json!({
+            "name": t.task_id,
+            "cat": t.agent,
+            "ph": "X",
+            "ts": start,
+            "dur": end - start,
+            "pid": PID,
+            "tid": worker_tid(lane),
+            "cname": colour(&outcome),
+            "args": args,
+        }));
     }
     for e in &record.events {
         let instant = |name: String, scope: &str, args: Value| {
@@ -123,9 +162,9 @@ fn meta(name: &str, tid: u64, args: Value) -> Value {
     json!({"name": name, "ph": "M", "pid": PID, "tid": tid, "args": args})
 }
 
-/// Microseconds, the unit of the format.
-fn us(ms: f64) -> f64 {
-    (ms * 1000.0).round()
+/// Whole microseconds, the unit of the format; run-relative times are never negative.
+fn us(ms: f64) -> u64 {
+    (ms * 1000.0).round().max(0.0) as u64
 }
 
 /// Reserved colour names that chrome://tracing understands.

@@ -579,12 +579,27 @@ impl<E: Executor> Dispatcher<E> {
             })
         })
         .map_err(unresolved)?;
-        let resolved = agent.with_input(input).map_err(|e| {
-            TaskError::permanent(
-                ErrorKind::ReferenceUnresolved,
-                format!("input no longer valid after substituting outputs: {e}"),
-            )
-        })?;
+        // Read from a borrowed tree, so the input is still there to explain a failure.
+        let tagged = serde_json::json!({"agent": agent.name(), "input_data": input});
+        let resolved = match <AgentInput as serde::Deserialize>::deserialize(&tagged) {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                // A typed reference brought a value of the wrong type: say which one and where.
+                let original = agent.input_value();
+                let message = crate::batch::validate::substituted_value_problem(
+                    agent.name(),
+                    &original,
+                    &tagged["input_data"],
+                )
+                .unwrap_or_else(|| {
+                    format!("input no longer valid after substituting outputs: {e}")
+                });
+                return Err(TaskError::permanent(
+                    ErrorKind::ReferenceUnresolved,
+                    message,
+                ));
+            }
+        };
         Ok((resolved, true))
     }
 

@@ -30,6 +30,18 @@ pub fn everything_js() -> String {
     p.display().to_string()
 }
 
+/// server-memory's entry point (a stdio server keeping a knowledge graph in `MEMORY_FILE_PATH`);
+/// installed by scripts/install-test-deps.
+pub fn memory_js() -> String {
+    let p = deps().join("node/node_modules/@modelcontextprotocol/server-memory/dist/index.js");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-deps",
+        p.display()
+    );
+    p.display().to_string()
+}
+
 pub fn python() -> String {
     let p = deps().join("venv/bin/python");
     assert!(

@@ -9,6 +9,7 @@
 pub mod onex;
 pub mod template;
 
+use crate::batch::passed::Passed;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -129,9 +130,10 @@ pub struct CoderInput {
     /// Snake-case node name (default: from the file name or the contract).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    /// Files (inside the workspace) shown to a model as context.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub context_files: Vec<String>,
+    /// Files (inside the workspace) shown to a model as context; or a typed reference
+    /// (`{"$output": ...}`) to a list of them in another task's output.
+    #[serde(default, skip_serializing_if = "Passed::is_empty_list")]
+    pub context_files: Passed<Vec<String>>,
     #[serde(default)]
     pub validation_level: ValidationLevel,
     /// Replace an existing file.
@@ -273,7 +275,7 @@ pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, F
     let cap = ctx.services.llm.context_max_bytes;
     let mut context = Vec::new();
     let mut context_files = Vec::new();
-    for given in &input.context_files {
+    for given in input.context_files.value("context_files")? {
         let p = ws.resolve(given)?;
         let (text, truncated) = ws.read_text_async(&p, cap).await?;
         context_files.push(ContextFile {

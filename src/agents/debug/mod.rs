@@ -16,6 +16,7 @@ pub mod rules;
 pub mod syntax;
 pub mod traces;
 
+use crate::batch::passed::Passed;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -80,12 +81,13 @@ pub struct DebugInput {
     /// What goes wrong.
     #[schemars(length(min = 1))]
     pub problem_description: String,
-    /// Files to analyse, inside the workspace.
-    #[schemars(length(min = 1))]
-    pub affected_files: Vec<String>,
-    /// Stack traces, tracebacks or panic messages, one per string.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub error_traces: Vec<String>,
+    /// Files to analyse, inside the workspace; or a typed reference (`{"$output": ...}`) to
+    /// a list of them in another task's output.
+    #[schemars(schema_with = "crate::batch::passed::non_empty_strings")]
+    pub affected_files: Passed<Vec<String>>,
+    /// Stack traces, tracebacks or panic messages, one per string; or a typed reference.
+    #[serde(default, skip_serializing_if = "Passed::is_empty_list")]
+    pub error_traces: Passed<Vec<String>>,
     #[serde(default)]
     pub analysis_depth: AnalysisDepth,
     /// Your guess; the output says whether the evidence supports it.
@@ -199,7 +201,9 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
             })?,
         },
     };
-    if input.affected_files.is_empty() {
+    input.affected_files.value("affected_files")?;
+    input.error_traces.value("error_traces")?;
+    if input.affected_files.items().is_empty() {
         return Err(TaskError::permanent(
             ErrorKind::InvalidInput,
             "affected_files must name at least one file",
@@ -308,7 +312,7 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
     let cap = 4 * 1024 * 1024;
     let mut files = Vec::new();
     let mut notes = Vec::new();
-    for given in &input.affected_files {
+    for given in input.affected_files.items() {
         stopped(stop)?;
         let p = ws.resolve(given)?;
         let (text, cut) = ws.read_text(&p, cap)?;
@@ -364,7 +368,7 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
 
     let mut errors = Vec::new();
     let mut frames = Vec::new();
-    for (i, text) in input.error_traces.iter().enumerate() {
+    for (i, text) in input.error_traces.items().iter().enumerate() {
         stopped(stop)?;
         let Some(t) = traces::parse(text) else {
             notes.push(format!(
@@ -688,7 +692,7 @@ async fn ask_model(
         }
         prompt.push_str(&format!("\nFile {}:\n```\n{text}\n```\n", f.display));
     }
-    for t in &input.error_traces {
+    for t in input.error_traces.items() {
         prompt.push_str(&format!("\nError trace:\n```\n{t}\n```\n"));
     }
     let static_view = json!({"findings": findings, "errors": errors, "root_cause": root});
