@@ -111,6 +111,19 @@ pub struct TaskInfo {
     pub input: Value,
 }
 
+impl TaskInfo {
+    /// What `run_started` says of a task of the batch.
+    pub fn of(task: &crate::batch::Task) -> TaskInfo {
+        TaskInfo {
+            task_id: task.task_id.clone(),
+            agent: task.agent.name().to_string(),
+            description: task.description.clone(),
+            dependencies: task.dependencies.clone(),
+            input: task.agent.input_value(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {

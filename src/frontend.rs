@@ -247,6 +247,22 @@ fn print_json(value: &impl serde::Serialize) {
     print_json_value(serde_json::to_value(value).expect("serializable"));
 }
 
+/// As [`print_json`], for a document that redacts itself as it is written, piece by piece (the
+/// result of a big run is never one JSON tree).
+fn print_streamed(doc: &impl serde::Serialize) {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, doc)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("dispatch_runner: cannot write to stdout: {e}");
+    }
+}
+
 /// As [`print_json`], for a document already built as JSON: redacted in place, not copied.
 fn print_json_value(mut value: serde_json::Value) {
     crate::redact::redact_json(&mut value);
@@ -659,8 +675,11 @@ fn warn(delivery: &Delivery) {
 /// Prints the result in the form asked for; `output_written` says whether `-o` holds the full one.
 fn print_result(args: &RunArgs, result: &RunResult, output_written: bool) {
     match args.result_form {
-        ResultForm::Full => print_json(result),
-        ResultForm::Compact => print_json(&compact_result(args, result, output_written)),
+        ResultForm::Full => print_streamed(&result.redacted()),
+        ResultForm::Compact => match compact_result(args, result, output_written) {
+            Ok(doc) => print_json(&doc),
+            Err(e) => eprintln!("dispatch_runner: error: cannot read the run's results back: {e}"),
+        },
     }
 }
 
@@ -668,7 +687,7 @@ fn compact_result(
     args: &RunArgs,
     result: &RunResult,
     output_written: bool,
-) -> crate::reporter::compact::CompactResult {
+) -> Result<crate::reporter::compact::CompactResult, String> {
     let path = |p: &std::path::PathBuf| p.display().to_string();
     let context = CompactContext {
         tails: TailLimits {
@@ -690,7 +709,7 @@ fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 
     let result = &report.result;
     warn(delivery);
     if let Some(path) = &args.output_file
-        && let Err(e) = write_json_atomic(path, &crate::redact::redacted(result))
+        && let Err(e) = write_json_atomic(path, &result.redacted())
     {
         print_result(args, result, false);
         eprintln!(

@@ -74,11 +74,19 @@ pub struct JournalSink {
     stop: Arc<AtomicBool>,
     /// Events numbered below this are already in the file (a resumed run replays them).
     skip_below: u64,
+    /// Length of the file: where the next line goes.
+    len: u64,
 }
 
 impl JournalSink {
     /// Creates the journal (it must not exist) and writes its header, durably.
-    pub fn create(path: &Path, header: &Header, policy: FsyncPolicy) -> std::io::Result<Self> {
+    pub fn create(
+        path: &Path,
+        run_id: &str,
+        batch: &Batch,
+        digests: &Digests,
+        policy: FsyncPolicy,
+    ) -> std::io::Result<Self> {
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         // Like the trace (and the outputs it holds): readable by the owner only.
@@ -88,13 +96,13 @@ impl JournalSink {
         // Held while the run goes, so `resume` can tell a live run from a dead one. Advisory and
         // best-effort: a file system without locks still gets its journal.
         let _ = file.try_lock();
-        let mut line = serde_json::to_vec(&crate::redact::redacted(header))?;
+        let mut line = header_line(run_id, batch, digests)?;
         line.push(b'\n');
         file.write_all(&line)?;
         if policy != FsyncPolicy::Never {
             file.sync_all()?;
         }
-        Ok(Self::over(file, path, policy, 0))
+        Ok(Self::over(file, path, policy, 0, line.len() as u64))
     }
 
     /// Opens an existing journal to continue it after `keep` bytes (the torn tail, if any, is
@@ -113,10 +121,14 @@ impl JournalSink {
             )));
         }
         file.set_len(keep)?;
-        Ok(Self::over(file, path, policy, skip_below))
+        Ok(Self::over(file, path, policy, skip_below, keep))
     }
 
-    fn over(file: File, path: &Path, policy: FsyncPolicy, skip_below: u64) -> Self {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn over(file: File, path: &Path, policy: FsyncPolicy, skip_below: u64, len: u64) -> Self {
         tracing::debug!(journal = %path.display(), fsync = ?policy, "journal opened");
         let dirty = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -145,20 +157,19 @@ impl JournalSink {
             dirty,
             stop,
             skip_below,
+            len,
         }
     }
-}
 
-impl EventSink for JournalSink {
-    fn on_event(&mut self, event: &Event) {
+    /// Writes `event` as the next line; returns where the line is (offset and length), or
+    /// `None` when nothing was written: the event is already in the file (a resumed run's), or
+    /// the journal can no longer be written.
+    pub fn write(&mut self, event: &Event) -> Option<(u64, u32)> {
         if event.seq < self.skip_below {
-            return;
+            return None;
         }
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let mut line =
-            serde_json::to_vec(&crate::redact::redacted(event)).expect("events serialize");
+        let file = self.file.as_mut()?;
+        let mut line = event_line(event);
         line.push(b'\n');
         // One write per line: what a crash can tear is the last line only.
         let mut written = file.write_all(&line);
@@ -183,7 +194,77 @@ impl EventSink for JournalSink {
                 self.path.display()
             );
             self.file = None;
+            return None;
         }
+        let at = self.len;
+        self.len += line.len() as u64;
+        u32::try_from(line.len()).ok().map(|len| (at, len))
+    }
+}
+
+impl EventSink for JournalSink {
+    fn on_event(&mut self, event: &Event) {
+        self.write(event);
+    }
+}
+
+/// The header line (without its newline), redacted, written task by task: a batch of a million
+/// tasks is never one JSON tree.
+fn header_line(run_id: &str, batch: &Batch, digests: &Digests) -> std::io::Result<Vec<u8>> {
+    use crate::reporter::stream::{Part, Spliced};
+    let skeleton = Header {
+        journal_format: JOURNAL_FORMAT,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        run_id: run_id.to_string(),
+        batch: Batch {
+            tasks: Vec::new(),
+            config: batch.config.clone(),
+        },
+        digests: Digests {
+            algorithm: digests.algorithm.clone(),
+            key_id: digests.key_id.clone(),
+            tasks: Vec::new(),
+        },
+    };
+    let doc = Spliced {
+        skeleton: crate::redact::redacted(&skeleton),
+        splices: vec![
+            ("batch", Part::Batch(batch)),
+            ("digests", Part::Digests(digests)),
+        ],
+    };
+    Ok(serde_json::to_vec(&doc)?)
+}
+
+/// An event's line (without its newline), redacted; `run_started`'s list of tasks one task at
+/// a time.
+fn event_line(event: &Event) -> Vec<u8> {
+    use crate::reporter::stream::{Part, Spliced};
+    match &event.kind {
+        EventKind::RunStarted {
+            run_id,
+            previous_run_id,
+            config,
+            tasks,
+        } => {
+            let skeleton = Event {
+                kind: EventKind::RunStarted {
+                    run_id: run_id.clone(),
+                    previous_run_id: previous_run_id.clone(),
+                    config: config.clone(),
+                    tasks: Vec::new(),
+                },
+                seq: event.seq,
+                at: event.at.clone(),
+                elapsed_ms: event.elapsed_ms,
+            };
+            let doc = Spliced {
+                skeleton: crate::redact::redacted(&skeleton),
+                splices: vec![("tasks", Part::InfoList(tasks))],
+            };
+            serde_json::to_vec(&doc).expect("events serialize")
+        }
+        _ => serde_json::to_vec(&crate::redact::redacted(event)).expect("events serialize"),
     }
 }
 
@@ -198,6 +279,8 @@ impl Drop for JournalSink {
 pub struct Journal {
     pub header: Header,
     pub events: Vec<Event>,
+    /// Where each event's line is: offset and length, newline included.
+    pub lines: Vec<(u64, u32)>,
     /// Bytes of whole, valid lines: where appending continues.
     pub valid_len: u64,
     /// A torn last line was found and dropped.
@@ -221,6 +304,7 @@ pub fn read(path: &Path) -> Result<Journal, String> {
     let count = lines.len();
     let mut header: Option<Header> = None;
     let mut events = Vec::new();
+    let mut offsets = Vec::new();
     let mut valid_len = 0u64;
     for (n, line) in lines.into_iter().enumerate() {
         let number = n + 1;
@@ -251,7 +335,12 @@ pub fn read(path: &Path) -> Result<Journal, String> {
                 })
         };
         match parsed {
-            Ok(()) => valid_len += line.len() as u64,
+            Ok(()) => {
+                if n > 0 {
+                    offsets.push((valid_len, u32::try_from(line.len()).unwrap_or(u32::MAX)));
+                }
+                valid_len += line.len() as u64;
+            }
             // The last line may also be torn inside a newline-terminated write only if it is
             // the last: still a crash's mark.
             Err(_) if number == count && number > 1 => {
@@ -278,9 +367,26 @@ pub fn read(path: &Path) -> Result<Journal, String> {
     Ok(Journal {
         header,
         events,
+        lines: offsets,
         valid_len,
         torn_tail,
     })
+}
+
+/// The digests in a journal's header, read without reading its batch into memory.
+pub fn read_digests(path: &Path) -> Result<Digests, String> {
+    #[derive(Deserialize)]
+    struct DigestsOnly {
+        digests: Digests,
+    }
+    let file = File::open(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+    let mut lines = serde_json::Deserializer::from_reader(std::io::BufReader::new(file))
+        .into_iter::<DigestsOnly>();
+    match lines.next() {
+        Some(Ok(h)) => Ok(h.digests),
+        Some(Err(e)) => Err(format!("'{}' line 1: {e}", path.display())),
+        None => Err(format!("'{}' is empty", path.display())),
+    }
 }
 
 /// What a resumed run continues from.
@@ -288,6 +394,8 @@ pub fn read(path: &Path) -> Result<Journal, String> {
 pub struct Resumed {
     /// The events of the journal, replayed into the resumed run before it goes on.
     pub events: Vec<Event>,
+    /// Where each of those events' line is in the journal (offset, length).
+    pub lines: Vec<(u64, u32)>,
     /// Bytes of whole lines in the journal: appending continues there (a torn line is cut).
     pub journal_len: u64,
 }
@@ -365,6 +473,7 @@ pub fn prepare_resume(
         crate::rerun::prepare_from(trace, path, new_batch, "dispatch_runner resume", &settled)?;
     reuse.resume = Some(Resumed {
         events: journal.events,
+        lines: journal.lines,
         journal_len: journal.valid_len,
     });
     Ok((validated, reuse, run_id))

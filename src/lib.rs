@@ -26,7 +26,9 @@
 //! ]}"#).map_err(|issues| format!("{issues:?}"))?;
 //! let settings = RunSettings::resolve(&[&batch.batch.config]);
 //! let report = dispatch_runner::run(batch, RunOptions::new(settings)).await?;
-//! assert_eq!(report.result.results[0].output.as_ref().unwrap()["stdout"], "hi\n");
+//! // Results are read back from the run's journal (a run of many tasks never holds them all).
+//! let results = report.result.results.to_vec()?;
+//! assert_eq!(results[0].output.as_ref().unwrap()["stdout"], "hi\n");
 //! # Ok(()) }
 //! ```
 

@@ -533,7 +533,8 @@ fn compacted(body: &Value) -> Value {
     let compact = |v: &Value| {
         serde_json::from_value::<RunResult>(v.clone())
             .ok()
-            .map(|r| serde_json::to_value(compact(&r, context.clone())).unwrap_or(Value::Null))
+            .and_then(|r| compact(&r, context.clone()).ok())
+            .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
     };
     if let Some(doc) = compact(body) {
         return doc;
@@ -795,8 +796,13 @@ async fn finished_view(state: &AppState, run_id: &str, form: ResultForm) -> Resp
     };
     let result = RunResult::from_record(&record, &path);
     if form == ResultForm::Compact {
-        let mut doc = serde_json::to_value(compact(&result, CompactContext::default()))
-            .unwrap_or(Value::Null);
+        let Ok(compacted) = compact(&result, CompactContext::default()) else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "trace file is unreadable",
+            );
+        };
+        let mut doc = serde_json::to_value(compacted).unwrap_or(Value::Null);
         doc["state"] = json!("finished");
         return json_response(StatusCode::OK, &doc);
     }

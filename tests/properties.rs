@@ -198,7 +198,8 @@ proptest! {
         let mut running = 0usize;
         let mut peak = 0usize;
         let mut succeeded: HashSet<String> = HashSet::new();
-        for e in &report.record.events {
+        let record = report.record().unwrap();
+        for e in &record.events {
             match &e.kind {
                 EventKind::AttemptStarted { task_id, worker, .. } => {
                     running += 1;

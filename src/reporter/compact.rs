@@ -239,8 +239,9 @@ impl CompactBuilder {
     }
 }
 
-/// The compact form of a full result.
-pub fn compact(result: &RunResult, context: CompactContext) -> CompactResult {
+/// The compact form of a full result; an error when the results cannot be read back from the
+/// run's journal.
+pub fn compact(result: &RunResult, context: CompactContext) -> Result<CompactResult, String> {
     let mut builder = CompactBuilder::new(
         result.status,
         &result.run_id,
@@ -249,10 +250,10 @@ pub fn compact(result: &RunResult, context: CompactContext) -> CompactResult {
         &result.summary,
         context,
     );
-    for task in &result.results {
-        builder.push(task);
+    for task in result.results.iter() {
+        builder.push(&task?);
     }
-    builder.finish()
+    Ok(builder.finish())
 }
 
 /// The last `limits.lines` lines of `text`, at most `limits.bytes` bytes of them. Secrets are

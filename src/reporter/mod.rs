@@ -7,6 +7,7 @@ pub mod chrome_trace;
 pub mod compact;
 pub mod html;
 pub mod junit;
+pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod ndjson;
@@ -15,6 +16,7 @@ pub mod outputs;
 pub mod progress;
 pub mod recorder;
 pub mod result;
+pub mod stream;
 pub mod trace;
 
 pub use recorder::{Recorder, RunRecord};

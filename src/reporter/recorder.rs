@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::events::{AttemptOutcome, Event, EventKind, EventSink, RunStatus, Summary, TaskStatus};
+use crate::events::{
+    AttemptOutcome, Event, EventKind, EventSink, RunStatus, Summary, TaskInfo, TaskStatus,
+};
 use crate::task_error::TaskError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,11 +72,6 @@ impl Recorder {
     pub fn record(&self) -> Option<&RunRecord> {
         self.record.as_ref()
     }
-
-    fn task(&mut self, id: &str) -> Option<(usize, &mut TaskRecord)> {
-        let i = *self.index.get(id)?;
-        Some((i, &mut self.record.as_mut()?.tasks[i]))
-    }
 }
 
 impl EventSink for Recorder {
@@ -103,92 +100,19 @@ impl EventSink for Recorder {
                         total_tasks: tasks.len(),
                         ..Summary::default()
                     },
-                    tasks: tasks
-                        .iter()
-                        .map(|t| TaskRecord {
-                            task_id: t.task_id.clone(),
-                            agent: t.agent.clone(),
-                            description: t.description.clone(),
-                            dependencies: t.dependencies.clone(),
-                            status: None,
-                            output: None,
-                            error: None,
-                            attempts: Vec::new(),
-                            started_at: None,
-                            finished_at: None,
-                            execution_time_ms: 0,
-                            reused: false,
-                        })
-                        .collect(),
+                    tasks: tasks.iter().map(TaskRecord::new).collect(),
                     events: Vec::new(),
                 });
             }
-            EventKind::AttemptStarted {
-                task_id,
-                attempt,
-                worker,
-                ..
-            } => {
-                let at = event.at.clone();
-                let elapsed = event.elapsed_ms;
-                if let Some((i, t)) = self.task(task_id) {
-                    if t.started_at.is_none() {
-                        t.started_at = Some(at.clone());
-                    }
-                    t.attempts.push(AttemptRecord {
-                        attempt: *attempt,
-                        worker: *worker,
-                        started_at: at,
-                        finished_at: None,
-                        duration_ms: None,
-                        outcome: None,
-                        error: None,
-                        start_ms: elapsed,
-                    });
-                    self.first_start_ms[i].get_or_insert(elapsed);
-                }
-            }
-            EventKind::AttemptFinished {
-                task_id,
-                attempt,
-                outcome,
-                duration_ms,
-                error,
-            } => {
-                let at = event.at.clone();
-                if let Some((_, t)) = self.task(task_id)
-                    && let Some(a) = t.attempts.iter_mut().rev().find(|a| a.attempt == *attempt)
-                {
-                    a.finished_at = Some(at);
-                    a.duration_ms = Some(*duration_ms);
-                    a.outcome = Some(*outcome);
-                    a.error = error.clone();
-                }
-            }
-            EventKind::TaskFinished {
-                task_id,
-                status,
-                output,
-                error,
-                reused,
-                ..
-            } => {
-                let at = event.at.clone();
-                let elapsed = event.elapsed_ms;
-                if let Some((i, t)) = self.task(task_id) {
-                    t.status = Some(*status);
-                    t.reused = *reused;
-                    t.output = output.clone();
-                    t.error = error.clone();
-                    if t.started_at.is_some() {
-                        t.finished_at = Some(at);
-                    }
-                    let start = self.first_start_ms[i];
-                    if let Some(t) = self.record.as_mut().map(|r| &mut r.tasks[i]) {
-                        t.execution_time_ms =
-                            start.map_or(0, |s| (elapsed - s).max(0.0).round() as u64);
-                    }
-                    if let Some(r) = self.record.as_mut() {
+            EventKind::AttemptStarted { task_id, .. }
+            | EventKind::AttemptFinished { task_id, .. }
+            | EventKind::TaskFinished { task_id, .. } => {
+                let Some(&i) = self.index.get(task_id.as_str()) else {
+                    return self.keep(event);
+                };
+                if let Some(r) = self.record.as_mut() {
+                    r.tasks[i].apply(&mut self.first_start_ms[i], event);
+                    if let EventKind::TaskFinished { status, .. } = &event.kind {
                         r.summary.count(*status);
                     }
                 }
@@ -206,8 +130,97 @@ impl EventSink for Recorder {
             | EventKind::TaskProgress { .. }
             | EventKind::RunCancelled { .. } => {}
         }
+        self.keep(event);
+    }
+}
+
+impl Recorder {
+    fn keep(&mut self, event: &Event) {
         if let Some(r) = self.record.as_mut() {
             r.events.push(event.clone());
+        }
+    }
+}
+
+impl TaskRecord {
+    /// The record of a task that has not started, from what `run_started` says of it.
+    pub fn new(info: &TaskInfo) -> TaskRecord {
+        TaskRecord {
+            task_id: info.task_id.clone(),
+            agent: info.agent.clone(),
+            description: info.description.clone(),
+            dependencies: info.dependencies.clone(),
+            status: None,
+            output: None,
+            error: None,
+            attempts: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            execution_time_ms: 0,
+            reused: false,
+        }
+    }
+
+    /// Folds one of this task's own events (attempt started or finished, task finished) into
+    /// the record; `first_start_ms` is when its first attempt started, for `execution_time_ms`.
+    /// Other events change nothing.
+    pub fn apply(&mut self, first_start_ms: &mut Option<f64>, event: &Event) {
+        match &event.kind {
+            EventKind::AttemptStarted {
+                attempt, worker, ..
+            } => {
+                if self.started_at.is_none() {
+                    self.started_at = Some(event.at.clone());
+                }
+                self.attempts.push(AttemptRecord {
+                    attempt: *attempt,
+                    worker: *worker,
+                    started_at: event.at.clone(),
+                    finished_at: None,
+                    duration_ms: None,
+                    outcome: None,
+                    error: None,
+                    start_ms: event.elapsed_ms,
+                });
+                first_start_ms.get_or_insert(event.elapsed_ms);
+            }
+            EventKind::AttemptFinished {
+                attempt,
+                outcome,
+                duration_ms,
+                error,
+                ..
+            } => {
+                if let Some(a) = self
+                    .attempts
+                    .iter_mut()
+                    .rev()
+                    .find(|a| a.attempt == *attempt)
+                {
+                    a.finished_at = Some(event.at.clone());
+                    a.duration_ms = Some(*duration_ms);
+                    a.outcome = Some(*outcome);
+                    a.error = error.clone();
+                }
+            }
+            EventKind::TaskFinished {
+                status,
+                output,
+                error,
+                reused,
+                ..
+            } => {
+                self.status = Some(*status);
+                self.reused = *reused;
+                self.output = output.clone();
+                self.error = error.clone();
+                if self.started_at.is_some() {
+                    self.finished_at = Some(event.at.clone());
+                }
+                self.execution_time_ms =
+                    first_start_ms.map_or(0, |s| (event.elapsed_ms - s).max(0.0).round() as u64);
+            }
+            _ => {}
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::events::{
 };
 use crate::policy::breaker::{BreakerKey, CircuitBreaker, Transition};
 use crate::policy::concurrency::WorkerLimit;
-use crate::reporter::{Recorder, RunRecord};
+use crate::reporter::ledger::Ledger;
 use crate::rerun::Reuse;
 use crate::runner::Interrupt;
 use crate::runner::executor::{
@@ -36,12 +36,12 @@ use crate::services::Services;
 use crate::settings::{KILL_GRACE, RunSettings};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
-/// Numbers and time-stamps events and hands them to the recorder, then to every other sink, in
-/// order.
+/// Numbers and time-stamps events and hands them to the ledger (which writes the journal),
+/// then to every other sink, in order.
 pub struct EventBus {
     seq: u64,
     start: Instant,
-    recorder: Recorder,
+    ledger: Ledger,
     sinks: Vec<Box<dyn EventSink>>,
 }
 
@@ -50,7 +50,7 @@ impl EventBus {
         EventBus {
             seq: 0,
             start: Instant::now(),
-            recorder: Recorder::default(),
+            ledger: Ledger::in_memory(),
             sinks,
         }
     }
@@ -63,7 +63,7 @@ impl EventBus {
             kind,
         };
         self.seq += 1;
-        self.recorder.on_event(&event);
+        self.ledger.record(&event, None);
         for sink in &mut self.sinks {
             sink.on_event(&event);
         }
@@ -71,23 +71,23 @@ impl EventBus {
 
     /// Feeds the events of an earlier part of this run (a journal being resumed) to the recorder
     /// and the sinks as they were, then numbers and times new events after them, so the whole
-    /// run reads as one stream (the journal sink skips what it already holds).
-    pub fn replay(&mut self, events: Vec<Event>) {
+    /// run reads as one stream (the journal holds them already: `lines` says where).
+    pub fn replay(&mut self, events: Vec<Event>, lines: &[(u64, u32)]) {
         if let Some(last) = events.last() {
             self.seq = last.seq + 1;
             let before = std::time::Duration::from_secs_f64(last.elapsed_ms.max(0.0) / 1000.0);
             self.start = Instant::now().checked_sub(before).unwrap_or(self.start);
         }
-        for event in events {
-            self.recorder.on_event(&event);
+        for (k, event) in events.into_iter().enumerate() {
+            self.ledger.record(&event, lines.get(k).copied());
             for sink in &mut self.sinks {
                 sink.on_event(&event);
             }
         }
     }
 
-    pub fn into_parts(self) -> (Recorder, Vec<Box<dyn EventSink>>) {
-        (self.recorder, self.sinks)
+    pub fn into_parts(self) -> (Ledger, Vec<Box<dyn EventSink>>) {
+        (self.ledger, self.sinks)
     }
 }
 
@@ -114,6 +114,9 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     interrupted: Option<Interrupt>,
     counts: Summary,
     reuse: Option<Reuse>,
+    /// Per task: dependents not finished yet. A task's output is kept in memory only while this
+    /// is above zero (they may read it); the record of the run has it on disk.
+    pending: Vec<u32>,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -158,6 +161,9 @@ impl<E: Executor> Dispatcher<E> {
             lanes: vec![false; settings.max_workers],
             settings,
             services,
+            pending: (0..n)
+                .map(|i| validated.plan.dependents(i).len() as u32)
+                .collect(),
             scheduler: Scheduler::new(validated.plan),
             executor,
             bus: EventBus::new(sinks),
@@ -175,36 +181,34 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
+    /// Writes the run's events to `journal` as they happen, and reads the record of the run back
+    /// from it rather than keeping it in memory.
+    pub fn journaled(mut self, journal: crate::journal::JournalSink) -> Self {
+        self.bus.ledger = Ledger::journaled(journal);
+        self
+    }
+
     /// Starts from the outputs a previous run produced (`--rerun-failed`).
     pub fn reusing(mut self, reuse: Reuse) -> Self {
         self.reuse = Some(reuse);
         self
     }
 
-    /// Runs the batch to the end and returns the record of the run, the sinks (with what they
-    /// collected) and the interrupt that stopped the run, if any.
+    /// Runs the batch to the end and returns the record of the run with the batch's tasks
+    /// (the trace and the result are read from them), the sinks (with what they collected) and
+    /// the interrupt that stopped the run, if any.
     pub async fn run(
         mut self,
         run_id: String,
         mut interrupts: Option<mpsc::Receiver<Interrupt>>,
-    ) -> (RunRecord, Vec<Box<dyn EventSink>>, Option<Interrupt>) {
-        let tasks = self
-            .tasks
-            .iter()
-            .map(|t| TaskInfo {
-                task_id: t.task_id.clone(),
-                agent: t.agent.name().to_string(),
-                description: t.description.clone(),
-                dependencies: t.dependencies.clone(),
-                input: t.agent.input_value(),
-            })
-            .collect();
+    ) -> Dispatched {
+        let tasks = self.tasks.iter().map(TaskInfo::of).collect();
         let config = serde_json::to_value(&self.settings).expect("settings serialize");
         let resumed = self.reuse.as_mut().and_then(|r| r.resume.take());
         if let Some(resumed) = resumed {
             // The journal's run_started stands; what it recorded as finished stays finished.
             self.reuse = None;
-            self.resume_from(resumed.events);
+            self.resume_from(resumed.events, &resumed.lines);
         } else {
             self.bus.emit(EventKind::RunStarted {
                 run_id,
@@ -270,15 +274,33 @@ impl<E: Executor> Dispatcher<E> {
             status: summary.run_status(),
             summary,
         });
-        let (recorder, sinks) = self.bus.into_parts();
-        let record = recorder.into_record().expect("run_started was emitted");
-        (record, sinks, self.interrupted)
+        let (ledger, sinks) = self.bus.into_parts();
+        Dispatched {
+            ledger,
+            tasks: self.tasks,
+            sinks,
+            interrupted: self.interrupted,
+        }
+    }
+
+    /// Task `i` reached its final status: outputs nobody will read any more leave memory (its
+    /// own, if no dependent waits for it; its dependencies', if it was their last dependent).
+    fn settled(&mut self, i: usize) {
+        if self.pending[i] == 0 {
+            self.lives[i].output = None;
+        }
+        for &j in self.scheduler.plan().deps(i) {
+            self.pending[j] = self.pending[j].saturating_sub(1);
+            if self.pending[j] == 0 {
+                self.lives[j].output = None;
+            }
+        }
     }
 
     /// Restores the state an earlier part of the run left in its journal: finished tasks keep
     /// their status and output, attempts that were running when it stopped end as
     /// `interrupted` (their tasks run again, numbering attempts on), the rest run as planned.
-    fn resume_from(&mut self, events: Vec<Event>) {
+    fn resume_from(&mut self, events: Vec<Event>, lines: &[(u64, u32)]) {
         let index: HashMap<String, usize> = self
             .tasks
             .iter()
@@ -327,7 +349,7 @@ impl<E: Executor> Dispatcher<E> {
                 _ => {}
             }
         }
-        self.bus.replay(events);
+        self.bus.replay(events, lines);
         let mut blocked = Vec::new();
         for (i, status, output, reused) in order {
             self.counts.count(status);
@@ -341,6 +363,7 @@ impl<E: Executor> Dispatcher<E> {
             } else {
                 blocked.extend(self.scheduler.failed(i));
             }
+            self.settled(i);
         }
         for (i, slot) in open.into_iter().enumerate() {
             let Some((attempt, start_ms)) = slot else {
@@ -378,7 +401,9 @@ impl<E: Executor> Dispatcher<E> {
     /// Publishes events in order, counting finished tasks for the summary.
     fn publish(&mut self, events: Vec<EventKind>) {
         for event in events {
+            let mut settled = None;
             if let EventKind::TaskFinished {
+                task_id,
                 status,
                 output,
                 reused,
@@ -389,8 +414,12 @@ impl<E: Executor> Dispatcher<E> {
                 if let (Some(out), false) = (output, reused) {
                     self.counts.add_usage(out);
                 }
+                settled = self.bus.ledger.task_index(task_id);
             }
             self.bus.emit(event);
+            if let Some(i) = settled {
+                self.settled(i);
+            }
         }
     }
 
@@ -754,6 +783,16 @@ impl<E: Executor> Dispatcher<E> {
     }
 }
 
+/// What [`Dispatcher::run`] hands back.
+pub struct Dispatched {
+    /// The record of the run (reading the journal back, when there is one).
+    pub ledger: Ledger,
+    /// The batch's tasks, as given.
+    pub tasks: Vec<Task>,
+    pub sinks: Vec<Box<dyn EventSink>>,
+    pub interrupted: Option<Interrupt>,
+}
+
 async fn recv(rx: &mut Option<mpsc::Receiver<Interrupt>>) -> Option<Interrupt> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -862,8 +901,15 @@ mod tests {
             Vec::new(),
             Scripted::default(),
         );
-        let (record, _, interrupted) = dispatcher.run("run-1".into(), None).await;
-        assert!(interrupted.is_none());
+        let done = dispatcher.run("run-1".into(), None).await;
+        assert!(done.interrupted.is_none());
+        let batch = crate::Batch {
+            tasks: done.tasks,
+            config: Default::default(),
+        };
+        let record = crate::reporter::ledger::RunLog::new(done.ledger, batch)
+            .record()
+            .unwrap();
         let statuses: Vec<_> = record.tasks.iter().map(|t| t.status).collect();
         assert!(
             statuses.iter().all(|s| *s == Some(TaskStatus::Success)),

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::batch::ValidatedBatch;
 use crate::events::{CancelReason, EventSink};
-use crate::reporter::trace::{self, TRACE_FORMAT, Trace};
+use crate::reporter::ledger::RunLog;
+use crate::reporter::trace;
 use crate::reporter::{RunRecord, RunResult};
 use crate::rerun::Reuse;
 use crate::services::Services;
@@ -81,8 +82,10 @@ impl RunOptions {
 
 /// Everything a finished run produced.
 pub struct RunReport {
+    /// The result document; its `results` are read from the run's journal as it is written.
     pub result: RunResult,
-    pub record: RunRecord,
+    /// The record of the run, on disk (see [`RunReport::record`]).
+    pub log: Arc<RunLog>,
     pub trace_file: PathBuf,
     pub interrupted: Option<Interrupt>,
     /// The extra sinks given in [`RunOptions::sinks`], handed back.
@@ -104,6 +107,14 @@ pub enum RunnerError {
         /// The run happened; its result is still reported.
         report: Box<RunReport>,
     },
+}
+
+impl RunReport {
+    /// The whole record of the run, read into memory (for tests and small runs: it holds every
+    /// event).
+    pub fn record(&self) -> Result<RunRecord, String> {
+        self.log.record()
+    }
 }
 
 impl std::fmt::Debug for RunReport {
@@ -135,10 +146,14 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     })?;
     let run_id = run_id.unwrap_or_else(new_run_id);
     let trace_file = trace::trace_path(&dir, &run_id);
-    let batch = validated.batch.clone();
+    let batch = &validated.batch;
     // Values under secret-looking keys (a command's `API_KEY` env) are scrubbed everywhere,
-    // including from output that echoes them.
-    crate::redact::register_secrets_in(&serde_json::to_value(&batch).unwrap_or_default());
+    // including from output that echoes them. One task at a time: a batch of a million tasks
+    // is never one JSON tree.
+    for task in &batch.tasks {
+        crate::redact::register_secrets_in(&serde_json::to_value(task).unwrap_or_default());
+    }
+    crate::redact::register_secrets_in(&serde_json::to_value(&batch.config).unwrap_or_default());
 
     // Kept tasks of a rerun from the trace keep their digest entries in the new trace.
     let carried = reuse.as_ref().map(|r| crate::rerun::Reuse {
@@ -146,41 +161,54 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         seal_key_id: r.seal_key_id.clone(),
         ..Default::default()
     });
-    let digests = crate::rerun::seal_batch(&batch, &dir, carried.as_ref());
+    let digests = crate::rerun::seal_batch(batch, &dir, carried.as_ref());
+    drop(carried);
     // A resumed run appends to its journal after the last whole line.
     let resume_at = reuse
         .as_ref()
         .and_then(|r| r.resume.as_ref())
         .map(|r| (r.journal_len, r.events.len() as u64));
-    let journal = open_journal(&dir, &run_id, &batch, &digests, journal_fsync, resume_at)?;
+    let journal = open_journal(&dir, &run_id, batch, &digests, journal_fsync, resume_at)?;
+    let config = batch.config.clone();
+    // A new journal's header holds the digests: they are read back from there for the trace
+    // rather than held through the run (about 200 bytes a task).
+    let journal_file = crate::journal::journal_path(&dir, &run_id);
+    let digests = resume_at.is_some().then_some(digests);
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
-    sinks.insert(1, Box::new(journal));
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
+    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
+        .journaled(journal);
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
     // The dispatcher's executor ends the run's MCP sessions before it returns.
-    let (record, mut sinks, interrupted) = dispatcher.run(run_id, interrupts).await;
-    // The log and the journal sinks are ours, not the caller's.
-    sinks.drain(..2);
+    let done = dispatcher.run(run_id, interrupts).await;
+    let mut sinks = done.sinks;
+    // The log sink is ours, not the caller's.
+    sinks.remove(0);
 
-    let result = RunResult::from_record(&record, &trace_file);
-    let trace = Trace {
-        format: TRACE_FORMAT,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        digests: Some(digests),
-        batch,
-        run: record,
+    // The trace and the result are read back from the journal, one task at a time.
+    let batch = crate::Batch {
+        tasks: done.tasks,
+        config,
     };
-    let written = trace::write_json_atomic(&trace_file, &crate::redact::redacted(&trace));
+    let log = Arc::new(RunLog::new(done.ledger, batch));
+    let result = RunResult::from_log(log.clone(), &trace_file);
+    let digests = digests.unwrap_or_else(|| {
+        crate::journal::read_digests(&journal_file).unwrap_or_else(|e| {
+            tracing::warn!("cannot read the digests back from the journal: {e}");
+            crate::rerun::seal_batch(log.batch(), &dir, None)
+        })
+    });
+    let written = log.write_trace(&trace_file, Some(&digests));
+    drop(digests);
     let report = RunReport {
         result,
-        record: trace.run,
+        log,
         trace_file: trace_file.clone(),
-        interrupted,
+        interrupted: done.interrupted,
         sinks,
     };
     match written {
@@ -207,16 +235,7 @@ fn open_journal(
         Some((keep, skip_below)) => {
             crate::journal::JournalSink::append(&path, keep, skip_below, policy)
         }
-        None => {
-            let header = crate::journal::Header {
-                journal_format: crate::journal::JOURNAL_FORMAT,
-                tool_version: env!("CARGO_PKG_VERSION").to_string(),
-                run_id: run_id.to_string(),
-                batch: batch.clone(),
-                digests: digests.clone(),
-            };
-            crate::journal::JournalSink::create(&path, &header, policy)
-        }
+        None => crate::journal::JournalSink::create(&path, run_id, batch, digests, policy),
     };
     opened.map_err(|e| RunnerError::TraceDir {
         dir: dir.to_path_buf(),

@@ -44,11 +44,12 @@ pub enum TaskState {
     Waiting,
     /// Can start as soon as a worker is free.
     Ready,
-    Running(Attempt),
+    /// (Boxed, as `last` below: a run holds one state per task, most of them small.)
+    Running(Box<Attempt>),
     /// An attempt failed transiently; the next one is due at `due`.
     BackingOff {
         due: Instant,
-        last: Failure,
+        last: Box<Failure>,
     },
     Done(TaskStatus),
 }
@@ -136,13 +137,13 @@ impl TaskLife {
             worker,
             breaker: breaker.as_ref().map(|(k, _)| k.label.clone()),
         };
-        self.state = TaskState::Running(Attempt {
+        self.state = TaskState::Running(Box::new(Attempt {
             id,
             number: self.attempts,
             worker,
             breaker,
             started: now,
-        });
+        }));
         vec![event]
     }
 
@@ -199,7 +200,10 @@ impl TaskLife {
                             attempt: self.attempts + 1,
                             delay_ms: delay.as_millis() as u64,
                         });
-                        self.state = TaskState::BackingOff { due, last: failure };
+                        self.state = TaskState::BackingOff {
+                            due,
+                            last: Box::new(failure),
+                        };
                         AfterAttempt::RetryAt(due)
                     }
                     None => {
@@ -209,7 +213,7 @@ impl TaskLife {
                 }
             }
         };
-        Some((attempt, after, events))
+        Some((*attempt, after, events))
     }
 
     /// BackingOff → Ready once the retry is due; false (no change) otherwise.
@@ -250,7 +254,9 @@ impl TaskLife {
     pub fn give_up(&mut self, reason: CancelReason) -> (Vec<EventKind>, bool) {
         let state = std::mem::replace(&mut self.state, TaskState::Ready);
         match (state, reason) {
-            (TaskState::BackingOff { last, .. }, CancelReason::FailFast) => (self.fail(last), true),
+            (TaskState::BackingOff { last, .. }, CancelReason::FailFast) => {
+                (self.fail(*last), true)
+            }
             (TaskState::BackingOff { .. }, _) => (self.cancel(reason), false),
             (other, _) => {
                 self.state = other;
