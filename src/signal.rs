@@ -14,7 +14,11 @@ pub fn forward(tx: mpsc::Sender<Interrupt>) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
         loop {
+            // Two signals that arrive before this task runs are both pending and their order is
+            // lost; `biased` makes the answer fixed (SIGINT, the person at the terminal) instead
+            // of a coin toss between exit codes 130 and 143.
             let which = tokio::select! {
+                biased;
                 _ = int.recv() => Interrupt::Sigint,
                 _ = term.recv() => Interrupt::Sigterm,
             };
