@@ -166,16 +166,26 @@ fn to_json<T: Serialize>(r: Result<T, Failure>) -> Result<Value, Failure> {
 }
 
 /// Top-level field names of an agent's output, to check `{{tasks.X.output.<field>}}` up front.
-pub fn output_fields(agent: &str) -> Option<Vec<String>> {
-    let schema = match agent {
-        "command" => schemars::schema_for!(CommandOutput),
-        "coder" => schemars::schema_for!(CoderOutput),
-        "debug" => schemars::schema_for!(DebugOutput),
-        "mcp" => schemars::schema_for!(McpOutput),
+/// Read from each output's JSON Schema once: a batch checks this once per reference.
+pub fn output_fields(agent: &str) -> Option<&'static [String]> {
+    use std::sync::OnceLock;
+    type Fields = OnceLock<Option<Vec<String>>>;
+    fn fields(schema: schemars::Schema) -> Option<Vec<String>> {
+        let props = schema.get("properties")?.as_object()?;
+        Some(props.keys().cloned().collect())
+    }
+    static COMMAND: Fields = OnceLock::new();
+    static CODER: Fields = OnceLock::new();
+    static DEBUG: Fields = OnceLock::new();
+    static MCP: Fields = OnceLock::new();
+    let cached = match agent {
+        "command" => COMMAND.get_or_init(|| fields(schemars::schema_for!(CommandOutput))),
+        "coder" => CODER.get_or_init(|| fields(schemars::schema_for!(CoderOutput))),
+        "debug" => DEBUG.get_or_init(|| fields(schemars::schema_for!(DebugOutput))),
+        "mcp" => MCP.get_or_init(|| fields(schemars::schema_for!(McpOutput))),
         _ => return None,
     };
-    let props = schema.get("properties")?.as_object()?;
-    Some(props.keys().cloned().collect())
+    cached.as_deref()
 }
 
 /// Checks an agent's input against the run's context (e.g. configured server names) before
