@@ -100,9 +100,10 @@ impl Plan {
             }
         }
 
-        let mut graph: DiGraph<usize, usize> = DiGraph::with_capacity(n, n);
-        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
         let mut deps = vec![Vec::new(); n];
+        // The position in its task's `dependencies` array of each edge, in the order of `deps`:
+        // the label of its edge in the graph built if there is a cycle, for error paths.
+        let mut labels = Vec::new();
         for i in 0..n {
             let name = id_of(i).unwrap_or("?");
             for (j, dep) in deps_of(i) {
@@ -125,20 +126,31 @@ impl Plan {
                             ));
                         } else {
                             deps[i].push(d);
-                            // Edge from the task to what it depends on, labelled with the
-                            // position in its `dependencies` array for error paths.
-                            graph.add_edge(nodes[i], nodes[d], j);
+                            labels.push(j);
                         }
                     }
                 }
             }
         }
 
-        // Kosaraju's algorithm is iterative; petgraph's Tarjan recurses once per task on a path and
-        // overflows the stack on a long chain or cycle.
-        for scc in kosaraju_scc(&graph) {
-            if scc.len() > 1 {
-                issues.push(describe_cycle(&graph, &scc, &id_of));
+        // Most graphs have no cycle, and Kahn's order shows that without building a graph.
+        if topological_order(&deps, &dependents_of(&deps)).len() < n {
+            // Edges from each task to what it depends on, in input order.
+            let mut graph: DiGraph<usize, usize> = DiGraph::with_capacity(n, labels.len());
+            let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+            let mut label = labels.into_iter();
+            for (i, ds) in deps.iter().enumerate() {
+                for &d in ds {
+                    let j = label.next().expect("one label per edge");
+                    graph.add_edge(nodes[i], nodes[d], j);
+                }
+            }
+            // Kosaraju's algorithm is iterative; petgraph's Tarjan recurses once per task on a
+            // path and overflows the stack on a long chain or cycle.
+            for scc in kosaraju_scc(&graph) {
+                if scc.len() > 1 {
+                    issues.push(describe_cycle(&graph, &scc, &id_of));
+                }
             }
         }
         if !issues.is_empty() {
@@ -187,12 +199,7 @@ impl Plan {
     /// Builds a plan from dependency lists in range; `None` if they hold a cycle.
     fn from_deps(ids: Vec<String>, deps: Vec<Vec<usize>>) -> Option<Plan> {
         let n = ids.len();
-        let mut dependents = vec![Vec::new(); n];
-        for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                dependents[d].push(i);
-            }
-        }
+        let dependents = dependents_of(&deps);
         let order = topological_order(&deps, &dependents);
         if order.len() < n {
             return None;
@@ -273,6 +280,17 @@ impl Plan {
             critical_path,
         }
     }
+}
+
+/// `dependents[i]`: the tasks that list task `i` in `deps`, in input order.
+fn dependents_of(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); deps.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    dependents
 }
 
 /// Kahn's algorithm; ties keep input order so levels and paths are deterministic.
