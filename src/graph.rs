@@ -104,7 +104,7 @@ impl Plan {
         // The position in its task's `dependencies` array of each edge, in the order of `deps`:
         // the label of its edge in the graph built if there is a cycle, for error paths.
         let mut labels = Vec::new();
-        for i in 0..n {
+        for (i, ds) in deps.iter_mut().enumerate() {
             let name = id_of(i).unwrap_or("?");
             for (j, dep) in deps_of(i) {
                 // Only built for an issue: this loop runs over every edge of every batch.
@@ -119,13 +119,13 @@ impl Plan {
                         format!("task '{name}' depends on itself"),
                     )),
                     Some(&d) => {
-                        if deps[i].contains(&d) {
+                        if ds.contains(&d) {
                             issues.push(Issue::new(
                                 path(),
                                 format!("task '{name}' lists dependency '{dep}' more than once"),
                             ));
                         } else {
-                            deps[i].push(d);
+                            ds.push(d);
                             labels.push(j);
                         }
                     }
