@@ -200,6 +200,22 @@ fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, 
     Ok(services)
 }
 
+/// Prints the one JSON document of this invocation as [`print_json_value`] does, but written as
+/// it is serialized. The caller has redacted its strings (no key of it may be a secret's).
+fn print_json_streamed(doc: &impl serde::Serialize) {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, doc)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("dispatch_runner: cannot write to stdout: {e}");
+    }
+}
+
 /// Prints the one JSON document of this invocation, with secrets redacted.
 /// Completion scripts and the man page come from the same clap definitions as the parser, so
 /// they cannot drift from it.
@@ -415,7 +431,13 @@ fn read_input(input: &InputArgs, limits: &Limits) -> Result<(Vec<u8>, String), I
             let what = format!("input file '{}'", path.display());
             let mut bytes = Vec::new();
             std::fs::File::open(path)
-                .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+                .and_then(|f| {
+                    // `take` hides the file's size from `read_to_end`; without it the buffer
+                    // grows by doubling, and a 100 MB batch briefly costs twice its size.
+                    let size = f.metadata().map_or(0, |m| m.len()).min(cap);
+                    let _ = bytes.try_reserve_exact(size as usize + 1);
+                    f.take(cap).read_to_end(&mut bytes)
+                })
                 .map_err(|e| Issue::new("", format!("cannot read {what}: {e}")))?;
             Ok((bytes, what))
         }
@@ -453,13 +475,62 @@ fn utf8(mut bytes: Vec<u8>, what: &str) -> Result<String, Issue> {
     })
 }
 
+/// Most problems listed on stderr; the JSON document on stdout holds every one.
+pub const MAX_ERRORS_SHOWN: usize = 50;
+
 fn invalid(errors: Vec<Issue>) -> u8 {
-    eprintln!("dispatch_runner: the batch is invalid; nothing ran:");
-    for e in &errors {
-        eprintln!("  {e}");
+    {
+        // A batch with 20,000 bad tasks would otherwise scroll 40,000 lines past a person.
+        let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+        let _ = writeln!(err, "dispatch_runner: the batch is invalid; nothing ran:");
+        for e in errors.iter().take(MAX_ERRORS_SHOWN) {
+            let _ = writeln!(err, "  {e}");
+        }
+        if errors.len() > MAX_ERRORS_SHOWN {
+            let _ = writeln!(
+                err,
+                "  ... and {} more (all {} are in the JSON document on stdout)",
+                errors.len() - MAX_ERRORS_SHOWN,
+                errors.len()
+            );
+        }
+        let _ = err.flush();
     }
-    print_json_value(invalid_document(&errors));
+    print_json_streamed(&InvalidDoc(&errors));
     EXIT_INVALID
+}
+
+/// [`invalid_document`] as it is written: each path and message redacted as it is serialized,
+/// without a `Value` copy of what may be millions of problems.
+struct InvalidDoc<'a>(&'a [Issue]);
+
+impl serde::Serialize for InvalidDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+        struct Errors<'a>(&'a [Issue]);
+        impl serde::Serialize for Errors<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for issue in self.0 {
+                    seq.serialize_element(&RedactedIssue(issue))?;
+                }
+                seq.end()
+            }
+        }
+        struct RedactedIssue<'a>(&'a Issue);
+        impl serde::Serialize for RedactedIssue<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut st = s.serialize_struct("Issue", 2)?;
+                st.serialize_field("path", &crate::redact::redact_text(&self.0.path))?;
+                st.serialize_field("message", &crate::redact::redact_text(&self.0.message))?;
+                st.end()
+            }
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("status", "invalid")?;
+        map.serialize_entry("errors", &Errors(self.0))?;
+        map.end()
+    }
 }
 
 fn validate(config: &Config, input: &InputArgs) -> u8 {
@@ -484,15 +555,23 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
                     return code;
                 }
             }
-            let summary = v.plan.summary();
-            // The batch is not needed for the plan document; freeing it first lowers the peak
-            // memory of checking large batches.
-            drop(v);
-            let mut doc = serde_json::to_value(summary).expect("serializable");
-            doc.as_object_mut()
-                .expect("object")
-                .insert("status".into(), json!("valid"));
-            print_json_value(doc);
+            let ValidatedBatch { batch, plan } = v;
+            // The process ends after the document: freeing a million tasks one allocation at a
+            // time would only delay that (and the peak, while checking, is past).
+            std::mem::forget(batch);
+            // Written as it is serialized, the ids borrowed from the plan and redacted one by
+            // one: a `Value` of a million-task plan would cost more than checking it.
+            #[derive(serde::Serialize)]
+            struct Valid<'a> {
+                #[serde(flatten)]
+                plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
+                status: &'static str,
+            }
+            print_json_streamed(&Valid {
+                plan: plan.summary_by(crate::redact::redact_text),
+                status: "valid",
+            });
+            std::mem::forget(plan);
             EXIT_OK
         }
         Err(code) => code,

@@ -7,9 +7,25 @@
 use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use foldhash::fast::FixedState;
 
 use crate::batch::issue::{Issue, pointer_token, quote};
+
+/// Task ids to their index. foldhash hashes a million ids several times faster than the
+/// standard SipHash. Ids are the batch author's, so each map gets a random seed: a fixed one would
+/// let an author pick ids that collide.
+pub(crate) type IdIndex<'a> = HashMap<&'a str, usize, FixedState>;
+
+/// An empty [`IdIndex`] with room for `capacity` ids.
+pub(crate) fn id_index<'a>(capacity: usize) -> IdIndex<'a> {
+    HashMap::with_capacity_and_hasher(capacity, random_state())
+}
+
+fn random_state() -> FixedState {
+    FixedState::with_seed(fastrand::u64(..))
+}
 
 /// The checked dependency structure of a batch. Task `i` is the `i`-th task of the input.
 #[derive(Debug, Clone)]
@@ -33,25 +49,44 @@ pub struct GraphInput {
     pub deps: Vec<(usize, String)>,
 }
 
-/// The plan summary printed by `dispatch_runner validate`.
+/// The plan summary printed by `dispatch_runner validate`. `S` is how a task id is held: owned,
+/// or borrowed from the plan (see [`Plan::summary_by`]).
 #[derive(Debug, Clone, Serialize)]
-pub struct PlanSummary {
+pub struct PlanSummary<S = String> {
     pub task_count: usize,
     pub dependency_count: usize,
     /// Tasks that can run together: level 0 has no dependencies, level n waits only on lower levels.
-    pub levels: Vec<Vec<String>>,
+    pub levels: Vec<Vec<S>>,
     /// The longest dependency chain, first task first.
-    pub critical_path: Vec<String>,
+    pub critical_path: Vec<S>,
 }
 
 impl Plan {
     /// Checks the graph and builds the plan, reporting every problem found rather than the first.
     pub fn build(tasks: &[GraphInput]) -> Result<Plan, Vec<Issue>> {
+        Plan::build_with(
+            tasks.len(),
+            |i| tasks[i].id.as_deref(),
+            |i| tasks[i].deps.iter().map(|(j, d)| (*j, d.as_str())),
+        )
+    }
+
+    /// As [`Plan::build`], for `n` tasks seen through `id_of(i)` (task `i`'s id, if usable) and
+    /// `deps_of(i)` (its dependencies with their position in its `dependencies` array), so a
+    /// caller holding typed tasks need not copy a million ids into [`GraphInput`]s first.
+    pub fn build_with<'a, D>(
+        n: usize,
+        id_of: impl Fn(usize) -> Option<&'a str>,
+        deps_of: impl Fn(usize) -> D,
+    ) -> Result<Plan, Vec<Issue>>
+    where
+        D: Iterator<Item = (usize, &'a str)>,
+    {
         let mut issues = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
-        for (i, t) in tasks.iter().enumerate() {
-            if let Some(id) = &t.id {
-                if let Some(&first) = index.get(id.as_str()) {
+        let mut index = id_index(n);
+        for i in 0..n {
+            if let Some(id) = id_of(i) {
+                if let Some(&first) = index.get(id) {
                     issues.push(Issue::new(
                         format!("/tasks/{i}/task_id"),
                         format!(
@@ -65,15 +100,16 @@ impl Plan {
             }
         }
 
-        let mut graph: DiGraph<usize, usize> = DiGraph::with_capacity(tasks.len(), tasks.len());
-        let nodes: Vec<NodeIndex> = (0..tasks.len()).map(|i| graph.add_node(i)).collect();
-        let mut deps = vec![Vec::new(); tasks.len()];
-        for (i, t) in tasks.iter().enumerate() {
-            let name = t.id.as_deref().unwrap_or("?");
-            for (j, dep) in &t.deps {
+        let mut deps = vec![Vec::new(); n];
+        // The position in its task's `dependencies` array of each edge, in the order of `deps`:
+        // the label of its edge in the graph built if there is a cycle, for error paths.
+        let mut labels = Vec::new();
+        for (i, ds) in deps.iter_mut().enumerate() {
+            let name = id_of(i).unwrap_or("?");
+            for (j, dep) in deps_of(i) {
                 // Only built for an issue: this loop runs over every edge of every batch.
                 let path = || format!("/tasks/{i}/dependencies/{j}");
-                match index.get(dep.as_str()) {
+                match index.get(dep) {
                     None => issues.push(Issue::new(
                         path(),
                         format!("task '{name}' depends on unknown task {}", quote(dep)),
@@ -83,27 +119,38 @@ impl Plan {
                         format!("task '{name}' depends on itself"),
                     )),
                     Some(&d) => {
-                        if deps[i].contains(&d) {
+                        if ds.contains(&d) {
                             issues.push(Issue::new(
                                 path(),
                                 format!("task '{name}' lists dependency '{dep}' more than once"),
                             ));
                         } else {
-                            deps[i].push(d);
-                            // Edge from the task to what it depends on, labelled with the
-                            // position in its `dependencies` array for error paths.
-                            graph.add_edge(nodes[i], nodes[d], *j);
+                            ds.push(d);
+                            labels.push(j);
                         }
                     }
                 }
             }
         }
 
-        // Kosaraju's algorithm is iterative; petgraph's Tarjan recurses once per task on a path and
-        // overflows the stack on a long chain or cycle.
-        for scc in kosaraju_scc(&graph) {
-            if scc.len() > 1 {
-                issues.push(describe_cycle(&graph, &scc, tasks));
+        // Most graphs have no cycle, and Kahn's order shows that without building a graph.
+        if topological_order(&deps, &dependents_of(&deps)).len() < n {
+            // Edges from each task to what it depends on, in input order.
+            let mut graph: DiGraph<usize, usize> = DiGraph::with_capacity(n, labels.len());
+            let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+            let mut label = labels.into_iter();
+            for (i, ds) in deps.iter().enumerate() {
+                for &d in ds {
+                    let j = label.next().expect("one label per edge");
+                    graph.add_edge(nodes[i], nodes[d], j);
+                }
+            }
+            // Kosaraju's algorithm is iterative; petgraph's Tarjan recurses once per task on a
+            // path and overflows the stack on a long chain or cycle.
+            for scc in kosaraju_scc(&graph) {
+                if scc.len() > 1 {
+                    issues.push(describe_cycle(&graph, &scc, &id_of));
+                }
             }
         }
         if !issues.is_empty() {
@@ -111,9 +158,8 @@ impl Plan {
             return Err(issues);
         }
 
-        let ids = tasks
-            .iter()
-            .map(|t| t.id.clone().unwrap_or_default())
+        let ids = (0..n)
+            .map(|i| id_of(i).unwrap_or_default().to_string())
             .collect();
         Ok(Plan::from_deps(ids, deps).expect("no cycle: every component is a single task"))
     }
@@ -128,7 +174,7 @@ impl Plan {
     ) -> Option<Plan> {
         let mut deps = Vec::with_capacity(ids.len());
         {
-            let mut index: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+            let mut index = id_index(ids.len());
             for (i, id) in ids.iter().enumerate() {
                 if index.insert(id, i).is_some() {
                     return None;
@@ -153,12 +199,7 @@ impl Plan {
     /// Builds a plan from dependency lists in range; `None` if they hold a cycle.
     fn from_deps(ids: Vec<String>, deps: Vec<Vec<usize>>) -> Option<Plan> {
         let n = ids.len();
-        let mut dependents = vec![Vec::new(); n];
-        for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                dependents[d].push(i);
-            }
-        }
+        let dependents = dependents_of(&deps);
         let order = topological_order(&deps, &dependents);
         if order.len() < n {
             return None;
@@ -206,16 +247,26 @@ impl Plan {
     }
 
     pub fn summary(&self) -> PlanSummary {
+        self.summary_by(str::to_string)
+    }
+
+    /// The summary with each id as `id(..)` makes it: `validate` borrows the ids rather than
+    /// copying a million of them.
+    pub fn summary_by<'a, S>(&'a self, id: impl Fn(&'a str) -> S) -> PlanSummary<S> {
         let depth = self.level.iter().max().map_or(0, |m| m + 1);
-        let mut levels = vec![Vec::new(); depth];
+        let mut sizes = vec![0usize; depth];
+        for &l in &self.level {
+            sizes[l] += 1;
+        }
+        let mut levels: Vec<Vec<S>> = sizes.into_iter().map(Vec::with_capacity).collect();
         for (i, &l) in self.level.iter().enumerate() {
-            levels[l].push(self.ids[i].clone());
+            levels[l].push(id(&self.ids[i]));
         }
         let mut critical_path = Vec::new();
         // Start at the earliest task with the longest chain and follow the longest continuation.
         let mut cur = (0..self.len()).max_by_key(|&i| (self.chain[i], std::cmp::Reverse(i)));
         while let Some(i) = cur {
-            critical_path.push(self.ids[i].clone());
+            critical_path.push(id(&self.ids[i]));
             cur = self.dependents[i]
                 .iter()
                 .copied()
@@ -229,6 +280,17 @@ impl Plan {
             critical_path,
         }
     }
+}
+
+/// `dependents[i]`: the tasks that list task `i` in `deps`, in input order.
+fn dependents_of(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); deps.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    dependents
 }
 
 /// Kahn's algorithm; ties keep input order so levels and paths are deterministic.
@@ -250,13 +312,18 @@ fn topological_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usiz
 
 /// Names one cycle through the earliest task of a strongly connected component, found by a
 /// breadth-first search so the reported cycle is a shortest one.
-fn describe_cycle(graph: &DiGraph<usize, usize>, scc: &[NodeIndex], tasks: &[GraphInput]) -> Issue {
+fn describe_cycle<'a>(
+    graph: &DiGraph<usize, usize>,
+    scc: &[NodeIndex],
+    id_of: &impl Fn(usize) -> Option<&'a str>,
+) -> Issue {
     let start = *scc
         .iter()
         .min_by_key(|n| graph[**n])
         .expect("non-empty scc");
-    let in_scc: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
-    let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut in_scc = HashSet::with_capacity_and_hasher(scc.len(), random_state());
+    in_scc.extend(scc.iter().copied());
+    let mut prev: HashMap<NodeIndex, NodeIndex, _> = HashMap::with_hasher(random_state());
     let mut queue = VecDeque::from([start]);
     let mut closing = None;
     'search: while let Some(n) = queue.pop_front() {
@@ -282,7 +349,7 @@ fn describe_cycle(graph: &DiGraph<usize, usize>, scc: &[NodeIndex], tasks: &[Gra
         }
         path.extend(back.into_iter().rev());
     }
-    let name = |n: &NodeIndex| tasks[graph[*n]].id.as_deref().unwrap_or_default();
+    let name = |n: &NodeIndex| id_of(graph[*n]).unwrap_or_default();
     let mut names: Vec<&str> = path.iter().map(name).collect();
     names.push(name(&start));
     let first = graph[start];

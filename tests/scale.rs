@@ -28,20 +28,10 @@ fn run_measured(sandbox: &Sandbox, args: &[&str], out: File) -> (i32, u64) {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, not waited for yet; status and usage are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    // ru_maxrss is in KiB on Linux.
-    (code, usage.ru_maxrss as u64 * 1024)
+    let measured = common::wait_with_rusage(child.id());
+    // The child is reaped by `wait4`; `Child` is only dropped (it never waits on its own).
+    drop(child);
+    measured
 }
 
 #[test]

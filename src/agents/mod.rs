@@ -166,9 +166,21 @@ fn to_json<T: Serialize>(r: Result<T, Failure>) -> Result<Value, Failure> {
 }
 
 /// Top-level field names of an agent's output, to check `{{tasks.X.output.<field>}}` up front.
-pub fn output_fields(agent: &str) -> Option<Vec<String>> {
-    let props = output_schema(agent)?.get("properties")?.as_object()?;
-    Some(props.keys().cloned().collect())
+/// Read from each output's JSON Schema once: a batch checks this once per reference.
+pub fn output_fields(agent: &str) -> Option<&'static [String]> {
+    use std::sync::OnceLock;
+    type Fields = Vec<(&'static str, Option<Vec<String>>)>;
+    static FIELDS: OnceLock<Fields> = OnceLock::new();
+    let all = FIELDS.get_or_init(|| {
+        let fields = |a: &str| -> Option<Vec<String>> {
+            let props = output_schema(a)?.get("properties")?.as_object()?;
+            Some(props.keys().cloned().collect())
+        };
+        ALL_AGENTS.iter().map(|a| (*a, fields(a))).collect()
+    });
+    all.iter()
+        .find(|(a, _)| *a == agent)
+        .and_then(|(_, f)| f.as_deref())
 }
 
 /// The JSON Schema of an agent's output (with its `$defs`), to check typed references up front.

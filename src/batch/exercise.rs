@@ -244,7 +244,23 @@ fn check_text_with(text: &str, limits: Limits) {
         }
         None => {}
     }
-    match validate_text_with(text, &ctx) {
+    let by_text = validate_text_with(text, &ctx);
+    // The text path, which types each task it can straight from its text, and the value path,
+    // which checks every task as a `Value`, find the same problems wherever the text holds
+    // nothing a `Value` loses (repeated keys) or the limits refuse.
+    let plain = crate::batch::scan::scan(text, &limits)
+        .is_ok_and(|f| f.over_limits.is_empty() && f.duplicates.is_empty());
+    if plain
+        && limits.check_text(text).is_ok()
+        && let Ok(value) = serde_json::from_str::<Value>(text)
+    {
+        match (&by_text, validate_value_with(value, &ctx)) {
+            (Ok(_), Ok(_)) => {}
+            (Err(a), Err(b)) => assert_eq!(a, &b, "the text and value paths disagree"),
+            (a, b) => panic!("the text and value paths disagree: {a:?} / {b:?}"),
+        }
+    }
+    match by_text {
         Ok(validated) => check_valid(&validated),
         Err(issues) => {
             assert!(!issues.is_empty(), "rejected without a reason");

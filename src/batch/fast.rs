@@ -28,9 +28,9 @@ use crate::batch::limits::{
     MAX_WORKERS, MIN_TIMEOUT_SECONDS,
 };
 use crate::batch::schema::batch_validator;
-use crate::batch::validate::{RefSite, collect_sites, reference_issues, spawnable};
+use crate::batch::validate::{RefSite, collect_sites, reference_issues_with, spawnable};
 use crate::batch::{Batch, BatchConfig, Task, ValidatedBatch};
-use crate::graph::{GraphInput, Plan, natural_path_cmp};
+use crate::graph::{Plan, natural_path_cmp};
 
 /// The checked batch, or `None` when anything at all is off (the caller then checks in full).
 #[cfg(test)]
@@ -68,19 +68,26 @@ pub fn check(text: &str, limits: &Limits) -> Option<Result<ValidatedBatch, Graph
     let ids = tasks.iter().map(|t| t.task_id.clone()).collect();
     let plan = Plan::build_valid(ids, |i| &tasks[i].dependencies);
     let mut issues = Vec::new();
-    if plan.is_none() || !cx.sites.is_empty() {
-        let inputs: Vec<GraphInput> = tasks
-            .iter()
-            .map(|t| GraphInput {
-                id: Some(t.task_id.clone()),
-                deps: t.dependencies.iter().cloned().enumerate().collect(),
-            })
-            .collect();
-        if plan.is_none() {
-            issues = Plan::build(&inputs).err()?;
-        }
+    // The tasks are seen in place: copying a million ids and dependency lists into
+    // `GraphInput`s would cost more than the checks.
+    let id_of = |i: usize| Some(tasks[i].task_id.as_str());
+    if plan.is_none() {
+        let deps_of = |i: usize| {
+            let deps: &[String] = &tasks[i].dependencies;
+            deps.iter().enumerate().map(|(j, d)| (j, d.as_str()))
+        };
+        issues = Plan::build_with(tasks.len(), id_of, deps_of).err()?;
+    }
+    if !cx.sites.is_empty() {
         let agents: Vec<Option<&str>> = tasks.iter().map(|t| Some(t.agent.name())).collect();
-        issues.extend(reference_issues(&cx.sites, &agents, &inputs));
+        let lists = |i: usize, up: &str| tasks[i].dependencies.iter().any(|d| d == up);
+        issues.extend(reference_issues_with(
+            &cx.sites,
+            &agents,
+            tasks.len(),
+            id_of,
+            lists,
+        ));
     }
     let batch = Batch { tasks, config };
     match plan {
@@ -364,6 +371,35 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         // A task naming a breaker is declined above and checked in full.
         breaker: None,
     })
+}
+
+/// Task `i` of a batch read from its own text as this path reads every task, for the full check
+/// of a batch this path declined: a task this path accepts has no problem of its own there
+/// (the schema would find none), so only the others need their `Value` tree and the schema.
+/// Its strings holding `{{` are added to `sites`; `None` (and `sites` as it was) if this path
+/// would not accept the task. The text is known to be JSON within `limits`.
+pub(crate) fn typed_task(
+    i: usize,
+    text: &str,
+    limits: &Limits,
+    sites: &mut Vec<RefSite>,
+) -> Option<Task> {
+    let mut cx = Cx {
+        limits,
+        sites: std::mem::take(sites),
+        scratch: Vec::new(),
+    };
+    let before = cx.sites.len();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let task = RawTaskSeed(&mut cx)
+        .deserialize(&mut de)
+        .ok()
+        .and_then(|raw| task(i, raw, &mut cx));
+    *sites = cx.sites;
+    if task.is_none() {
+        sites.truncate(before);
+    }
+    task
 }
 
 /// The batch's `config`, checked by hand against the schema's rules.

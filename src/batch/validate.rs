@@ -1,12 +1,12 @@
 //! Checking a whole batch before anything runs: JSON syntax, the JSON Schema, the dependency graph
 //! and output references. Every problem is reported, not just the first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use jsonschema::error::ValidationErrorKind;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::agents;
 use crate::batch::Batch;
@@ -138,7 +138,8 @@ impl<'de> Deserialize<'de> for Entries<'de> {
     }
 }
 
-/// Feeds the elements of `tasks`, one `Value` at a time, to the check.
+/// Feeds the elements of `tasks`, one at a time, to the check: typed straight from their text
+/// where the fast path takes them, else as a `Value`.
 struct TaskStream<'a, 'c>(&'a mut FullCheck<'c>);
 
 impl<'de> Visitor<'de> for TaskStream<'_, '_> {
@@ -147,8 +148,11 @@ impl<'de> Visitor<'de> for TaskStream<'_, '_> {
         f.write_str("an array")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(task) = seq.next_element::<Value>()? {
-            self.0.task(task);
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if !self.0.typed_task(raw.get()) {
+                let task: Value = serde_json::from_str(raw.get()).map_err(A::Error::custom)?;
+                self.0.task(task);
+            }
         }
         Ok(())
     }
@@ -243,12 +247,41 @@ impl<'c> FullCheck<'c> {
         }
     }
 
+    /// The next task of `tasks` if the fast path takes it alone (it then has no problem of its
+    /// own: no schema, agent or spawn issue), fed from its text; `false` if it is left to
+    /// [`FullCheck::task`]. Tasks whose agent checks its input against the context (`mcp`) are
+    /// left there too, so those issues come from the one place.
+    fn typed_task(&mut self, text: &str) -> bool {
+        let i = self.inputs.len();
+        let before = self.sites.len();
+        let task = crate::batch::fast::typed_task(i, text, &self.ctx.limits, &mut self.sites);
+        let Some(task) = task else {
+            return false;
+        };
+        let agent = task.agent.name();
+        if agents::has_input_checks(agent) {
+            self.sites.truncate(before);
+            return false;
+        }
+        self.inputs.push(GraphInput {
+            id: Some(task.task_id),
+            deps: task.dependencies.into_iter().enumerate().collect(),
+        });
+        self.agents
+            .push(agents::ALL_AGENTS.iter().copied().find(|a| *a == agent));
+        true
+    }
+
     /// The next task of `tasks`, handed back.
     fn task(&mut self, task: Value) -> Value {
         let i = self.inputs.len();
         // The task checked against the schema as the only task of a batch (tasks are checked
         // independently by `items`), its paths then moved to its own place.
-        let mut one = json!({"tasks": [task]});
+        // Built by hand: `json!` would copy the task through its serializer.
+        let mut one = Value::Object(Map::from_iter([(
+            "tasks".to_string(),
+            Value::Array(vec![task]),
+        )]));
         // `is_valid` stops at the first problem and builds no errors: most tasks have none.
         if !batch_validator().is_valid(&one) {
             let mut found = schema_issues(&one);
@@ -470,16 +503,36 @@ pub(crate) fn reference_issues(
     agents: &[Option<&str>],
     inputs: &[GraphInput],
 ) -> Vec<Issue> {
-    let index: HashMap<&str, usize> = inputs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| g.id.as_deref().map(|id| (id, i)))
-        .collect();
+    reference_issues_with(
+        sites,
+        agents,
+        inputs.len(),
+        |i| inputs[i].id.as_deref(),
+        |i, up| inputs[i].deps.iter().any(|(_, d)| d == up),
+    )
+}
+
+/// As [`reference_issues`], for `n` tasks seen through `id_of(i)` (task `i`'s id, if usable) and
+/// `lists(i, id)` (whether task `i` lists `id` among its dependencies), so the fast path checks
+/// its typed tasks without copying them into [`GraphInput`]s.
+pub(crate) fn reference_issues_with<'a>(
+    sites: &[RefSite],
+    agents: &[Option<&str>],
+    n: usize,
+    id_of: impl Fn(usize) -> Option<&'a str>,
+    lists: impl Fn(usize, &str) -> bool,
+) -> Vec<Issue> {
+    if sites.is_empty() {
+        return Vec::new();
+    }
+    // Later ids win, as when the map was collected (a repeated id is reported elsewhere).
+    let mut index = crate::graph::id_index(n);
+    index.extend((0..n).filter_map(|i| id_of(i).map(|id| (id, i))));
     let is_task = |id: &str| index.contains_key(id);
     let mut issues = Vec::new();
     for site in sites {
         let (i, path) = (site.task, site.path.as_str());
-        let name = inputs[i].id.as_deref().unwrap_or("?");
+        let name = id_of(i).unwrap_or("?");
         // The upstream task of a reference, if it is known and a dependency (else an issue).
         let upstream = |task_id: &str, issues: &mut Vec<Issue>| {
             let Some(&up) = index.get(task_id) else {
@@ -489,7 +542,7 @@ pub(crate) fn reference_issues(
                 ));
                 return None;
             };
-            if !inputs[i].deps.iter().any(|(_, d)| d == task_id) {
+            if !lists(i, task_id) {
                 issues.push(Issue::new(
                     path,
                     format!(

@@ -336,3 +336,21 @@ pub fn promtool_check(what: &str, text: &str) {
         out.status.code()
     );
 }
+
+/// Waits for process `pid` and returns its exit code and peak resident set size in bytes.
+pub fn wait_with_rusage(pid: u32) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value for `wait4` to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; both pointers are to live locals.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(
+        r,
+        pid as libc::pid_t,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    assert!(libc::WIFEXITED(status), "killed: status {status}");
+    // Linux gives ru_maxrss in kilobytes.
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
+}
