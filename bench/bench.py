@@ -486,7 +486,9 @@ def main():
         args.python = None
     args.repeat = args.repeat or (1 if args.quick else 5)
     args.scale = (lambda full, quick: quick) if args.quick else (lambda full, quick: full)
-    if args.write is None and not args.quick:
+    # Only a full run may replace the whole table: a run of some benchmarks (--only) would drop
+    # the others' rows. Give --write explicitly to have it written anyway.
+    if args.write is None and not args.quick and not args.only:
         args.write = str(ROOT / "BENCHMARKS.md")
     only = set(args.only.split(",")) if args.only else {"1", "2", "3", "4", "5", "6"}
 
