@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -346,14 +345,7 @@ fn serve_answers_compact_results_on_request() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(addr) = line.strip_prefix("dispatch_runner: listening on ") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let base = common::listening_base(&mut child);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = dispatch_runner::http::client_builder()
         .timeout(Duration::from_secs(60))

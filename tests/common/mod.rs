@@ -354,3 +354,21 @@ pub fn wait_with_rusage(pid: u32) -> (i32, u64) {
     // Linux gives ru_maxrss in kilobytes.
     (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
 }
+
+/// Waits until a `serve` child (spawned with stderr piped) says where it listens, returns that
+/// base URL, and keeps draining its stderr so the server never blocks on a full pipe.
+pub fn listening_base(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("dispatch_runner: listening on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    base
+}
