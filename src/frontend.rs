@@ -200,23 +200,6 @@ fn services(config: &Config, workspace_flag: Option<&Path>) -> Result<Services, 
     Ok(services)
 }
 
-/// Prints the one JSON document of this invocation as [`print_json_value`] does, but written as
-/// it is serialized. The caller has redacted its strings (no key of it may be a secret's).
-fn print_json_streamed(doc: &impl serde::Serialize) {
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let written = serde_json::to_writer_pretty(&mut out, doc)
-        .map_err(std::io::Error::from)
-        .and_then(|()| writeln!(out))
-        .and_then(|()| out.flush());
-    // A reader that went away (`| head`) is not worth a panic; the exit code still tells.
-    if let Err(e) = written
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("dispatch_runner: cannot write to stdout: {e}");
-    }
-}
-
-/// Prints the one JSON document of this invocation, with secrets redacted.
 /// Completion scripts and the man page come from the same clap definitions as the parser, so
 /// they cannot drift from it.
 fn completions(shell: clap_complete::Shell) -> u8 {
@@ -259,12 +242,14 @@ fn write_stdout(bytes: &[u8]) -> u8 {
     }
 }
 
+/// Prints the one JSON document of this invocation, with secrets redacted.
 fn print_json(value: &impl serde::Serialize) {
     print_json_value(serde_json::to_value(value).expect("serializable"));
 }
 
-/// As [`print_json`], for a document that redacts itself as it is written, piece by piece (the
-/// result of a big run is never one JSON tree).
+/// As [`print_json`], for a document written as it is serialized (the result of a big run, or a
+/// big plan, is never one JSON tree). The document redacts itself piece by piece, or the caller
+/// has redacted its strings (no key of it may be a secret's).
 fn print_streamed(doc: &impl serde::Serialize) {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let written = serde_json::to_writer_pretty(&mut out, doc)
@@ -496,7 +481,7 @@ fn invalid(errors: Vec<Issue>) -> u8 {
         }
         let _ = err.flush();
     }
-    print_json_streamed(&InvalidDoc(&errors));
+    print_streamed(&InvalidDoc(&errors));
     EXIT_INVALID
 }
 
@@ -567,7 +552,7 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
                 plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
                 status: &'static str,
             }
-            print_json_streamed(&Valid {
+            print_streamed(&Valid {
                 plan: plan.summary_by(crate::redact::redact_text),
                 status: "valid",
             });
