@@ -489,41 +489,51 @@ fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response 
 
 /// `wait` from the query string: `true` (the default) or `false`.
 fn wait_param(query: Option<&str>) -> Result<bool, String> {
-    let mut wait = true;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match (key, value) {
-            ("wait", "true" | "1") => wait = true,
-            ("wait", "false" | "0") => wait = false,
-            ("wait", other) => {
-                return Err(format!(
-                    "query parameter wait must be true or false, not '{}'",
-                    printable(other)
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(wait)
+    query_param(query, "wait", true, "true or false", |v| match v {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    })
 }
 
 /// `result` from the query string: `full` (the default) or `compact` (the agent-sized form).
 fn result_param(query: Option<&str>) -> Result<ResultForm, String> {
-    let mut form = ResultForm::Full;
+    query_param(
+        query,
+        "result",
+        ResultForm::Full,
+        "full or compact",
+        |v| match v {
+            "full" => Some(ResultForm::Full),
+            "compact" => Some(ResultForm::Compact),
+            _ => None,
+        },
+    )
+}
+
+/// One parameter of the query string read with `parse`: the last occurrence wins, the first one
+/// `parse` refuses is the error (`expected` says what it takes), none at all is `default`.
+fn query_param<T>(
+    query: Option<&str>,
+    key: &str,
+    default: T,
+    expected: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T, String> {
+    let mut found = default;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("result", "full") => form = ResultForm::Full,
-            ("result", "compact") => form = ResultForm::Compact,
-            ("result", other) => {
-                return Err(format!(
-                    "query parameter result must be full or compact, not '{}'",
-                    printable(other)
-                ));
-            }
-            _ => {}
+        let (k, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != key {
+            continue;
         }
+        found = parse(value).ok_or_else(|| {
+            format!(
+                "query parameter {key} must be {expected}, not '{}'",
+                printable(value)
+            )
+        })?;
     }
-    Ok(form)
+    Ok(found)
 }
 
 /// A finished run's answer in the compact form: the compact result, or the `error` document with

@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -347,10 +346,7 @@ fn serve_answers_compact_results_on_request() {
         .unwrap();
     let base = common::listening_base(&mut child);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = dispatch_runner::http::client_builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let client = common::client();
     let call = |method: reqwest::Method, path: &str, body: Option<String>| {
         let mut req = client.request(method, format!("{base}{path}"));
         if let Some(b) = body {

@@ -9,7 +9,7 @@ mod observe;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, promtool_check, sh_task};
+use common::{Sandbox, client, promtool_check, sh_task};
 use dispatch_runner::reporter::metrics::{Sample, parse_text, sample};
 use serde_json::{Value, json};
 
@@ -70,13 +70,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn client() -> reqwest::Client {
-    dispatch_runner::http::client_builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
 }
 
 fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {

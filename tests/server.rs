@@ -56,13 +56,6 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::Client {
-    dispatch_runner::http::client_builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
 async fn post(
     url: &str,
     body: String,

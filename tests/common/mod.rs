@@ -372,3 +372,11 @@ pub fn listening_base(child: &mut Child) -> String {
     std::thread::spawn(move || for _ in lines {});
     base
 }
+
+/// An HTTP client for tests that talk to `serve` (generous timeout: a run may take a while).
+pub fn client() -> reqwest::Client {
+    dispatch_runner::http::client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
