@@ -99,6 +99,10 @@ pub enum Command {
     /// GET /metrics.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Serve the runner as an MCP server (stdio, or Streamable HTTP with --listen): tools
+    /// `dispatch`, `validate`, `schema`, `rerun_failed`, `get_run`.
+    #[command(after_help = MCP_SERVER_HELP)]
+    McpServer(McpServerArgs),
     /// Print a shell completion script on stdout (bash, zsh, fish, powershell, elvish).
     #[command(after_help = COMPLETIONS_HELP)]
     Completions(CompletionsArgs),
@@ -194,6 +198,71 @@ fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("'{s}' must be a number of seconds, 0 or more")),
+    }
+}
+
+pub const MCP_SERVER_HELP: &str = "\
+Register it with Claude Code:
+  claude mcp add dispatch -- dispatch_runner mcp-server
+
+Over stdio (the default) stdout carries only the protocol. With --listen ADDR the endpoint is
+http://ADDR/mcp, with `serve`'s rules: DISPATCH_API_TOKEN (when set) is required as `Authorization:
+Bearer <token>`, without it only loopback addresses are allowed, and requests whose Host or Origin
+names another site are refused (403; see --allow-host).
+
+Every run's trace goes to the trace folder (--trace-dir, else the configured one), whatever the
+batch says. A batch may ask for less than the server's limits (output bytes, workers), never more.
+A client that cancels a `dispatch` call cancels its run (processes killed, trace written); so do
+the end of a stdio session and SIGTERM/SIGINT.
+
+Exit codes: 0 the client went away or a signal stopped the server; 3 cannot start (address in
+use, unprotected non-loopback address, bad configuration).";
+
+#[derive(Debug, Args, Clone)]
+pub struct McpServerArgs {
+    /// Serve Streamable HTTP on this address (endpoint /mcp; port 0 picks a free port, printed on
+    /// stderr) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Another host name (or `*` for any) accepted in `Host` and `Origin` headers with --listen,
+    /// besides the listen address and loopback names. Repeatable.
+    #[arg(long, value_name = "NAME", requires = "listen")]
+    pub allow_host: Vec<String>,
+    /// Folder for every run's trace (overrides configuration; batches cannot change it here).
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+    /// Root folder that agents' file paths (coder, debug) must stay inside (default: the
+    /// configured one, else the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Largest batch accepted, in bytes (and, with --listen, request body).
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: usize,
+    /// Most runs in progress at once; a `dispatch` beyond it is refused.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_concurrent_runs: u64,
+    /// Most tasks running at once in one run: a batch's `config.max_workers` may ask for fewer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_workers: Option<u64>,
+    #[command(flatten)]
+    pub shape: ShapeLimitArgs,
+    /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
+    /// ask for less, never more; the configuration file cannot raise it either.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_SERVER_MAX_OUTPUT_BYTES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_OUTPUT_BYTES as u64))]
+    pub max_output_bytes: usize,
+}
+
+impl McpServerArgs {
+    /// The input limits of batches given to the tools.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_bytes: self.max_input_bytes,
+            max_depth: self.shape.max_depth,
+            max_tasks: self.shape.max_tasks,
+            max_string_bytes: self.shape.max_string_bytes,
+            max_output_bytes: self.max_output_bytes,
+        }
     }
 }
 

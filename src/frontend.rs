@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use crate::batch::Limits;
 use crate::batch::schema::batch_schema;
 use crate::batch::{BatchConfig, ValidationContext};
-use crate::cli::{Cli, Command, DoctorArgs, InputArgs, ReportArgs, ResumeArgs, RunArgs, ServeArgs};
+use crate::cli::{
+    Cli, Command, DoctorArgs, InputArgs, McpServerArgs, ReportArgs, ResumeArgs, RunArgs, ServeArgs,
+};
 use crate::config::{AgentSection, Config, ConfigError, Layer, LogFormat, explain};
 use crate::events::RunStatus;
 use crate::reporter::RunResult;
@@ -56,6 +58,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Validate(input)) => validate(&config, &input),
         Some(Command::Config(args)) => show_config(&config, &args),
         Some(Command::Serve(args)) => serve(&config, args),
+        Some(Command::McpServer(args)) => mcp_server(&config, args),
         Some(Command::Doctor(args)) => doctor(&config, &args),
         Some(Command::Run(args)) => run(&config, args),
         Some(Command::Resume(args)) => resume(&config, args),
@@ -518,6 +521,24 @@ impl serde::Serialize for InvalidDoc<'_> {
     }
 }
 
+/// The `valid` document (`validate` of a good batch): the plan, with the task ids borrowed from
+/// it and redacted one by one as they are written.
+#[derive(serde::Serialize)]
+pub struct ValidDocument<'a> {
+    #[serde(flatten)]
+    plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
+    status: &'static str,
+}
+
+impl<'a> ValidDocument<'a> {
+    pub fn of(plan: &'a crate::graph::Plan) -> Self {
+        ValidDocument {
+            plan: plan.summary_by(crate::redact::redact_text),
+            status: "valid",
+        }
+    }
+}
+
 fn validate(config: &Config, input: &InputArgs) -> u8 {
     match load(config, input) {
         Ok(v) => {
@@ -544,18 +565,9 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
             // The process ends after the document: freeing a million tasks one allocation at a
             // time would only delay that (and the peak, while checking, is past).
             std::mem::forget(batch);
-            // Written as it is serialized, the ids borrowed from the plan and redacted one by
-            // one: a `Value` of a million-task plan would cost more than checking it.
-            #[derive(serde::Serialize)]
-            struct Valid<'a> {
-                #[serde(flatten)]
-                plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
-                status: &'static str,
-            }
-            print_streamed(&Valid {
-                plan: plan.summary_by(crate::redact::redact_text),
-                status: "valid",
-            });
+            // Written as it is serialized: a `Value` of a million-task plan would cost more
+            // than checking it.
+            print_streamed(&ValidDocument::of(&plan));
             std::mem::forget(plan);
             EXIT_OK
         }
@@ -894,6 +906,65 @@ fn serve(config: &Config, args: ServeArgs) -> u8 {
                 EXIT_OK
             }
             Err(e) => runner_error(&e.to_string(), None),
+        }
+    })
+}
+
+/// `mcp-server`: the tools run batches as `serve` does (the server's trace folder and limits).
+fn mcp_server(config: &Config, args: McpServerArgs) -> u8 {
+    use crate::mcp::server::{DispatchServer, HttpOptions, McpServerOptions};
+    let (file, env) = base_layers(config);
+    let trace_dir = args
+        .trace_dir
+        .clone()
+        .unwrap_or_else(|| RunSettings::resolve(&[&file, &env]).trace_dir);
+    let token = std::env::var(crate::server::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty() && args.listen.is_some());
+    if let Some(t) = &token {
+        crate::redact::register_secret(t);
+    }
+    let services = match services(config, args.workspace.as_deref()) {
+        Ok(s) => Arc::new(s),
+        Err(issue) => return runner_error(&issue.message, None),
+    };
+    let server = DispatchServer::new(McpServerOptions {
+        base_layers: vec![file, env],
+        overrides: BatchConfig::default(),
+        agents: config.file.agents.clone(),
+        trace_dir,
+        intake: Intake::new(args.limits(), &services),
+        services,
+        max_concurrent_runs: args.max_concurrent_runs as usize,
+        max_workers: args.max_workers.map(|n| n as usize),
+        journal_fsync: config.journal_fsync(None),
+        confine_trace_files: args.listen.is_some(),
+    });
+    with_runtime(|mut rx| async move {
+        let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };
+        let outcome = match args.listen {
+            None => crate::mcp::server::serve_stdio(server, shutdown).await,
+            Some(listen) => {
+                let options = HttpOptions {
+                    listen,
+                    token,
+                    allowed_hosts: args.allow_host.clone(),
+                    max_body_bytes: args.max_input_bytes,
+                    header_read_timeout: std::time::Duration::from_secs(10),
+                };
+                let announce = |addr| eprintln!("dispatch_runner: MCP endpoint http://{addr}/mcp");
+                crate::mcp::server::serve_http(server, options, shutdown, announce)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match outcome {
+            Ok(()) => EXIT_OK,
+            // stdout may be the protocol's: the message goes to stderr only.
+            Err(message) => {
+                eprintln!("dispatch_runner: error: {message}");
+                EXIT_RUNNER
+            }
         }
     })
 }

@@ -238,7 +238,7 @@ type BoxedResponse =
 
 /// Serves one connection: HTTP/1.1 with a header read timeout, graceful close on shutdown, then
 /// a lingering close.
-async fn serve_connection(
+pub(crate) async fn serve_connection(
     stream: TcpStream,
     app: Router,
     header_timeout: Duration,
@@ -293,34 +293,49 @@ async fn linger(mut stream: TcpStream) {
 
 /// Host, Origin, token, content type and declared size, before anything else looks at a request.
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let token = state.options.token.as_deref();
+    if let Err(refused) = admit(&state.hosts, token, state.options.max_body_bytes, &request) {
+        return refused;
+    }
+    next.run(request).await
+}
+
+/// The checks of [`guard`], shared with `mcp-server --listen`: `Err` is the answer refusing the
+/// request. `/health` needs no token.
+pub(crate) fn admit(
+    hosts: &HostPolicy,
+    token: Option<&str>,
+    max_body_bytes: usize,
+    request: &Request,
+) -> Result<(), Response> {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()));
     match host {
-        Some(host) if state.hosts.host(&host_name(host)) => {}
+        Some(host) if hosts.host(&host_name(host)) => {}
         Some(host) => {
-            return error(
+            return Err(error(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "Host '{}' is not this server (allowed: the listen address, localhost, loopback addresses, --allow-host)",
                     printable(host)
                 ),
-            );
+            ));
         }
-        None => return error(StatusCode::BAD_REQUEST, "the Host header is missing"),
+        None => return Err(error(StatusCode::BAD_REQUEST, "the Host header is missing")),
     }
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !state.hosts.origin(origin)
+        && !hosts.origin(origin)
     {
         let shown = printable(origin.to_str().unwrap_or("(not text)"));
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             &format!("cross-origin requests are refused (Origin '{shown}')"),
-        );
+        ));
     }
-    if let Some(token) = &state.options.token
+    if let Some(token) = token
         && request.uri().path() != "/health"
     {
         let given = headers
@@ -335,23 +350,23 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return Err(response);
         }
     }
     if request.method() == Method::POST && !is_json(headers) {
-        return error(
+        return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be sent as Content-Type: application/json",
-        );
+        ));
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.options.max_body_bytes as u64) {
-        return too_large(state.options.max_body_bytes);
+    if declared.is_some_and(|n| n > max_body_bytes as u64) {
+        return Err(too_large(max_body_bytes));
     }
-    next.run(request).await
+    Ok(())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -383,7 +398,7 @@ fn host_name(host: &str) -> String {
 
 /// Which names a request may use for this server, in `Host` and `Origin`.
 #[derive(Debug, Clone)]
-struct HostPolicy {
+pub(crate) struct HostPolicy {
     /// The address actually bound (port 0 resolved).
     local: SocketAddr,
     /// Extra names (`--allow-host`), normalised; `*` accepts any.
@@ -391,7 +406,7 @@ struct HostPolicy {
 }
 
 impl HostPolicy {
-    fn new(local: SocketAddr, allowed: &[String]) -> Self {
+    pub(crate) fn new(local: SocketAddr, allowed: &[String]) -> Self {
         let allowed = allowed
             .iter()
             .map(|h| if h == "*" { h.clone() } else { host_name(h) })
@@ -443,7 +458,7 @@ impl HostPolicy {
 
 /// Answers that axum makes itself (404 of an unknown path, 405, a failed extractor) are plain
 /// text; turn every error into the JSON document, keeping headers such as `Allow`.
-async fn json_errors(response: Response) -> Response {
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_error = status.is_client_error() || status.is_server_error();
     let is_json = response
