@@ -952,7 +952,7 @@ fn mcp_server(config: &Config, args: McpServerArgs) -> u8 {
                     max_body_bytes: args.max_input_bytes,
                     header_read_timeout: std::time::Duration::from_secs(10),
                 };
-                let announce = |addr| eprintln!("dispatch_runner: MCP endpoint http://{addr}/mcp");
+                let announce = |addr| eprintln!("dispatch_runner: listening on http://{addr}/mcp");
                 crate::mcp::server::serve_http(server, options, shutdown, announce)
                     .await
                     .map_err(|e| e.to_string())
