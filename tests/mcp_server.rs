@@ -320,3 +320,108 @@ fn doctor_reports_the_server_healthy_on_both_transports() {
         assert_eq!(s["tools"], 5, "{s}");
     }
 }
+
+/// The official conformance suite's server scenarios that apply to a tools-only server, run
+/// against `mcp-server --listen`; every one must pass (warnings allowed, no failure).
+const CONFORMANCE_APPLIES: [&str; 6] = [
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "server-sse-polling",
+    "server-sse-multiple-streams",
+    "dns-rebinding-protection",
+];
+
+/// The rest, and why they do not apply: they call the suite's own test tools
+/// (`test_simple_text`, ...), or need capabilities this server does not offer (logging,
+/// completion, resources, prompts; sampling and elicitation are requests to the client).
+const CONFORMANCE_DOES_NOT_APPLY: [&str; 26] = [
+    "logging-set-level",
+    "completion-complete",
+    "tools-call-simple-text",
+    "tools-call-image",
+    "tools-call-audio",
+    "tools-call-embedded-resource",
+    "tools-call-mixed-content",
+    "tools-call-with-logging",
+    "tools-call-error",
+    "tools-call-with-progress",
+    "tools-call-sampling",
+    "tools-call-elicitation",
+    "json-schema-2020-12",
+    "elicitation-sep1034-defaults",
+    "elicitation-sep1330-enums",
+    "resources-list",
+    "resources-read-text",
+    "resources-read-binary",
+    "resources-templates-read",
+    "resources-subscribe",
+    "resources-unsubscribe",
+    "prompts-list",
+    "prompts-get-simple",
+    "prompts-get-with-args",
+    "prompts-get-embedded-resource",
+    "prompts-get-with-image",
+];
+
+fn conformance_bin() -> String {
+    let p = mcp_support::deps().join("conformance/node_modules/.bin/conformance");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-test-deps",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn official_conformance_suite_server_scenarios_pass() {
+    // Every server scenario of the pinned suite is accounted for: a new one is looked at.
+    let listed = Command::new(conformance_bin())
+        .args(["list", "--server"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let scenarios: BTreeSet<&str> = listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    let known: BTreeSet<&str> = CONFORMANCE_APPLIES
+        .iter()
+        .chain(&CONFORMANCE_DOES_NOT_APPLY)
+        .copied()
+        .collect();
+    assert_eq!(scenarios, known, "the suite's server scenarios changed");
+
+    let sb = Sandbox::new();
+    let server = http_server(&sb, None);
+    for scenario in CONFORMANCE_APPLIES {
+        let out_dir = sb.path().join(format!("conformance-{scenario}"));
+        let out = common::wait_with_deadline(
+            Command::new(conformance_bin())
+                .args(["server", "--url", &server.url, "--scenario", scenario, "-o"])
+                .arg(&out_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(120),
+        );
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{scenario} failed:\n{report}");
+        let checks_file = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("checks.json"))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{scenario}: no checks.json"));
+        let checks = read_json(&checks_file);
+        let checks = checks.as_array().unwrap();
+        let passed = checks.iter().filter(|c| c["status"] == "SUCCESS").count();
+        assert!(passed > 0, "{scenario}: nothing passed: {checks:?}");
+        for c in checks {
+            assert_ne!(c["status"], "FAILURE", "{scenario}: {c}");
+        }
+    }
+}
