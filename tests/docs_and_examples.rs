@@ -153,12 +153,15 @@ fn claude_code_agent_definition_has_front_matter() {
     assert_eq!(field("name"), "parallel-dispatcher");
     assert!(field("description").len() > 40);
     assert!(field("tools").contains("Bash"));
+    // The MCP server's tools, under the name the registration command gives the server.
+    assert!(field("tools").contains("mcp__dispatch__dispatch"));
     for must in [
         "dispatch_runner validate",
         "dispatch_runner schema",
         "--rerun-failed",
         "--result compact -o",
         "Exit code",
+        "claude mcp add dispatch -- dispatch_runner mcp-server",
     ] {
         assert!(body.contains(must), "the agent prompt must cover {must}");
     }
