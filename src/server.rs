@@ -294,20 +294,20 @@ async fn linger(mut stream: TcpStream) {
 /// Host, Origin, token, content type and declared size, before anything else looks at a request.
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let token = state.options.token.as_deref();
-    if let Err(refused) = admit(&state.hosts, token, state.options.max_body_bytes, &request) {
+    if let Some(refused) = admit(&state.hosts, token, state.options.max_body_bytes, &request) {
         return refused;
     }
     next.run(request).await
 }
 
-/// The checks of [`guard`], shared with `mcp-server --listen`: `Err` is the answer refusing the
+/// The checks of [`guard`], shared with `mcp-server --listen`: `Some` is the answer refusing the
 /// request. `/health` needs no token.
 pub(crate) fn admit(
     hosts: &HostPolicy,
     token: Option<&str>,
     max_body_bytes: usize,
     request: &Request,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
@@ -316,7 +316,7 @@ pub(crate) fn admit(
     match host {
         Some(host) if hosts.host(&host_name(host)) => {}
         Some(host) => {
-            return Err(error(
+            return Some(error(
                 StatusCode::FORBIDDEN,
                 &format!(
                     "Host '{}' is not this server (allowed: the listen address, localhost, loopback addresses, --allow-host)",
@@ -324,13 +324,13 @@ pub(crate) fn admit(
                 ),
             ));
         }
-        None => return Err(error(StatusCode::BAD_REQUEST, "the Host header is missing")),
+        None => return Some(error(StatusCode::BAD_REQUEST, "the Host header is missing")),
     }
     if let Some(origin) = headers.get(header::ORIGIN)
         && !hosts.origin(origin)
     {
         let shown = printable(origin.to_str().unwrap_or("(not text)"));
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             &format!("cross-origin requests are refused (Origin '{shown}')"),
         ));
@@ -350,11 +350,11 @@ pub(crate) fn admit(
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(response);
+            return Some(response);
         }
     }
     if request.method() == Method::POST && !is_json(headers) {
-        return Err(error(
+        return Some(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be sent as Content-Type: application/json",
         ));
@@ -364,9 +364,9 @@ pub(crate) fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body_bytes as u64) {
-        return Err(too_large(max_body_bytes));
+        return Some(too_large(max_body_bytes));
     }
-    Ok(())
+    None
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -99,12 +99,18 @@ fn check_scenarios(sb: &Sandbox, s: &std::collections::HashMap<String, Value>, m
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["/tasks/0/input_data/argv", "/tasks/1/dependencies/0"]);
+    assert_eq!(
+        paths,
+        ["/tasks/0/input_data/argv", "/tasks/1/dependencies/0"]
+    );
     assert_eq!(s["validate_text"]["structured"], cli.json);
     let good = &s["validate_good"];
     assert_eq!(good["is_error"], false);
     assert_eq!(good["structured"]["status"], "valid");
-    assert_eq!(good["structured"]["critical_path"], json!(["make", "left", "join"]));
+    assert_eq!(
+        good["structured"]["critical_path"],
+        json!(["make", "left", "join"])
+    );
 
     // A batch cannot raise the server's output cap (started with --max-output-bytes 65536).
     let over = &s["over_limit"];
@@ -130,10 +136,18 @@ fn check_scenarios(sb: &Sandbox, s: &std::collections::HashMap<String, Value>, m
         assert_eq!(p["progress"], (i + 1) as f64);
         assert_eq!(p["total"], 4.0);
     }
-    assert!(progress[0]["message"].as_str().unwrap().starts_with("make: success"));
+    assert!(
+        progress[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("make: success")
+    );
     // The server's trace folder, and its worker cap (--max-workers 2) over the batch's 8.
     let trace_file = sb.path().join(result["trace_file"].as_str().unwrap());
-    assert!(trace_file.starts_with(sb.path().join("traces")), "{trace_file:?}");
+    assert!(
+        trace_file.starts_with(sb.path().join("traces")),
+        "{trace_file:?}"
+    );
     let trace = read_json(&trace_file);
     let started = common::events(&trace, "run_started");
     assert_eq!(started[0]["config"]["max_workers"], 2);
@@ -176,9 +190,19 @@ fn check_scenarios(sb: &Sandbox, s: &std::collections::HashMap<String, Value>, m
     );
     let cancelled = traces(sb)
         .into_iter()
-        .find(|t| t["tasks"].as_array().unwrap().iter().any(|x| x["task_id"] == "long"))
+        .find(|t| {
+            t["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["task_id"] == "long")
+        })
         .expect("the cancelled run's trace");
-    assert_eq!(cancelled["tasks"][1]["status"], "cancelled", "{}", cancelled["tasks"]);
+    assert_eq!(
+        cancelled["tasks"][1]["status"], "cancelled",
+        "{}",
+        cancelled["tasks"]
+    );
     assert_eq!(common::events(&cancelled, "run_cancelled").len(), 1);
 
     // The session outlives the cancelled call; schema is the command line's.
@@ -189,7 +213,10 @@ fn check_scenarios(sb: &Sandbox, s: &std::collections::HashMap<String, Value>, m
 /// Every trace file the server wrote.
 fn traces(sb: &Sandbox) -> Vec<Value> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(sb.path().join("traces")).unwrap().flatten() {
+    for entry in std::fs::read_dir(sb.path().join("traces"))
+        .unwrap()
+        .flatten()
+    {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "json") {
             found.push(read_json(&path));
@@ -206,7 +233,15 @@ fn python_sdk_client_over_stdio() {
     let marker = marker();
     let bin = bin().display().to_string();
     let traces = sb.path().join("traces").display().to_string();
-    let mut args = vec!["stdio", &marker, "--", &bin, "mcp-server", "--trace-dir", &traces];
+    let mut args = vec![
+        "stdio",
+        &marker,
+        "--",
+        &bin,
+        "mcp-server",
+        "--trace-dir",
+        &traces,
+    ];
     args.extend(LIMITS);
     let scenarios = run_client(&args);
     check_scenarios(&sb, &scenarios, &marker);
@@ -225,7 +260,13 @@ impl Drop for HttpServer {
 }
 
 fn http_server(sb: &Sandbox, token: Option<&str>) -> HttpServer {
-    let mut cmd = sb.cmd(&["mcp-server", "--listen", "127.0.0.1:0", "--trace-dir", "traces"]);
+    let mut cmd = sb.cmd(&[
+        "mcp-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--trace-dir",
+        "traces",
+    ]);
     cmd.args(LIMITS)
         .env("DEMO_API_KEY", SECRET)
         .stdin(Stdio::null())
@@ -277,9 +318,15 @@ async fn http_endpoint_keeps_serves_token_and_cross_site_rules() {
     assert_eq!(answer.json::<Value>().await.unwrap()["status"], "error");
     assert_eq!(post(Some("wrong"), None).await.unwrap().status(), 401);
     let foreign = Some(("Origin", "http://evil.example"));
-    assert_eq!(post(Some("tok-1b2c3d"), foreign).await.unwrap().status(), 403);
+    assert_eq!(
+        post(Some("tok-1b2c3d"), foreign).await.unwrap().status(),
+        403
+    );
     let rebound = Some(("Host", "evil.example"));
-    assert_eq!(post(Some("tok-1b2c3d"), rebound).await.unwrap().status(), 403);
+    assert_eq!(
+        post(Some("tok-1b2c3d"), rebound).await.unwrap().status(),
+        403
+    );
     let ok = post(Some("tok-1b2c3d"), None).await.unwrap();
     assert_eq!(ok.status(), 200, "{:?}", ok.text().await);
 
@@ -424,4 +471,63 @@ fn official_conformance_suite_server_scenarios_pass() {
             assert_ne!(c["status"], "FAILURE", "{scenario}: {c}");
         }
     }
+}
+
+/// A stdio client that goes away mid-run (stdin closed) cancels the run: the process group is
+/// killed, the trace is written, and the server exits 0.
+#[test]
+fn the_end_of_a_stdio_session_cancels_its_runs() {
+    stdio_run_stopped_by(false);
+}
+
+/// So does SIGTERM to the server.
+#[test]
+fn sigterm_cancels_the_runs_of_a_stdio_server() {
+    stdio_run_stopped_by(true);
+}
+
+fn stdio_run_stopped_by(sigterm: bool) {
+    use std::io::{BufRead, BufReader, Write};
+    let sb = Sandbox::new();
+    let marker = marker();
+    let mut child = sb
+        .cmd(&["mcp-server", "--trace-dir", "traces"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut send = |v: Value| writeln!(&mut stdin, "{v}").unwrap();
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}),
+    );
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("\"id\":1"), "{line}");
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "dispatch", "arguments": {"batch": {"tasks": [
+            {"task_id": "long", "agent": "command", "input_data": {"argv": ["sleep", marker]}}
+        ]}}}}),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || !processes_matching(&marker)
+            .is_empty()),
+        "the task never started"
+    );
+    if sigterm {
+        common::send_signal(child.id(), libc::SIGTERM);
+    } else {
+        drop(stdin);
+    }
+    let status = common::wait_with_deadline(child, Duration::from_secs(30)).status;
+    assert_eq!(status.code(), Some(0));
+    assert!(processes_matching(&marker).is_empty());
+    let trace = traces(&sb).pop().expect("the run's trace");
+    assert_eq!(trace["tasks"][0]["status"], "cancelled");
 }

@@ -294,12 +294,12 @@ fn bad_argument(pointer: &str, message: &str) -> CallToolResult {
 }
 
 /// `compact` (the default) or `full`.
-fn full_form(args: &JsonObject) -> Result<bool, CallToolResult> {
+fn full_form(args: &JsonObject) -> Result<bool, Issue> {
     match args.get("result") {
         None | Some(Value::Null) => Ok(false),
         Some(Value::String(s)) if s == "compact" => Ok(false),
         Some(Value::String(s)) if s == "full" => Ok(true),
-        Some(_) => Err(bad_argument(
+        Some(_) => Err(Issue::new(
             "/result",
             "result must be \"compact\" or \"full\"",
         )),
@@ -308,12 +308,12 @@ fn full_form(args: &JsonObject) -> Result<bool, CallToolResult> {
 
 /// The batch argument as the bytes the command line would read: an object is written out as
 /// JSON, a string (the batch as JSON text) is taken as it is.
-fn batch_bytes(args: &JsonObject) -> Result<Option<Vec<u8>>, CallToolResult> {
+fn batch_bytes(args: &JsonObject) -> Result<Option<Vec<u8>>, Issue> {
     match args.get("batch") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone().into_bytes())),
         Some(v @ Value::Object(_)) => Ok(Some(serde_json::to_vec(v).unwrap_or_default())),
-        Some(_) => Err(bad_argument(
+        Some(_) => Err(Issue::new(
             "/batch",
             "batch must be an object ({\"tasks\": [...]}) or its JSON text",
         )),
@@ -359,13 +359,13 @@ impl Inner {
     }
 
     /// The trace file `rerun_failed` names, by run id or path.
-    fn trace_of(&self, args: &JsonObject) -> Result<PathBuf, CallToolResult> {
+    fn trace_of(&self, args: &JsonObject) -> Result<PathBuf, Issue> {
         let run_id = args.get("run_id").and_then(Value::as_str);
         let file = args.get("trace_file").and_then(Value::as_str);
         match (run_id, file) {
             (Some(id), None) => {
                 if !well_formed(id) {
-                    return Err(bad_argument("/run_id", "no such run"));
+                    return Err(Issue::new("/run_id", "no such run"));
                 }
                 Ok(crate::reporter::trace::trace_path(
                     &self.options.trace_dir,
@@ -375,14 +375,14 @@ impl Inner {
             (None, Some(file)) => {
                 let path = PathBuf::from(file);
                 if self.options.confine_trace_files && !inside(&path, &self.options.trace_dir) {
-                    return Err(bad_argument(
+                    return Err(Issue::new(
                         "/trace_file",
                         "over HTTP, the trace file must be in the server's trace folder (or give run_id)",
                     ));
                 }
                 Ok(path)
             }
-            _ => Err(bad_argument(
+            _ => Err(Issue::new(
                 "",
                 "give either run_id or trace_file (a string)",
             )),
@@ -501,10 +501,7 @@ impl Inner {
         };
         match outcome {
             Ok(outcome) => finished(outcome, full),
-            Err(_) => answer(
-                error_document("the run ended without a result", None),
-                true,
-            ),
+            Err(_) => answer(error_document("the run ended without a result", None), true),
         }
     }
 }
@@ -566,7 +563,7 @@ impl DispatchServer {
         let bytes = match batch_bytes(&args) {
             Ok(Some(b)) => b,
             Ok(None) => return bad_argument("/batch", "batch is required"),
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let inner = self.inner.clone();
         // Checking a large batch takes CPU time: not on the threads that serve the protocol.
@@ -590,12 +587,12 @@ impl DispatchServer {
     ) -> CallToolResult {
         let full = match full_form(&args) {
             Ok(f) => f,
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let bytes = match batch_bytes(&args) {
             Ok(Some(b)) => b,
             Ok(None) => return bad_argument("/batch", "batch is required"),
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let inner = self.inner.clone();
         let checked = tokio::task::spawn_blocking(move || inner.check(bytes)).await;
@@ -613,15 +610,15 @@ impl DispatchServer {
     ) -> CallToolResult {
         let full = match full_form(&args) {
             Ok(f) => f,
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let trace = match self.inner.trace_of(&args) {
             Ok(t) => t,
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let bytes = match batch_bytes(&args) {
             Ok(b) => b,
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let inner = self.inner.clone();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -631,9 +628,7 @@ impl DispatchServer {
         .await;
         match prepared {
             Ok(Ok((validated, reuse))) => {
-                self.inner
-                    .run(validated, Some(reuse), full, context)
-                    .await
+                self.inner.run(validated, Some(reuse), full, context).await
             }
             Ok(Err(issues)) => invalid(&issues),
             Err(e) => answer(error_document(&e.to_string(), None), true),
@@ -643,7 +638,7 @@ impl DispatchServer {
     async fn get_run(&self, args: JsonObject) -> CallToolResult {
         let full = match full_form(&args) {
             Ok(f) => f,
-            Err(answer) => return answer,
+            Err(issue) => return invalid(&[issue]),
         };
         let Some(run_id) = args.get("run_id").and_then(Value::as_str) else {
             return bad_argument("/run_id", "run_id (a string) is required");
@@ -823,8 +818,8 @@ pub async fn serve_http(
             gate.max_body_bytes,
             &request,
         ) {
-            Ok(()) => next.run(request).await,
-            Err(refused) => refused,
+            None => next.run(request).await,
+            Some(refused) => refused,
         }
     }
     let app = axum::Router::new()
