@@ -41,6 +41,9 @@ pub struct FileConfig {
     pub llm: LlmConfig,
     #[serde(default)]
     pub logging: LoggingSection,
+    /// The result cache of tasks with a `cache` object (`<trace_dir>/cache`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -60,6 +60,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Run(args)) => run(&config, args),
         Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
+        Some(Command::Cache(args)) => crate::cache::cli::main(&config, args),
         None => run(&config, cli.run),
     };
     // Everything this invocation started has been cleaned up: the watchdog may go.
@@ -697,6 +698,7 @@ fn execute(
         options.services = services;
         options.reuse = reuse;
         options.journal_fsync = config.journal_fsync(args.journal_fsync);
+        options.cache = config.file.cache.clone();
         options.run_id = run_id;
         match crate::run(validated, options).await {
             Ok(mut report) => {

@@ -1123,6 +1123,7 @@ mod tests {
             error: None,
             attempts: 1,
             reused: false,
+            cached: false,
         });
         emit(EventKind::RunCancelled {
             reason: crate::events::CancelReason::Sigterm,
