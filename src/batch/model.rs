@@ -62,6 +62,7 @@ pub struct Task {
     /// environment variables are as in an earlier successful run, the task does not run and its
     /// stored output comes back (`"cached": true`); see docs/batch-format.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "crate::cache::CacheSpec")]
     pub cache: Option<crate::cache::CacheSpec>,
 }
 

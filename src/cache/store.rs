@@ -371,7 +371,9 @@ pub fn put_blob(dir: &Path, src: &Path) -> std::io::Result<(String, u64)> {
         .tempfile_in(dir.join(TMP_DIR))?;
     let (sha, size) = copy_hashing(&mut from, tmp.as_file_mut())?;
     let path = blob_path(dir, &sha);
-    if path.is_file() {
+    // A blob already there is kept only if it still holds its content (a damaged one would
+    // make every later hit a miss).
+    if path.is_file() && hash_file(&path).is_ok_and(|h| h == sha) {
         return Ok((sha, size));
     }
     std::fs::create_dir_all(path.parent().expect("blob paths have a parent"))?;

@@ -819,6 +819,21 @@ impl<E: Executor> Dispatcher<E> {
                     }
                     Err(e) => Err(e.message.clone()),
                 };
+                if let (Ok(now), Some(then)) = (&key, &recorded)
+                    && now == then
+                {
+                    // Recorded again, so a rerun of this run can check it too.
+                    self.bus.emit(EventKind::CacheChecked {
+                        task_id: self.tasks[i].task_id.clone(),
+                        hit: true,
+                        key: Some(now.clone()),
+                        reason: Some(format!(
+                            "unchanged since run {}: its output is reused",
+                            reuse.previous_run_id
+                        )),
+                        files_restored: 0,
+                    });
+                }
                 let reason = match (&key, &recorded) {
                     (Ok(now), Some(then)) if now == then => None,
                     (Ok(_), Some(_)) => Some(format!(
