@@ -65,6 +65,8 @@ pub struct Cache {
     config: CacheConfig,
     store: Mutex<Slot>,
     env_key: OnceLock<Result<crate::rerun::DigestKey, String>>,
+    /// Keys hit in this run, counted in one transaction at its end rather than one per hit.
+    hits: Mutex<Vec<String>>,
 }
 
 fn now_unix() -> i64 {
@@ -90,6 +92,7 @@ impl Cache {
             config,
             store: Mutex::new(Slot::Closed),
             env_key: OnceLock::new(),
+            hits: Mutex::new(Vec::new()),
         }
     }
 
@@ -247,9 +250,10 @@ impl Cache {
         if let Err(e) = self.restore(&entry.files) {
             return miss(Some(e));
         }
-        if let Err(e) = self.with_store(|s| s.touch(&key, now)) {
-            tracing::warn!("cannot count a cache hit: {e}");
-        }
+        self.hits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key.clone());
         Lookup::Hit {
             files_restored: entry.files.len(),
             key,
@@ -327,6 +331,17 @@ impl Cache {
         let text = serde_json::to_string(&output).expect("JSON values serialize");
         self.with_store(|s| s.put(key, task_id, agent, &text, &files, now_unix()))?;
         Ok(files.len())
+    }
+
+    /// Counts this run's hits (last use and number of hits, for eviction and `stats`).
+    pub fn record_hits(&self) {
+        let keys = std::mem::take(&mut *self.hits.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.with_store(|s| s.touch(&keys, now_unix())) {
+            tracing::warn!("cannot count the cache hits: {e}");
+        }
     }
 
     /// Applies the size and age caps (after a run stored results).

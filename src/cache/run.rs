@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Cache, Lookup};
@@ -26,7 +26,13 @@ pub struct RunCache {
     rx: mpsc::UnboundedReceiver<(usize, Lookup)>,
     pending: usize,
     stores: Vec<JoinHandle<()>>,
+    /// Lookups on the blocking pool at once: a batch of thousands of cached tasks must not
+    /// become thousands of threads queueing on one index.
+    slots: Arc<Semaphore>,
 }
+
+/// Most lookups or stores running at once.
+const PARALLEL: usize = 4;
 
 impl RunCache {
     pub fn new(cache: Arc<Cache>, tasks: usize) -> Self {
@@ -38,6 +44,7 @@ impl RunCache {
             rx,
             pending: 0,
             stores: Vec::new(),
+            slots: Arc::new(Semaphore::new(PARALLEL)),
         }
     }
 
@@ -65,12 +72,12 @@ impl RunCache {
         self.state[i] = KeyState::Checking;
         self.pending += 1;
         let (cache, tx, agent) = (self.cache.clone(), self.tx.clone(), task.agent.name());
-        tokio::task::spawn_blocking(move || {
+        let slots = self.slots.clone();
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let answer = tokio::task::spawn_blocking(move || cache.lookup(agent, &input, &spec));
             // An answer always comes back, even from a panic: the dispatcher waits for it.
-            let lookup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                cache.lookup(agent, &input, &spec)
-            }))
-            .unwrap_or_else(|_| Lookup::Uncacheable {
+            let lookup = answer.await.unwrap_or_else(|_| Lookup::Uncacheable {
                 reason: "the cache lookup failed".into(),
             });
             let _ = tx.send((i, lookup));
@@ -99,8 +106,13 @@ impl RunCache {
         };
         let (cache, key, spec) = (self.cache.clone(), key.clone(), spec.clone());
         let (task_id, agent) = (task.task_id.clone(), task.agent.name());
-        self.stores.push(tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.store(&key, &task_id, agent, output, &spec) {
+        let slots = self.slots.clone();
+        self.stores.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let stored = tokio::task::spawn_blocking(move || {
+                cache.store(&key, &task_id, agent, output, &spec).map_err(|e| (task_id, e))
+            });
+            if let Ok(Err((task_id, e))) = stored.await {
                 tracing::warn!("cannot store the result of task '{task_id}' in the cache: {e}");
             }
         }));
@@ -117,12 +129,15 @@ impl RunCache {
             .unwrap_or_else(|e| Err(format!("the cache key could not be computed: {e}")))
     }
 
-    /// Waits for the stores, then applies the size and age caps if anything was stored.
+    /// Waits for the stores, records the hits, then applies the size and age caps if anything
+    /// was stored.
     pub async fn finish(&mut self) {
         let stored = !self.stores.is_empty();
         for h in self.stores.drain(..) {
             let _ = h.await;
         }
+        let cache = self.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.record_hits()).await;
         if stored {
             let cache = self.cache.clone();
             match tokio::task::spawn_blocking(move || cache.enforce_caps()).await {

@@ -166,13 +166,17 @@ impl Store {
         }))
     }
 
-    /// Counts a hit on `key`, for least-recently-used eviction and `stats`.
-    pub fn touch(&self, key: &str, now: i64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "UPDATE entries SET used_at = ?2, hits = hits + 1 WHERE key = ?1",
-            params![key, now],
-        )?;
-        Ok(())
+    /// Counts a hit on each of `keys`, for least-recently-used eviction and `stats`.
+    pub fn touch(&mut self, keys: &[String], now: i64) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare("UPDATE entries SET used_at = ?2, hits = hits + 1 WHERE key = ?1")?;
+            for key in keys {
+                stmt.execute(params![key, now])?;
+            }
+        }
+        tx.commit()
     }
 
     pub fn put(
