@@ -398,6 +398,10 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             checks.push((key, json!(v), not_negative));
         }
     }
+    if let Some(age) = file.cache.max_age_seconds {
+        floats.push(("cache.max_age_seconds".into(), Some(age)));
+        checks.push(("cache.max_age_seconds".into(), json!(age), not_negative));
+    }
     let mut problems = Vec::new();
     // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see
     // them: `.nan` and `.inf` are refused here.

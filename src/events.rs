@@ -210,6 +210,9 @@ pub struct Summary {
     pub timed_out: usize,
     pub skipped: usize,
     pub cancelled: usize,
+    /// Successful tasks whose output came from the result cache (they did not run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached: usize,
     pub total_time_ms: u64,
     /// Model tokens and cost summed over the tasks' outputs (`output.usage`); absent when no
     /// task used a model.

@@ -787,8 +787,13 @@ fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 
     print_result(args, result, true);
     if !args.quiet {
         let s = &result.summary;
+        let cached = if s.cached > 0 {
+            format!(" ({} from the cache)", s.cached)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "dispatch_runner: {} tasks: {} succeeded, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
+            "dispatch_runner: {} tasks: {} succeeded{cached}, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
             s.total_tasks,
             s.successful,
             s.failed,

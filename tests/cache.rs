@@ -55,6 +55,8 @@ fn a_hit_does_not_run_the_task_and_changed_inputs_or_env_do() {
     assert_eq!(r["status"], "success");
     assert_eq!(r["attempts"], 0);
     assert_eq!(r["output"]["stdout"], "one\n");
+    assert_eq!(second.json["summary"]["cached"], 1);
+    assert_eq!(second.json["summary"]["successful"], 1);
     let trace = second.trace();
     let hit = events(&trace, "cache_checked")[0].clone();
     assert_eq!(hit["hit"], true);
@@ -84,7 +86,11 @@ fn a_hit_does_not_run_the_task_and_changed_inputs_or_env_do() {
     assert!(b.result("t").get("cached").is_none());
     assert_eq!(runs(&sb), 4);
     // An undeclared variable is not.
-    let other = run_with_env(&sb, &batch, &[("CACHE_TEST_MODE", "b"), ("CACHE_OTHER", "x")]);
+    let other = run_with_env(
+        &sb,
+        &batch,
+        &[("CACHE_TEST_MODE", "b"), ("CACHE_OTHER", "x")],
+    );
     assert_eq!(other.result("t")["cached"], true);
     assert_eq!(runs(&sb), 4);
 }
@@ -131,7 +137,10 @@ fn declared_output_files_are_restored_after_deletion() {
     );
     let tool = Command::new(sb.path().join("out/tool")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&tool.stdout), "hi\n", "mode kept");
-    assert_eq!(events(&warm.trace(), "cache_checked")[0]["files_restored"], 2);
+    assert_eq!(
+        events(&warm.trace(), "cache_checked")[0]["files_restored"],
+        2
+    );
 }
 
 #[test]
@@ -186,7 +195,10 @@ fn a_corrupt_index_or_a_missing_blob_is_a_miss_and_the_cache_recovers() {
     assert_eq!(runs(&sb), 3);
     let miss = events(&no_blob.trace(), "cache_checked")[0].clone();
     assert_eq!(miss["hit"], false);
-    assert!(miss["reason"].as_str().unwrap().contains("out.txt"), "{miss}");
+    assert!(
+        miss["reason"].as_str().unwrap().contains("out.txt"),
+        "{miss}"
+    );
     assert!(sb.path().join("out.txt").is_file());
     // A blob whose content is not its name is no better than a missing one.
     let blob = walk(&cache.join("blobs"))[0].clone();
@@ -299,7 +311,10 @@ fn cache_stats_and_prune() {
     let empty = sb.run(&["cache", "stats"], "");
     assert_eq!(empty.code, 0);
     assert_eq!(empty.json["exists"], false);
-    assert!(!sb.path().join("traces/cache").exists(), "stats creates nothing");
+    assert!(
+        !sb.path().join("traces/cache").exists(),
+        "stats creates nothing"
+    );
 
     sb.write("src.txt", "s\n");
     let batch = json!({"tasks": [
@@ -367,6 +382,10 @@ fn an_age_cap_in_the_configuration_is_applied_when_a_run_stores() {
     assert_eq!(runs(&sb), 2);
     let reason = events(&run.trace(), "cache_checked")[0]["reason"].clone();
     assert!(reason.as_str().unwrap().contains("older"), "{reason}");
+    sb.write("dispatch.yaml", "cache:\n  max_age_seconds: -1\n");
+    let bad = sb.run_json(&["run", "-q"], &batch);
+    assert_eq!(bad.code, 3, "{}", bad.stdout);
+    assert!(bad.stdout.contains("cache.max_age_seconds"), "{}", bad.stdout);
     sb.write("dispatch.yaml", "cache:\n  enabled: false\n");
     sb.run_json(&["run", "-q"], &batch);
     assert_eq!(runs(&sb), 3, "a disabled cache answers nothing");

@@ -117,7 +117,9 @@ pub fn main(config: &Config, args: CacheArgs) -> u8 {
         Err(e) => return fail(&e),
     };
     let doc = match prune {
-        None => store.stats().map(|s| serde_json::to_value(s).expect("serializes")),
+        None => store
+            .stats()
+            .map(|s| serde_json::to_value(s).expect("serializes")),
         Some(p) => {
             let (max_bytes, max_age) = if p.all {
                 (0, -1.0)

@@ -80,7 +80,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 impl Cache {
@@ -102,7 +104,10 @@ impl Cache {
 
     /// Runs `f` on the open store, opening it first if needed. A damaged index found on the way
     /// is closed, so the next use starts a new one.
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> rusqlite::Result<T>) -> Result<T, String> {
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
         let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*slot, Slot::Closed) {
             *slot = Slot::Open(Store::open(&self.dir)?);
@@ -276,7 +281,10 @@ impl Cache {
                     .components()
                     .all(|c| matches!(c, Component::Normal(_)));
             if !safe {
-                return Err(format!("the stored file '{}' is not a usable entry", f.path));
+                return Err(format!(
+                    "the stored file '{}' is not a usable entry",
+                    f.path
+                ));
             }
             let dest = root.join(&f.path);
             let tmp = store::stage_blob(&self.dir, f, &dest)
@@ -284,7 +292,10 @@ impl Cache {
             // The folder it lands in must still be inside the workspace (no link out of it).
             let parent = dest.parent().and_then(|p| p.canonicalize().ok());
             if !parent.is_some_and(|p| p.starts_with(&root)) {
-                return Err(format!("'{}' would be restored outside the workspace", f.path));
+                return Err(format!(
+                    "'{}' would be restored outside the workspace",
+                    f.path
+                ));
             }
             staged.push((tmp, dest));
         }

@@ -110,7 +110,9 @@ impl RunCache {
         self.stores.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await;
             let stored = tokio::task::spawn_blocking(move || {
-                cache.store(&key, &task_id, agent, output, &spec).map_err(|e| (task_id, e))
+                cache
+                    .store(&key, &task_id, agent, output, &spec)
+                    .map_err(|e| (task_id, e))
             });
             if let Ok(Err((task_id, e))) = stored.await {
                 tracing::warn!("cannot store the result of task '{task_id}' in the cache: {e}");

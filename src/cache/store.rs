@@ -241,14 +241,14 @@ impl Store {
         tx.execute("DELETE FROM entries WHERE created_at < ?1", params![cutoff])?;
         pruned.removed_entries += n as u64;
         pruned.freed_bytes += freed as u64;
-        let total: i64 =
-            tx.query_row("SELECT coalesce(sum(bytes), 0) FROM entries", [], |r| {
-                r.get(0)
-            })?;
+        let total: i64 = tx.query_row("SELECT coalesce(sum(bytes), 0) FROM entries", [], |r| {
+            r.get(0)
+        })?;
         let mut total = total as u64;
         if total > max_bytes {
             let victims: Vec<(String, i64)> = {
-                let mut stmt = tx.prepare("SELECT key, bytes FROM entries ORDER BY used_at, created_at")?;
+                let mut stmt =
+                    tx.prepare("SELECT key, bytes FROM entries ORDER BY used_at, created_at")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 let mut victims = Vec::new();
                 for row in rows {
@@ -341,7 +341,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
-    dir.join(BLOB_DIR).join(&sha256[..2.min(sha256.len())]).join(sha256)
+    dir.join(BLOB_DIR)
+        .join(&sha256[..2.min(sha256.len())])
+        .join(sha256)
 }
 
 /// Copies `from` to `to` while hashing what was copied; returns the SHA-256 (hex) and size.
@@ -388,7 +390,11 @@ pub fn put_blob(dir: &Path, src: &Path) -> std::io::Result<(String, u64)> {
 
 /// Copies blob `file` next to `dest` (a temporary file in its folder, to be renamed into place),
 /// checking its content against its name. Any problem (missing blob, wrong content) is an error.
-pub fn stage_blob(dir: &Path, file: &StoredFile, dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+pub fn stage_blob(
+    dir: &Path,
+    file: &StoredFile,
+    dest: &Path,
+) -> std::io::Result<tempfile::NamedTempFile> {
     let mut from = File::open(blob_path(dir, &file.sha256))?;
     let parent = dest
         .parent()

@@ -426,10 +426,12 @@ impl<E: Executor> Dispatcher<E> {
                 status,
                 output,
                 reused,
+                cached,
                 ..
             } = &event
             {
                 self.counts.count(*status);
+                self.counts.cached += usize::from(*cached);
                 if let (Some(out), false) = (output, reused) {
                     self.counts.add_usage(out);
                 }
@@ -786,7 +788,9 @@ impl<E: Executor> Dispatcher<E> {
         }
         let n = self.tasks.len();
         // Dependencies before dependents (Kahn), so a dropped task drops what reads it.
-        let mut unmet: Vec<usize> = (0..n).map(|i| self.scheduler.plan().deps(i).len()).collect();
+        let mut unmet: Vec<usize> = (0..n)
+            .map(|i| self.scheduler.plan().deps(i).len())
+            .collect();
         let mut order: Vec<usize> = (0..n).filter(|&i| unmet[i] == 0).collect();
         let mut k = 0;
         while k < order.len() {

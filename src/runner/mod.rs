@@ -182,9 +182,8 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
     // The result cache, when a task asks for it and the configuration does not turn it off.
-    let cache = (cache.enabled() && batch.tasks.iter().any(|t| t.cache.is_some())).then(|| {
-        Arc::new(crate::cache::Cache::new(&dir, &services.workspace, cache))
-    });
+    let cache = (cache.enabled() && batch.tasks.iter().any(|t| t.cache.is_some()))
+        .then(|| Arc::new(crate::cache::Cache::new(&dir, &services.workspace, cache)));
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
         .journaled(journal);
     let dispatcher = match cache {
