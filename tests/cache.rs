@@ -385,7 +385,11 @@ fn an_age_cap_in_the_configuration_is_applied_when_a_run_stores() {
     sb.write("dispatch.yaml", "cache:\n  max_age_seconds: -1\n");
     let bad = sb.run_json(&["run", "-q"], &batch);
     assert_eq!(bad.code, 3, "{}", bad.stdout);
-    assert!(bad.stdout.contains("cache.max_age_seconds"), "{}", bad.stdout);
+    assert!(
+        bad.stdout.contains("cache.max_age_seconds"),
+        "{}",
+        bad.stdout
+    );
     sb.write("dispatch.yaml", "cache:\n  enabled: false\n");
     sb.run_json(&["run", "-q"], &batch);
     assert_eq!(runs(&sb), 3, "a disabled cache answers nothing");
@@ -450,4 +454,39 @@ fn cache_objects_are_validated_with_pointers() {
     // Nothing ran.
     assert!(!sb.path().join("traces").exists());
     let _ = read_json;
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_never_restored_through_a_link_out_of_the_workspace() {
+    let sb = Sandbox::new();
+    let outside = tempfile::tempdir().unwrap();
+    let batch = json!({"tasks": [{
+        "task_id": "t", "agent": "command",
+        "input_data": {"argv": ["sh", "-c",
+            "echo t >> counter; test -L out && exit 1; mkdir -p out/sub; echo data > out/sub/a.txt"]},
+        "cache": {"outputs": ["out/sub/a.txt"]}
+    }]});
+    assert_eq!(sb.run_json(&["run", "-q"], &batch).code, 0);
+    // `out` becomes a link to a folder outside the workspace: restoring there would write
+    // outside it.
+    std::fs::remove_dir_all(sb.path().join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), sb.path().join("out")).unwrap();
+    let run = sb.run_json(&["run", "-q"], &batch);
+    // A miss: the task runs (and, seeing the link, fails without writing).
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.result("t").get("cached").is_none());
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing was created outside the workspace"
+    );
+    let miss = events(&run.trace(), "cache_checked")[0].clone();
+    assert!(
+        miss["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside the workspace"),
+        "{miss}"
+    );
+    assert_eq!(runs(&sb), 2);
 }

@@ -122,10 +122,7 @@ impl Cache {
                     *slot = Slot::Closed;
                     // Opening again moves the damaged file aside.
                     drop(slot);
-                    let _ = std::fs::rename(
-                        self.dir.join(store::INDEX_FILE),
-                        self.dir.join(format!("{}.corrupt", store::INDEX_FILE)),
-                    );
+                    Store::set_aside(&self.dir);
                 }
                 Err(format!("cache index: {e}"))
             }
@@ -287,16 +284,25 @@ impl Cache {
                 ));
             }
             let dest = root.join(&f.path);
-            let tmp = store::stage_blob(&self.dir, f, &dest)
-                .map_err(|e| format!("cannot restore '{}': {e}", f.path))?;
-            // The folder it lands in must still be inside the workspace (no link out of it).
-            let parent = dest.parent().and_then(|p| p.canonicalize().ok());
-            if !parent.is_some_and(|p| p.starts_with(&root)) {
+            // The folder it lands in must be inside the workspace (no link out of it), checked
+            // on its nearest existing ancestor before any folder is created.
+            let mut existing = dest.parent();
+            while let Some(p) = existing
+                && !p.exists()
+            {
+                existing = p.parent();
+            }
+            if !existing
+                .and_then(|p| p.canonicalize().ok())
+                .is_some_and(|p| p.starts_with(&root))
+            {
                 return Err(format!(
                     "'{}' would be restored outside the workspace",
                     f.path
                 ));
             }
+            let tmp = store::stage_blob(&self.dir, f, &dest)
+                .map_err(|e| format!("cannot restore '{}': {e}", f.path))?;
             staged.push((tmp, dest));
         }
         for (tmp, dest) in staged {

@@ -133,7 +133,8 @@ impl Store {
         })
     }
 
-    fn set_aside(dir: &Path) {
+    /// Moves a damaged index (and its WAL files) out of the way; the next open starts anew.
+    pub fn set_aside(dir: &Path) {
         let index = dir.join(INDEX_FILE);
         let _ = std::fs::rename(&index, dir.join(format!("{INDEX_FILE}.corrupt")));
         for suffix in ["-wal", "-shm"] {
