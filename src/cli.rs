@@ -108,6 +108,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout; read it with `dispatch_runner man | man -l -`.
     Man,
+    /// The result cache of tasks with a `cache` object: `stats` and `prune`, as JSON.
+    #[command(after_help = crate::cache::cli::CACHE_HELP)]
+    Cache(crate::cache::cli::CacheArgs),
 }
 
 pub const COMPLETIONS_HELP: &str = "\

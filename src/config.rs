@@ -41,6 +41,9 @@ pub struct FileConfig {
     pub llm: LlmConfig,
     #[serde(default)]
     pub logging: LoggingSection,
+    /// The result cache of tasks with a `cache` object (`<trace_dir>/cache`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -394,6 +397,10 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             floats.push((key.clone(), Some(v)));
             checks.push((key, json!(v), not_negative));
         }
+    }
+    if let Some(age) = file.cache.max_age_seconds {
+        floats.push(("cache.max_age_seconds".into(), Some(age)));
+        checks.push(("cache.max_age_seconds".into(), json!(age), not_negative));
     }
     let mut problems = Vec::new();
     // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see

@@ -74,6 +74,25 @@ pub enum EventKind {
         /// The output was reused from the previous run (`--rerun-failed`), not produced now.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reused: bool,
+        /// The output came from the result cache (`"cache"` on the task), not from running it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
+    },
+    /// A task with a `cache` object was looked up in the result cache before it would start
+    /// (or, on `--rerun-failed`, its key was checked against the previous run's).
+    CacheChecked {
+        task_id: String,
+        /// The stored result is used: the task does not run.
+        hit: bool,
+        /// The task's cache key (a SHA-256); absent when none could be made (`reason` says why).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Why a stored result was not used, or why the task is not cacheable, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// On a hit: how many declared output files were restored.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        files_restored: usize,
     },
     /// A running attempt reported progress (e.g. an MCP server's progress notification).
     TaskProgress {
@@ -96,6 +115,10 @@ pub enum EventKind {
         status: RunStatus,
         summary: Summary,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The static facts about a task, announced when the run starts.
@@ -187,6 +210,9 @@ pub struct Summary {
     pub timed_out: usize,
     pub skipped: usize,
     pub cancelled: usize,
+    /// Successful tasks whose output came from the result cache (they did not run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached: usize,
     pub total_time_ms: u64,
     /// Model tokens and cost summed over the tasks' outputs (`output.usage`); absent when no
     /// task used a model.

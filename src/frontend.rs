@@ -63,6 +63,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Run(args)) => run(&config, args),
         Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
+        Some(Command::Cache(args)) => crate::cache::cli::main(&config, args),
         None => run(&config, cli.run),
     };
     // Everything this invocation started has been cleaned up: the watchdog may go.
@@ -709,6 +710,7 @@ fn execute(
         options.services = services;
         options.reuse = reuse;
         options.journal_fsync = config.journal_fsync(args.journal_fsync);
+        options.cache = config.file.cache.clone();
         options.run_id = run_id;
         match crate::run(validated, options).await {
             Ok(mut report) => {
@@ -797,8 +799,13 @@ fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 
     print_result(args, result, true);
     if !args.quiet {
         let s = &result.summary;
+        let cached = if s.cached > 0 {
+            format!(" ({} from the cache)", s.cached)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "dispatch_runner: {} tasks: {} succeeded, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
+            "dispatch_runner: {} tasks: {} succeeded{cached}, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
             s.total_tasks,
             s.successful,
             s.failed,

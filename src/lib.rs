@@ -34,6 +34,7 @@
 
 pub mod agents;
 pub mod batch;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod events;

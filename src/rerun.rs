@@ -50,6 +50,9 @@ pub struct Reuse {
     pub seal_key_id: Option<String>,
     /// Set by `resume`: the run continues from its journal instead of starting anew.
     pub resume: Option<crate::journal::Resumed>,
+    /// The cache key the previous run recorded for each task that has a `cache` object, by
+    /// task id: a kept task whose key changed since runs again.
+    pub cache_keys: HashMap<String, String>,
 }
 
 impl Reuse {
@@ -388,6 +391,17 @@ pub fn prepare_from(
             (v, true)
         }
     };
+    let mut cache_keys = HashMap::new();
+    for e in &trace.run.events {
+        if let crate::events::EventKind::CacheChecked {
+            task_id,
+            key: Some(key),
+            ..
+        } = &e.kind
+        {
+            cache_keys.insert(task_id.clone(), key.clone());
+        }
+    }
     let outputs: Vec<Option<Value>> = validated
         .batch
         .tasks
@@ -417,6 +431,7 @@ pub fn prepare_from(
             seals: task_seals,
             seal_key_id: trace_key_id,
             resume: None,
+            cache_keys,
         },
     ))
 }

@@ -1138,6 +1138,7 @@ mod tests {
             error: None,
             attempts: 1,
             reused: false,
+            cached: false,
         });
         emit(EventKind::RunCancelled {
             reason: crate::events::CancelReason::Sigterm,

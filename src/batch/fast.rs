@@ -345,6 +345,8 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         retries: t.retries,
         // A task naming a breaker is declined above and checked in full.
         breaker: None,
+        // So is a task with a `cache` object.
+        cache: None,
     })
 }
 
@@ -370,6 +372,8 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         retries: t.retries,
         // A task naming a breaker is declined above and checked in full.
         breaker: None,
+        // So is a task with a `cache` object.
+        cache: None,
     })
 }
 

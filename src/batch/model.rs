@@ -58,6 +58,12 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_BREAKER_NAME_LEN), regex(pattern = NAME_PATTERN))]
     pub breaker: Option<String>,
+    /// Opt-in to the result cache: when the agent, the input and the declared files and
+    /// environment variables are as in an earlier successful run, the task does not run and its
+    /// stored output comes back (`"cached": true`); see docs/batch-format.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "crate::cache::CacheSpec")]
+    pub cache: Option<crate::cache::CacheSpec>,
 }
 
 /// Run configuration carried by the batch. Absent fields fall back to the defaults shown.

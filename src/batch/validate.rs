@@ -302,6 +302,9 @@ impl<'c> FullCheck<'c> {
                 .copied()
                 .find(|a| Some(*a) == agent),
         );
+        if let Some(cache) = task.get("cache").filter(|c| c.is_object()) {
+            self.spawn.extend(crate::cache::spec::spec_issues(i, cache));
+        }
         if let (Some(agent), Some(input)) = (agent, task.get("input_data")) {
             collect_sites(i, input, &mut self.sites);
             for (pointer, message) in agents::check_input(agent, input, self.ctx) {

@@ -522,6 +522,7 @@ impl EventSink for MetricsSink {
             }
             EventKind::TaskReady { .. }
             | EventKind::TaskProgress { .. }
+            | EventKind::CacheChecked { .. }
             | EventKind::RunCancelled { .. } => {}
         }
     }
@@ -650,6 +651,7 @@ mod tests {
             error: None,
             attempts,
             reused: false,
+            cached: false,
         }
     }
 

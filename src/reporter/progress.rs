@@ -351,7 +351,7 @@ impl EventSink for LiveProgress {
                 }
                 let _ = self.multi.clear();
             }
-            EventKind::TaskReady { .. } => {}
+            EventKind::TaskReady { .. } | EventKind::CacheChecked { .. } => {}
         }
         self.update_main();
     }

@@ -40,6 +40,9 @@ pub struct TaskRecord {
     pub execution_time_ms: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// The output came from the result cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +131,7 @@ impl EventSink for Recorder {
             | EventKind::RetryScheduled { .. }
             | EventKind::BreakerChanged { .. }
             | EventKind::TaskProgress { .. }
+            | EventKind::CacheChecked { .. }
             | EventKind::RunCancelled { .. } => {}
         }
         self.keep(event);
@@ -158,6 +162,7 @@ impl TaskRecord {
             finished_at: None,
             execution_time_ms: 0,
             reused: false,
+            cached: false,
         }
     }
 
@@ -208,10 +213,12 @@ impl TaskRecord {
                 output,
                 error,
                 reused,
+                cached,
                 ..
             } => {
                 self.status = Some(*status);
                 self.reused = *reused;
+                self.cached = *cached;
                 self.output = output.clone();
                 self.error = error.clone();
                 if self.started_at.is_some() {

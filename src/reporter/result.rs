@@ -108,6 +108,9 @@ pub struct TaskResult {
     /// The output was reused from the previous run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// The output came from the result cache: the task did not run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 impl TaskResult {
@@ -123,6 +126,7 @@ impl TaskResult {
             started_at: t.started_at.clone(),
             finished_at: t.finished_at.clone(),
             reused: t.reused,
+            cached: t.cached,
         }
     }
 }

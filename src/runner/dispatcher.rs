@@ -117,6 +117,8 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     /// Per task: dependents not finished yet. A task's output is kept in memory only while this
     /// is above zero (they may read it); the record of the run has it on disk.
     pending: Vec<u32>,
+    /// The result cache, when tasks use it: looked up before a task's first attempt.
+    cache: Option<crate::cache::run::RunCache>,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -178,6 +180,7 @@ impl<E: Executor> Dispatcher<E> {
                 ..Summary::default()
             },
             reuse: None,
+            cache: None,
         }
     }
 
@@ -185,6 +188,13 @@ impl<E: Executor> Dispatcher<E> {
     /// from it rather than keeping it in memory.
     pub fn journaled(mut self, journal: crate::journal::JournalSink) -> Self {
         self.bus.ledger = Ledger::journaled(journal);
+        self
+    }
+
+    /// Looks tasks with a `cache` object up in `cache` before running them, and stores their
+    /// results when they succeed.
+    pub fn caching(mut self, cache: Arc<crate::cache::Cache>) -> Self {
+        self.cache = Some(crate::cache::run::RunCache::new(cache, self.tasks.len()));
         self
     }
 
@@ -217,7 +227,8 @@ impl<E: Executor> Dispatcher<E> {
                 tasks,
             });
         }
-        if let Some(reuse) = self.reuse.take() {
+        if let Some(mut reuse) = self.reuse.take() {
+            self.recheck_cached(&mut reuse).await;
             for (i, output) in reuse.outputs.into_iter().enumerate() {
                 let Some(output) = output else { continue };
                 self.scheduler.succeeded(i);
@@ -232,8 +243,10 @@ impl<E: Executor> Dispatcher<E> {
 
         loop {
             self.start_ready();
+            let lookups = self.cache.as_ref().map_or(0, |c| c.pending());
             if self.executor.in_flight() == 0
                 && self.backing_off.is_empty()
+                && lookups == 0
                 && !self.can_start_more()
             {
                 break;
@@ -241,6 +254,9 @@ impl<E: Executor> Dispatcher<E> {
             let next_retry = self.backing_off.peek().map(|Reverse((due, _))| *due);
             let busy = self.executor.in_flight() > 0;
             tokio::select! {
+                (i, lookup) = cache_answer(&mut self.cache), if lookups > 0 => {
+                    self.cache_answered(i, lookup)
+                }
                 interrupt = recv(&mut interrupts) => match interrupt {
                     Some(i) => self.interrupt(i),
                     None => interrupts = None,
@@ -269,6 +285,9 @@ impl<E: Executor> Dispatcher<E> {
             }
         }
         self.executor.close().await;
+        if let Some(cache) = self.cache.as_mut() {
+            cache.finish().await;
+        }
         let summary = self.summary();
         self.bus.emit(EventKind::RunFinished {
             status: summary.run_status(),
@@ -407,10 +426,12 @@ impl<E: Executor> Dispatcher<E> {
                 status,
                 output,
                 reused,
+                cached,
                 ..
             } = &event
             {
                 self.counts.count(*status);
+                self.counts.cached += usize::from(*cached);
                 if let (Some(out), false) = (output, reused) {
                     self.counts.add_usage(out);
                 }
@@ -461,6 +482,14 @@ impl<E: Executor> Dispatcher<E> {
             Ok(resolved) => resolved,
             Err(error) => return self.fail(i, error.into()),
         };
+        // A task with a `cache` object is looked up first, off the runtime; it takes no worker
+        // meanwhile, and comes back through `cache_answered`.
+        if let Some(cache) = self.cache.as_mut()
+            && cache.wants_lookup(i, &self.tasks[i])
+        {
+            cache.spawn_lookup(i, &self.tasks[i], input.input_value());
+            return;
+        }
         let now = Instant::now();
         let breaker = match self.breaker_for(i, &input) {
             None => None,
@@ -668,6 +697,14 @@ impl<E: Executor> Dispatcher<E> {
             limit.release();
         }
         self.lanes[attempt.worker] = false;
+        if let (AfterAttempt::Succeeded, Some(cache)) = (&after, self.cache.as_mut())
+            && let Some(EventKind::TaskFinished {
+                output: Some(output),
+                ..
+            }) = events.last()
+        {
+            cache.spawn_store(i, &self.tasks[i], output.clone());
+        }
         if let Some((key, permit)) = attempt.breaker {
             let breaker = self.breakers.get_mut(&key.label).expect("breaker exists");
             let transition = match verdict {
@@ -692,6 +729,144 @@ impl<E: Executor> Dispatcher<E> {
             AfterAttempt::RetryAt(due) => self.backing_off.push(Reverse((due, i))),
             AfterAttempt::Failed => self.after_failure(i),
             AfterAttempt::Cancelled => self.scheduler.finish(i),
+        }
+    }
+
+    /// A lookup of task `i` came back: on a hit the task is done without running; otherwise it
+    /// goes back to the ready set and starts like any other (and is stored if it succeeds).
+    fn cache_answered(&mut self, i: usize, lookup: crate::cache::Lookup) {
+        use crate::cache::Lookup;
+        let task_id = self.tasks[i].task_id.clone();
+        let event = match &lookup {
+            Lookup::Hit {
+                key,
+                files_restored,
+                ..
+            } => EventKind::CacheChecked {
+                task_id,
+                hit: true,
+                key: Some(key.clone()),
+                reason: None,
+                files_restored: *files_restored,
+            },
+            Lookup::Miss { key, reason } => EventKind::CacheChecked {
+                task_id,
+                hit: false,
+                key: Some(key.clone()),
+                reason: reason.clone(),
+                files_restored: 0,
+            },
+            Lookup::Uncacheable { reason } => EventKind::CacheChecked {
+                task_id,
+                hit: false,
+                key: None,
+                reason: Some(reason.clone()),
+                files_restored: 0,
+            },
+        };
+        self.bus.emit(event);
+        match lookup {
+            // A stopping run starts nothing: the task stays unfinished and is cancelled.
+            Lookup::Hit { output, .. } if self.stop.is_none() => {
+                let events = self.lives[i].cached(output);
+                self.publish(events);
+                for d in self.scheduler.succeeded(i) {
+                    let events = self.lives[d].ready();
+                    self.publish(events);
+                }
+            }
+            _ => self.scheduler.requeue(i),
+        }
+    }
+
+    /// `--rerun-failed`: a kept task with a `cache` object is kept only if its cache key is the
+    /// one the previous run recorded; one whose declared inputs changed (a fixed source file)
+    /// runs again, and so does everything downstream of a task that runs again.
+    async fn recheck_cached(&mut self, reuse: &mut Reuse) {
+        if self.cache.is_none() || !self.tasks.iter().any(|t| t.cache.is_some()) {
+            return;
+        }
+        let n = self.tasks.len();
+        // Dependencies before dependents (Kahn), so a dropped task drops what reads it.
+        let mut unmet: Vec<usize> = (0..n)
+            .map(|i| self.scheduler.plan().deps(i).len())
+            .collect();
+        let mut order: Vec<usize> = (0..n).filter(|&i| unmet[i] == 0).collect();
+        let mut k = 0;
+        while k < order.len() {
+            let i = order[k];
+            k += 1;
+            for &d in self.scheduler.plan().dependents(i) {
+                unmet[d] -= 1;
+                if unmet[d] == 0 {
+                    order.push(d);
+                }
+            }
+        }
+        for i in order {
+            let Some(output) = reuse.outputs[i].clone() else {
+                continue;
+            };
+            let upstream_runs = self
+                .scheduler
+                .plan()
+                .deps(i)
+                .iter()
+                .any(|&j| reuse.outputs[j].is_none());
+            let mut drop = upstream_runs;
+            if !drop && self.tasks[i].cache.is_some() {
+                let recorded = reuse.cache_keys.get(&self.tasks[i].task_id).cloned();
+                let key = match self.resolve_input(i) {
+                    Ok((input, _)) => {
+                        let cache = self.cache.as_ref().expect("checked above");
+                        cache.key_of(&self.tasks[i], input.input_value()).await
+                    }
+                    Err(e) => Err(e.message.clone()),
+                };
+                if let (Ok(now), Some(then)) = (&key, &recorded)
+                    && now == then
+                {
+                    // Recorded again, so a rerun of this run can check it too.
+                    self.bus.emit(EventKind::CacheChecked {
+                        task_id: self.tasks[i].task_id.clone(),
+                        hit: true,
+                        key: Some(now.clone()),
+                        reason: Some(format!(
+                            "unchanged since run {}: its output is reused",
+                            reuse.previous_run_id
+                        )),
+                        files_restored: 0,
+                    });
+                }
+                let reason = match (&key, &recorded) {
+                    (Ok(now), Some(then)) if now == then => None,
+                    (Ok(_), Some(_)) => Some(format!(
+                        "its declared inputs changed since run {}; it runs again",
+                        reuse.previous_run_id
+                    )),
+                    (Ok(_), None) => Some(format!(
+                        "run {} recorded no cache key for it; it runs again",
+                        reuse.previous_run_id
+                    )),
+                    (Err(e), _) => Some(format!("{e}; it runs again")),
+                };
+                if let Some(reason) = reason {
+                    drop = true;
+                    self.bus.emit(EventKind::CacheChecked {
+                        task_id: self.tasks[i].task_id.clone(),
+                        hit: false,
+                        key: key.ok(),
+                        reason: Some(reason),
+                        files_restored: 0,
+                    });
+                }
+            }
+            if drop {
+                reuse.outputs[i] = None;
+            } else {
+                // Dependents' inputs are resolved from it while checking them.
+                self.lives[i].output = Some(output);
+            }
         }
     }
 
@@ -796,6 +971,15 @@ pub struct Dispatched {
 async fn recv(rx: &mut Option<mpsc::Receiver<Interrupt>>) -> Option<Interrupt> {
     match rx {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn cache_answer(
+    cache: &mut Option<crate::cache::run::RunCache>,
+) -> (usize, crate::cache::Lookup) {
+    match cache {
+        Some(c) => c.next().await,
         None => std::future::pending().await,
     }
 }

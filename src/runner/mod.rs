@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub reuse: Option<Reuse>,
     /// When the run's journal is forced to disk.
     pub journal_fsync: crate::journal::FsyncPolicy,
+    /// The result cache's settings (`cache:` in the configuration file).
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl RunOptions {
@@ -76,6 +78,7 @@ impl RunOptions {
             services: Arc::new(Services::default()),
             reuse: None,
             journal_fsync: crate::journal::FsyncPolicy::default(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         services,
         reuse,
         journal_fsync,
+        cache,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -177,8 +181,15 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
 
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
+    // The result cache, when a task asks for it and the configuration does not turn it off.
+    let cache = (cache.enabled() && batch.tasks.iter().any(|t| t.cache.is_some()))
+        .then(|| Arc::new(crate::cache::Cache::new(&dir, &services.workspace, cache)));
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
         .journaled(journal);
+    let dispatcher = match cache {
+        Some(cache) => dispatcher.caching(cache),
+        None => dispatcher,
+    };
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,

@@ -118,6 +118,22 @@ impl TaskLife {
             error: None,
             attempts: 0,
             reused: true,
+            cached: false,
+        }]
+    }
+
+    /// Ready → Done(success) with a stored output of the result cache: the task does not run.
+    pub fn cached(&mut self, output: Value) -> Vec<EventKind> {
+        self.output = Some(output.clone());
+        self.state = TaskState::Done(TaskStatus::Success);
+        vec![EventKind::TaskFinished {
+            task_id: self.task_id.clone(),
+            status: TaskStatus::Success,
+            output: Some(output),
+            error: None,
+            attempts: 0,
+            reused: false,
+            cached: true,
         }]
     }
 
@@ -279,6 +295,7 @@ impl TaskLife {
             error,
             attempts: self.attempts,
             reused: false,
+            cached: false,
         }
     }
 }
