@@ -732,6 +732,10 @@ fn finished(outcome: Result<crate::RunReport, RunnerError>) -> Finished {
             status: StatusCode::OK,
             body: serde_json::to_value(&report.result).unwrap_or(Value::Null),
         },
+        Err(e @ RunnerError::Executor(_)) => Finished {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: error_document(&e.to_string(), None),
+        },
         Err(e @ RunnerError::TraceDir { .. }) => Finished {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             body: error_document(&e.to_string(), None),

@@ -639,6 +639,7 @@ mod tests {
             outcome,
             duration_ms: 5.0,
             error: None,
+            executed_by: None,
         }
     }
 

@@ -114,6 +114,9 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     interrupted: Option<Interrupt>,
     counts: Summary,
     reuse: Option<Reuse>,
+    /// Per task: attempts lost with their worker and started again (`max_redeliveries`).
+    redeliveries: Vec<u32>,
+    max_redeliveries: u32,
     /// Per task: dependents not finished yet. A task's output is kept in memory only while this
     /// is above zero (they may read it); the record of the run has it on disk.
     pending: Vec<u32>,
@@ -178,7 +181,16 @@ impl<E: Executor> Dispatcher<E> {
                 ..Summary::default()
             },
             reuse: None,
+            redeliveries: vec![0; n],
+            max_redeliveries: 0,
         }
+    }
+
+    /// Starts an attempt lost with its worker again, at most `n` times per task, apart from its
+    /// retries (a queue executor's `Lost`).
+    pub fn redelivering(mut self, n: u32) -> Self {
+        self.max_redeliveries = n;
+        self
     }
 
     /// Writes the run's events to `journal` as they happen, and reads the record of the run back
@@ -373,6 +385,7 @@ impl<E: Executor> Dispatcher<E> {
                 task_id: self.tasks[i].task_id.clone(),
                 attempt,
                 outcome: crate::events::AttemptOutcome::Interrupted,
+                executed_by: None,
                 duration_ms: (last_ms - start_ms).max(0.0),
                 error: Some(TaskError::transient(
                     ErrorKind::AttemptLost,
@@ -626,10 +639,16 @@ impl<E: Executor> Dispatcher<E> {
             ExecutorEvent::Finished { attempt_id, end } => self.attempt_ended(attempt_id, end),
             ExecutorEvent::Lost { attempt_id, reason } => {
                 let error = TaskError::transient(
-                    ErrorKind::AttemptLost,
+                    ErrorKind::WorkerLost,
                     format!("the executor lost the attempt: {reason}"),
                 );
                 self.attempt_ended(attempt_id, AttemptEnd::Finished(Err(error.into())));
+            }
+            ExecutorEvent::Failed { reason } => {
+                tracing::error!("stopping the run: {reason}");
+                if self.stop.is_none() {
+                    self.stop_run(CancelReason::ExecutorFailed);
+                }
             }
         }
     }
@@ -649,19 +668,35 @@ impl<E: Executor> Dispatcher<E> {
         let task = &self.tasks[i];
         let policy = self.settings.retry_policy(task.agent.name(), task.retries);
         let stopping = self.stop.is_some();
+        // A lost worker is not the task's failure: it runs again at once, within its own budget,
+        // and the retry policy counts only the other attempts.
+        let lost = matches!(&end, AttemptEnd::Finished(Err(f)) if f.error.kind == ErrorKind::WorkerLost);
+        let redeliver = lost && !stopping && self.redeliveries[i] < self.max_redeliveries;
+        if redeliver {
+            self.redeliveries[i] += 1;
+        }
+        let redelivered = self.redeliveries[i] - u32::from(redeliver);
         let retry = |n: u32, e: &TaskError| {
             if stopping {
                 None
+            } else if redeliver {
+                Some(std::time::Duration::ZERO)
+            } else if lost {
+                None
             } else {
-                policy.next_delay(n, e, fastrand::f64())
+                policy.next_delay(n.saturating_sub(redelivered), e, fastrand::f64())
             }
         };
+        let executed_by = self.executor.worker_of(attempt_id);
         let reason = self.stop.unwrap_or(CancelReason::Sigint);
-        let Some((attempt, after, events)) =
+        let Some((attempt, after, mut events)) =
             self.lives[i].attempt_ended(attempt_id, end, now, retry, reason)
         else {
             return;
         };
+        if let Some(EventKind::AttemptFinished { executed_by: by, .. }) = events.first_mut() {
+            *by = executed_by;
+        }
 
         self.workers.release();
         if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
