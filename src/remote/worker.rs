@@ -120,6 +120,7 @@ pub async fn run_worker(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat = Instant::now();
+    let mut beat_running = 0;
     let mut draining: Option<Instant> = None;
     let mut killed = false;
     let mut reader = Some(reader);
@@ -164,9 +165,11 @@ pub async fn run_worker(
             },
             Some(event) = w.executor.next_event(), if busy => w.ended(event).await,
             _ = tick.tick() => {
-                if last_beat.elapsed() >= Duration::from_secs(2) {
+                // Also when the number of running attempts changed: `workers` shows it.
+                if last_beat.elapsed() >= Duration::from_secs(2) || w.jobs.len() != beat_running {
                     w.heartbeat().await;
                     last_beat = Instant::now();
+                    beat_running = w.jobs.len();
                 }
                 w.renew().await;
                 w.poll_cancels().await;
