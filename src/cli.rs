@@ -221,6 +221,10 @@ pub struct ServeArgs {
     pub allow_host: Vec<String>,
     #[command(flatten)]
     pub shape: ShapeLimitArgs,
+    /// Run every batch's attempts on the workers of this Redis pool (see `run --redis`;
+    /// default: $DISPATCH_REDIS_URL, else executor.redis.url in the configuration file).
+    #[arg(long, value_name = "URL", env = "DISPATCH_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
     /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
     /// ask for less, never more (400); the configuration file cannot raise it either.
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_SERVER_MAX_OUTPUT_BYTES,

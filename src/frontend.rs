@@ -977,7 +977,16 @@ fn serve(config: &Config, args: ServeArgs) -> u8 {
         Err(issue) => return runner_error(&issue.message, None),
     };
     let limits = args.limits();
+    let redis_args = RunArgs {
+        redis: args.redis.clone(),
+        ..RunArgs::default()
+    };
+    let redis = match redis_options(config, &redis_args) {
+        Ok(r) => r,
+        Err(message) => return runner_error(&message, None),
+    };
     let options = ServerOptions {
+        redis,
         listen: args.listen,
         token,
         max_body_bytes: args.max_body_bytes,

@@ -391,3 +391,62 @@ fn without_workers_the_queue_timeout_bounds_the_wait() {
     assert_eq!(redis.cli(&["XLEN", "dispatch:attempts:command"]).unwrap().trim(), "0");
     assert_eq!(redis.keys("dispatch:run:*"), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sends_its_runs_to_the_pool_and_delete_reaches_the_workers() {
+    let redis = RedisServer::start();
+    let sb = Sandbox::new();
+    let url = redis.url();
+    let _w = Worker::start(sb.path(), &url, "w", &["--max-workers", "2"]);
+    let mut server = sb
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--redis", &url])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = common::listening_base(&mut server);
+    let client = common::client();
+    let result: Value = client
+        .post(format!("{base}/v1/dispatch"))
+        .header("content-type", "application/json")
+        .body(batch(vec![sh_task("a", "echo served", &[])]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["results"][0]["output"]["stdout"], "served\n", "{result}");
+    assert_eq!(result["results"][0]["executed_by"], "w");
+
+    let accepted: Value = client
+        .post(format!("{base}/v1/dispatch?wait=false"))
+        .header("content-type", "application/json")
+        .body(batch(vec![sh_task("slow", "exec sleep 52.619", &[])]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let location = format!("{base}{}", accepted["location"].as_str().unwrap());
+    let started = tokio::task::spawn_blocking(|| {
+        eventually(Duration::from_secs(20), || {
+            !processes_matching("sleep 52.619").is_empty()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(started);
+    let cancelled: Value = client.delete(&location).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["results"][0]["status"], "cancelled", "{cancelled}");
+    let gone = tokio::task::spawn_blocking(|| {
+        eventually(Duration::from_secs(5), || processes_matching("sleep 52.619").is_empty())
+    })
+    .await
+    .unwrap();
+    assert!(gone, "the worker's process was killed");
+    assert_eq!(redis.keys("dispatch:run:*"), Vec::<String>::new());
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -972,3 +972,104 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod redelivery_tests {
+    //! Attempts lost with their worker are started again within `max_redeliveries`, apart from
+    //! the task's `retries`, and name the worker that had them.
+
+    use std::collections::VecDeque;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::batch::validate::validate_value;
+
+    /// Task `gone` is always lost; task `flaky` is lost once, then fails transiently once, then
+    /// succeeds.
+    #[derive(Default)]
+    struct Losing {
+        queue: VecDeque<ExecutorEvent>,
+        seen: HashMap<String, u32>,
+    }
+
+    impl Executor for Losing {
+        fn start(&mut self, request: AttemptRequest) {
+            let n = self.seen.entry(request.task_id.clone()).or_default();
+            *n += 1;
+            let attempt_id = request.attempt_id;
+            let event = match (request.task_id.as_str(), *n) {
+                ("gone", _) | ("flaky", 1) => ExecutorEvent::Lost {
+                    attempt_id,
+                    reason: "worker 'w9' did not renew its lease".into(),
+                },
+                ("flaky", 2) => ExecutorEvent::Finished {
+                    attempt_id,
+                    end: AttemptEnd::Finished(Err(TaskError::transient(
+                        ErrorKind::ExitStatus,
+                        "flaked",
+                    )
+                    .into())),
+                },
+                _ => ExecutorEvent::Finished {
+                    attempt_id,
+                    end: AttemptEnd::Finished(Ok(json!({"stdout": "ok"}))),
+                },
+            };
+            self.queue.push_back(event);
+        }
+        fn cancel(&mut self, _: AttemptId) {}
+        fn cancel_all(&mut self) {}
+        fn hurry(&mut self) {}
+        fn in_flight(&self) -> usize {
+            self.queue.len()
+        }
+        async fn next_event(&mut self) -> Option<ExecutorEvent> {
+            self.queue.pop_front()
+        }
+        fn worker_of(&mut self, _: AttemptId) -> Option<String> {
+            Some("w9".into())
+        }
+        async fn drain(&mut self) {}
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn lost_attempts_are_redelivered_within_their_own_budget() {
+        let batch = validate_value(json!({"tasks": [
+            {"task_id": "gone", "agent": "command", "retries": 5, "input_data": {"argv": ["x"]}},
+            {"task_id": "flaky", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}}
+        ], "config": {"retry_backoff_ms": 0}}))
+        .unwrap();
+        let settings = RunSettings::resolve(&[&batch.batch.config]);
+        let done = Dispatcher::with_executor(
+            batch,
+            settings,
+            Arc::new(Services::default()),
+            Vec::new(),
+            Losing::default(),
+        )
+        .redelivering(2)
+        .run("run-1".into(), None)
+        .await;
+        let batch = crate::Batch {
+            tasks: done.tasks,
+            config: Default::default(),
+        };
+        let record = crate::reporter::ledger::RunLog::new(done.ledger, batch)
+            .record()
+            .unwrap();
+        let gone = &record.tasks[0];
+        // The first loss and two redeliveries; the third loss is final, whatever `retries` says.
+        assert_eq!(gone.status, Some(TaskStatus::Error));
+        assert_eq!(gone.attempts.len(), 3);
+        assert!(gone.attempts.iter().all(|a| {
+            a.error.as_ref().is_some_and(|e| e.kind == ErrorKind::WorkerLost)
+                && a.executed_by.as_deref() == Some("w9")
+        }));
+        // The loss did not use up the one retry the transient failure needed.
+        let flaky = &record.tasks[1];
+        assert_eq!(flaky.status, Some(TaskStatus::Success));
+        assert_eq!(flaky.attempts.len(), 3);
+    }
+}
