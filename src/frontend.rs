@@ -755,6 +755,10 @@ pub fn redis_options(
     };
     let mut options = crate::remote::RedisOptions::new(url);
     if let Some(d) = seconds(args.lease_seconds, "lease_seconds", file.lease_seconds)? {
+        // Workers renew every 250 ms: a shorter lease would take live workers for dead ones.
+        if d < std::time::Duration::from_secs(1) {
+            return Err("the lease (--lease-seconds, executor.redis.lease_seconds) must be at least 1 second".into());
+        }
         options.lease = d;
     }
     if let Some(d) = seconds(

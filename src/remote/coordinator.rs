@@ -22,14 +22,15 @@ use super::{
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
+/// How long the queue may be silent before the run says it waits for workers.
+const WAITING_NOTE: Duration = Duration::from_secs(10);
+
 /// Runs a run's attempts on the workers of a Redis pool.
 pub struct RedisExecutor {
     commands: mpsc::UnboundedSender<Command>,
     notes: mpsc::UnboundedReceiver<Note>,
     in_flight: HashSet<AttemptId>,
     workers: HashMap<AttemptId, String>,
-    /// A `Failed` event still to hand over (it may arrive with nothing in flight).
-    failed: Option<String>,
     link: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -86,6 +87,9 @@ impl RedisExecutor {
             groups: HashSet::new(),
             notes: note_tx,
             dead: false,
+            last_error: None,
+            last_heard: Instant::now(),
+            last_waiting_note: Instant::now(),
         };
         let handle = tokio::spawn(link.run(command_rx, reader));
         Ok(RedisExecutor {
@@ -93,7 +97,6 @@ impl RedisExecutor {
             notes,
             in_flight: HashSet::new(),
             workers: HashMap::new(),
-            failed: None,
             link: Some(handle),
         })
     }
@@ -123,14 +126,12 @@ impl Executor for RedisExecutor {
     }
 
     fn in_flight(&self) -> usize {
-        // A pending failure counts, so the dispatcher asks for it.
-        self.in_flight.len() + usize::from(self.failed.is_some())
+        // A failure noted while nothing is in flight waits in the channel: the next attempt
+        // started brings it out before its own end.
+        self.in_flight.len()
     }
 
     async fn next_event(&mut self) -> Option<ExecutorEvent> {
-        if let Some(reason) = self.failed.take() {
-            return Some(ExecutorEvent::Failed { reason });
-        }
         while !self.in_flight.is_empty() {
             let note = match self.notes.recv().await {
                 Some(note) => note,
@@ -230,6 +231,10 @@ struct Link {
     notes: mpsc::UnboundedSender<Note>,
     /// Redis stayed away past the reconnect bound: everything ends as cancelled.
     dead: bool,
+    last_error: Option<String>,
+    /// When a worker last said anything, and when the link last said it waits for workers.
+    last_heard: Instant,
+    last_waiting_note: Instant,
 }
 
 enum Inbound {
@@ -346,6 +351,7 @@ impl Link {
                 }
                 Err(e) => {
                     tracing::warn!("Redis request failed: {e}");
+                    self.last_error = Some(e.to_string());
                     return None;
                 }
             }
@@ -437,10 +443,19 @@ impl Link {
                 attempt_id: id,
                 end: AttemptEnd::Cancelled,
             }),
-            None => self.event(ExecutorEvent::Lost {
-                attempt_id: id,
-                reason: "Redis did not accept the attempt".into(),
-            }),
+            None => {
+                let error = TaskError::permanent(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "Redis did not accept the attempt: {}",
+                        self.last_error.take().unwrap_or_default()
+                    ),
+                );
+                self.event(ExecutorEvent::Finished {
+                    attempt_id: id,
+                    end: AttemptEnd::Finished(Err(error.into())),
+                });
+            }
         }
     }
 
@@ -475,6 +490,7 @@ impl Link {
     }
 
     async fn outcome(&mut self, m: OutcomeMessage) {
+        self.last_heard = Instant::now();
         let id = m.attempt;
         let Some(placed) = self.placed.get_mut(&id) else {
             tracing::debug!("ignoring a late outcome for {id} from worker '{}'", m.worker);
@@ -534,6 +550,17 @@ impl Link {
             .query(|| redis::cmd("PEXPIRE").arg(&run).arg(ttl).clone())
             .await;
         self.reclaim().await;
+        let queued = self.placed.values().filter(|p| p.worker.is_none()).count();
+        if queued > 0
+            && self.last_heard.elapsed() >= WAITING_NOTE
+            && self.last_waiting_note.elapsed() >= WAITING_NOTE
+        {
+            self.last_waiting_note = Instant::now();
+            tracing::warn!(
+                "waiting for workers: {queued} attempts queued in Redis and no worker has answered for {} s (`dispatch_runner workers --redis URL` lists the live ones)",
+                self.last_heard.elapsed().as_secs()
+            );
+        }
         if let Some(limit) = self.options.queue_timeout {
             let now = Instant::now();
             let stale: Vec<AttemptId> = self
@@ -676,9 +703,19 @@ async fn read_outcomes(
                         }
                     }
                 }
-                if !batch.is_empty() && tx.send(Inbound::Outcomes(batch)).is_err() {
+                if batch.is_empty() {
+                    continue;
+                }
+                if tx.send(Inbound::Outcomes(batch)).is_err() {
                     return;
                 }
+                // What has been read is not needed again: the stream stays small in long runs.
+                let _: redis::RedisResult<()> = redis::cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg(&last)
+                    .query_async(&mut conn)
+                    .await;
             }
             Err(e) => {
                 tracing::warn!("lost the connection to Redis ({e}); reconnecting");

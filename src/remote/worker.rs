@@ -143,8 +143,13 @@ pub async fn run_worker(
                         r.abort();
                     }
                     draining = Some(Instant::now() + w.options.drain);
-                    // Messages read but not started go back to the pool when their lease ends.
+                    // Attempts read but not started go back at once, as lost with this worker.
                     messages.close();
+                    while let Ok(batch) = messages.try_recv() {
+                        for m in batch.unwrap_or_default() {
+                            w.give_back(m).await;
+                        }
+                    }
                 } else if signal.is_some() {
                     // A second signal: no more waiting.
                     draining = Some(Instant::now());
@@ -382,6 +387,19 @@ impl Worker {
         );
         self.post(&run, remote, Outcome::Started).await;
         self.executor.start(request);
+    }
+
+    /// An attempt read but not started: its coordinator starts it again elsewhere.
+    async fn give_back(&mut self, m: Message) {
+        let request = m
+            .request
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<AttemptRequest>(t).ok());
+        if let (Some(run), Some(request)) = (&m.run, request) {
+            let reason = format!("worker '{}' stopped before starting the attempt", self.options.name);
+            self.post(run, request.attempt_id, Outcome::Lost { reason }).await;
+        }
+        self.done_with(&m.stream, &m.entry).await;
     }
 
     async fn ended(&mut self, event: ExecutorEvent) {
