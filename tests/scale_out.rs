@@ -450,3 +450,47 @@ async fn serve_sends_its_runs_to_the_pool_and_delete_reaches_the_workers() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn an_acl_user_limited_to_the_dispatch_keys_is_enough_and_its_password_is_never_shown() {
+    // The user docs/scale-out.md recommends: only `dispatch:` keys, no dangerous commands.
+    let redis = RedisServer::start_with(&[
+        "--user",
+        "pool",
+        "on",
+        ">pool-pass-7f3a91c2",
+        "~dispatch:*",
+        "+@all",
+        "-@dangerous",
+    ]);
+    let sb = Sandbox::new();
+    let url = format!("redis://pool:pool-pass-7f3a91c2@127.0.0.1:{}/0", redis.port);
+    let worker = Worker::start(sb.path(), &url, "acl", &["--max-workers", "2"]);
+    let run = sb.run(
+        &["run", "--redis", &url],
+        &batch(vec![
+            sh_task("a", "echo one", &[]),
+            sh_task("b", "echo two", &["a"]),
+        ]),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.result("b")["executed_by"], "acl");
+    let out = sb.cmd(&["workers", "--redis", &url]).output().unwrap();
+    assert!(out.status.success());
+    let trace = std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap()))
+        .unwrap();
+    for (what, text) in [
+        ("stdout", run.stdout.clone()),
+        ("stderr", run.stderr.clone()),
+        ("trace", trace),
+        ("workers", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("worker log", worker.log_text()),
+    ] {
+        assert!(!text.contains("pool-pass-7f3a91c2"), "{what} shows the password: {text}");
+    }
+    // A wrong password is refused at start: exit 3, nothing shown.
+    let bad = format!("redis://pool:wrong-pass-1234@127.0.0.1:{}/0", redis.port);
+    let run = sb.run(&["run", "--redis", &bad], &batch(vec![sh_task("a", "true", &[])]));
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(!run.stderr.contains("wrong-pass-1234"), "{}", run.stderr);
+}
