@@ -494,3 +494,71 @@ fn an_acl_user_limited_to_the_dispatch_keys_is_enough_and_its_password_is_never_
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(!run.stderr.contains("wrong-pass-1234"), "{}", run.stderr);
 }
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
+fn make_certificates(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=test-ca -keyout ca.key -out ca.pem \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign");
+    sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout server.key -out server.csr");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile ext.cnf -out server.pem");
+}
+
+#[test]
+fn rediss_urls_use_tls_verified_against_the_configured_ca() {
+    let sb = Sandbox::new();
+    make_certificates(sb.path());
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let p = |f: &str| sb.path().join(f).display().to_string();
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}/0");
+    // The worker trusts the test CA through SSL_CERT_FILE.
+    let log = sb.path().join("tls-worker.log");
+    let mut worker = std::process::Command::new(common::bin())
+        .args(["worker", "--redis", &url, "--name", "tls", "--max-workers", "1"])
+        .env("SSL_CERT_FILE", &ca)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || redis
+        .cli(&["EXISTS", "dispatch:worker:tls"])
+        .is_some_and(|s| s.trim() == "1")));
+    let mut cmd = sb.cmd(&["run", "--redis", &url, "--quiet"]);
+    cmd.env("SSL_CERT_FILE", &ca);
+    let run = sb.run_cmd(cmd, &batch(vec![sh_task("a", "echo over-tls", &[])]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.result("a")["executed_by"], "tls");
+    // Without the CA the server is not trusted: refused at start.
+    let run = sb.run(&["run", "--redis", &url], &batch(vec![sh_task("a", "true", &[])]));
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
