@@ -127,7 +127,12 @@ or bad configuration.";
 #[derive(Debug, Args, Clone)]
 pub struct WorkerArgs {
     /// The Redis pool: redis://[user:password@]host:port/db, or rediss:// for TLS.
-    #[arg(long, value_name = "URL", env = "DISPATCH_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis: String,
     /// Most attempts running at once on this worker (default: the number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -153,7 +158,12 @@ pub struct WorkerArgs {
 #[derive(Debug, Args, Clone)]
 pub struct WorkersArgs {
     /// The Redis pool: redis://[user:password@]host:port/db, or rediss:// for TLS.
-    #[arg(long, value_name = "URL", env = "DISPATCH_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis: String,
 }
 
@@ -223,7 +233,12 @@ pub struct ServeArgs {
     pub shape: ShapeLimitArgs,
     /// Run every batch's attempts on the workers of this Redis pool (see `run --redis`;
     /// default: $DISPATCH_REDIS_URL, else executor.redis.url in the configuration file).
-    #[arg(long, value_name = "URL", env = "DISPATCH_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
     /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
     /// ask for less, never more (400); the configuration file cannot raise it either.
@@ -430,7 +445,12 @@ pub struct RunArgs {
     /// Run attempts on the workers of this Redis pool (`dispatch_runner worker`) instead of
     /// here: redis://[user:password@]host:port/db or rediss:// (TLS). Default:
     /// $DISPATCH_REDIS_URL, else executor.redis.url in the configuration file.
-    #[arg(long, value_name = "URL", env = "DISPATCH_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
     /// With --redis: seconds an attempt may wait for a worker before it fails `queue_timeout`
     /// (default: no limit).

@@ -786,7 +786,10 @@ fn worker(config: &Config, args: crate::cli::WorkerArgs) -> u8 {
         Err(issue) => return runner_error(&issue.message, None),
     };
     let agents = if args.agents.is_empty() {
-        crate::agents::ALL_AGENTS.iter().map(|a| a.to_string()).collect()
+        crate::agents::ALL_AGENTS
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
     } else {
         args.agents.clone()
     };
@@ -802,9 +805,10 @@ fn worker(config: &Config, args: crate::cli::WorkerArgs) -> u8 {
             None,
         );
     }
-    let capacity = args.max_workers.map(|n| n as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(4, |n| n.get())
-    });
+    let capacity = args
+        .max_workers
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     let name = args
         .name
         .clone()

@@ -19,7 +19,9 @@ fn batch(tasks: Vec<Value>) -> String {
 /// Starts a coordinator in the background with `batch` on stdin.
 fn coordinator(sb: &Sandbox, url: &str, extra: &[&str], batch: &str) -> std::process::Child {
     let mut cmd = sb.cmd(&["run", "--redis", url, "--quiet"]);
-    cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     spawn_with_input(cmd, batch)
 }
 
@@ -93,7 +95,10 @@ fn three_hundred_tasks_over_three_workers_all_succeed_and_leave_no_run_keys() {
     // The run's keys are gone; the pool's (attempt streams, worker heartbeats) stay.
     assert_eq!(redis.keys("dispatch:run:*"), Vec::<String>::new());
     assert_eq!(
-        redis.cli(&["XLEN", "dispatch:attempts:command"]).unwrap().trim(),
+        redis
+            .cli(&["XLEN", "dispatch:attempts:command"])
+            .unwrap()
+            .trim(),
         "0"
     );
     // `workers` lists them.
@@ -108,7 +113,10 @@ fn three_hundred_tasks_over_three_workers_all_succeed_and_leave_no_run_keys() {
         .collect();
     assert_eq!(names, ["w1", "w2", "w3"]);
     assert_eq!(listed["workers"][0]["capacity"], 4);
-    assert_eq!(listed["workers"][0]["agents"], json!(["command", "coder", "debug", "mcp"]));
+    assert_eq!(
+        listed["workers"][0]["agents"],
+        json!(["command", "coder", "debug", "mcp"])
+    );
     drop(workers);
 }
 
@@ -158,8 +166,17 @@ fn a_sigtermed_worker_drains_its_attempts_and_exits_0() {
     assert!(wait_running(&redis, "first", 2), "{}", first.log_text());
     first.signal(libc::SIGTERM);
     let _second = Worker::start(sb.path(), &url, "second", &["--max-workers", "2"]);
-    assert_eq!(first.wait(Duration::from_secs(20)), Some(0), "{}", first.log_text());
-    assert!(first.log_text().contains("draining"), "{}", first.log_text());
+    assert_eq!(
+        first.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        first.log_text().contains("draining"),
+        "{}",
+        first.log_text()
+    );
     let run = finish(&sb, child);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let by = executed_by(&run.json);
@@ -187,10 +204,16 @@ fn a_worker_past_its_drain_bound_kills_its_attempts_and_they_run_elsewhere() {
     );
     assert!(wait_running(&redis, "first", 1));
     first.signal(libc::SIGTERM);
-    assert_eq!(first.wait(Duration::from_secs(20)), Some(0), "{}", first.log_text());
+    assert_eq!(
+        first.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        first.log_text()
+    );
     // Its process group is gone with it.
     assert!(
-        eventually(Duration::from_secs(5), || processes_matching("sleep 3.217").is_empty()),
+        eventually(Duration::from_secs(5), || processes_matching("sleep 3.217")
+            .is_empty()),
         "{:?}",
         processes_matching("sleep 3.217")
     );
@@ -215,7 +238,11 @@ fn an_interrupted_coordinator_exits_130_writes_its_trace_and_leaves_no_process_o
         .collect();
     let child = coordinator(&sb, &url, &["--max-workers", "5"], &batch(tasks));
     assert!(wait_running(&redis, "w", 3));
-    assert!(eventually(Duration::from_secs(10), || processes_matching("sleep 41.731").len() == 3));
+    assert!(eventually(Duration::from_secs(10), || processes_matching(
+        "sleep 41.731"
+    )
+    .len()
+        == 3));
     let started = Instant::now();
     common::send_signal(child.id(), libc::SIGINT);
     let run = finish(&sb, child);
@@ -224,7 +251,10 @@ fn an_interrupted_coordinator_exits_130_writes_its_trace_and_leaves_no_process_o
     assert_eq!(run.json["summary"]["cancelled"], 5);
     assert!(run.trace()["events"].as_array().is_some());
     assert!(
-        eventually(Duration::from_secs(5), || processes_matching("sleep 41.731").is_empty()),
+        eventually(Duration::from_secs(5), || processes_matching(
+            "sleep 41.731"
+        )
+        .is_empty()),
         "{:?}",
         processes_matching("sleep 41.731")
     );
@@ -253,7 +283,9 @@ fn a_duplicate_outcome_is_ignored() {
     let mut posted: Option<(String, String)> = None;
     assert!(eventually(Duration::from_secs(20), || {
         for key in redis.keys("dispatch:run:*:out") {
-            let text = redis.cli(&["--json", "XRANGE", &key, "-", "+"]).unwrap_or_default();
+            let text = redis
+                .cli(&["--json", "XRANGE", &key, "-", "+"])
+                .unwrap_or_default();
             let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
@@ -294,7 +326,13 @@ fn two_coordinators_share_the_pool_and_stay_isolated() {
     let make = |tag: &str| {
         batch(
             (0..40)
-                .map(|i| sh_task(&format!("t{i}"), &format!("sleep 0.05; echo {tag}-{i}"), &[]))
+                .map(|i| {
+                    sh_task(
+                        &format!("t{i}"),
+                        &format!("sleep 0.05; echo {tag}-{i}"),
+                        &[],
+                    )
+                })
                 .collect(),
         )
     };
@@ -341,13 +379,24 @@ fn redis_stopped_mid_run_cancels_the_rest_with_a_clear_reason_and_writes_the_tra
     assert!(stopped.elapsed() < Duration::from_secs(20), "bounded");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.json["summary"]["cancelled"], 4);
-    let message = run.result("t0")["error"]["message"].as_str().unwrap().to_string();
+    let message = run.result("t0")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.contains("Redis"), "{message}");
     assert!(run.stderr.contains("could not reconnect"), "{}", run.stderr);
     assert!(run.trace()["tasks"].as_array().is_some());
     // The worker gives up too, killing what it ran.
-    assert_eq!(worker.wait(Duration::from_secs(30)), Some(3), "{}", worker.log_text());
-    assert!(eventually(Duration::from_secs(5), || processes_matching("sleep 27.913").is_empty()));
+    assert_eq!(
+        worker.wait(Duration::from_secs(30)),
+        Some(3),
+        "{}",
+        worker.log_text()
+    );
+    assert!(eventually(Duration::from_secs(5), || processes_matching(
+        "sleep 27.913"
+    )
+    .is_empty()));
 }
 
 #[test]
@@ -364,18 +413,31 @@ fn unreachable_redis_is_exit_3_with_the_password_redacted() {
         &batch(vec![sh_task("a", "true", &[])]),
     );
     assert_eq!(run.code, 3);
-    assert!(run.stderr.contains(&format!("127.0.0.1:{port}")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("hunter2") && !run.stdout.contains("hunter2"));
     assert_eq!(run.json["status"], "error");
     // Nothing was started: no journal or trace.
-    assert!(!sb.path().join("traces").exists() || std::fs::read_dir(sb.path().join("traces")).unwrap().next().is_none());
+    assert!(
+        !sb.path().join("traces").exists()
+            || std::fs::read_dir(sb.path().join("traces"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
     // The URL from the environment works the same; so does a worker.
     let mut cmd = sb.cmd(&["worker"]);
     cmd.env("DISPATCH_REDIS_URL", &url);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach Redis") && !stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach Redis") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -383,12 +445,25 @@ fn without_workers_the_queue_timeout_bounds_the_wait() {
     let redis = RedisServer::start();
     let sb = Sandbox::new();
     let run = sb.run(
-        &["run", "--redis", &redis.url(), "--quiet", "--queue-timeout", "1"],
+        &[
+            "run",
+            "--redis",
+            &redis.url(),
+            "--quiet",
+            "--queue-timeout",
+            "1",
+        ],
         &batch(vec![sh_task("a", "true", &[])]),
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.result("a")["error"]["kind"], "queue_timeout");
-    assert_eq!(redis.cli(&["XLEN", "dispatch:attempts:command"]).unwrap().trim(), "0");
+    assert_eq!(
+        redis
+            .cli(&["XLEN", "dispatch:attempts:command"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
     assert_eq!(redis.keys("dispatch:run:*"), Vec::<String>::new());
 }
 
@@ -416,7 +491,10 @@ async fn serve_sends_its_runs_to_the_pool_and_delete_reaches_the_workers() {
         .json()
         .await
         .unwrap();
-    assert_eq!(result["results"][0]["output"]["stdout"], "served\n", "{result}");
+    assert_eq!(
+        result["results"][0]["output"]["stdout"], "served\n",
+        "{result}"
+    );
     assert_eq!(result["results"][0]["executed_by"], "w");
 
     let accepted: Value = client
@@ -438,10 +516,22 @@ async fn serve_sends_its_runs_to_the_pool_and_delete_reaches_the_workers() {
     .await
     .unwrap();
     assert!(started);
-    let cancelled: Value = client.delete(&location).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cancelled["results"][0]["status"], "cancelled", "{cancelled}");
+    let cancelled: Value = client
+        .delete(&location)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled["results"][0]["status"], "cancelled",
+        "{cancelled}"
+    );
     let gone = tokio::task::spawn_blocking(|| {
-        eventually(Duration::from_secs(5), || processes_matching("sleep 52.619").is_empty())
+        eventually(Duration::from_secs(5), || {
+            processes_matching("sleep 52.619").is_empty()
+        })
     })
     .await
     .unwrap();
@@ -477,8 +567,8 @@ fn an_acl_user_limited_to_the_dispatch_keys_is_enough_and_its_password_is_never_
     assert_eq!(run.result("b")["executed_by"], "acl");
     let out = sb.cmd(&["workers", "--redis", &url]).output().unwrap();
     assert!(out.status.success());
-    let trace = std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap()))
-        .unwrap();
+    let trace =
+        std::fs::read_to_string(sb.path().join(run.json["trace_file"].as_str().unwrap())).unwrap();
     for (what, text) in [
         ("stdout", run.stdout.clone()),
         ("stderr", run.stderr.clone()),
@@ -486,11 +576,17 @@ fn an_acl_user_limited_to_the_dispatch_keys_is_enough_and_its_password_is_never_
         ("workers", String::from_utf8_lossy(&out.stdout).into_owned()),
         ("worker log", worker.log_text()),
     ] {
-        assert!(!text.contains("pool-pass-7f3a91c2"), "{what} shows the password: {text}");
+        assert!(
+            !text.contains("pool-pass-7f3a91c2"),
+            "{what} shows the password: {text}"
+        );
     }
     // A wrong password is refused at start: exit 3, nothing shown.
     let bad = format!("redis://pool:wrong-pass-1234@127.0.0.1:{}/0", redis.port);
-    let run = sb.run(&["run", "--redis", &bad], &batch(vec![sh_task("a", "true", &[])]));
+    let run = sb.run(
+        &["run", "--redis", &bad],
+        &batch(vec![sh_task("a", "true", &[])]),
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(!run.stderr.contains("wrong-pass-1234"), "{}", run.stderr);
 }
@@ -503,16 +599,26 @@ fn make_certificates(dir: &std::path::Path) {
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
         -subj /CN=test-ca -keyout ca.key -out ca.pem \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign");
-    sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-        -keyout server.key -out server.csr");
-    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign",
+    );
+    sh(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout server.key -out server.csr",
+    );
+    sh(
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -extfile ext.cnf -out server.pem");
+        -extfile ext.cnf -out server.pem",
+    );
 }
 
 #[test]
@@ -543,7 +649,15 @@ fn rediss_urls_use_tls_verified_against_the_configured_ca() {
     // The worker trusts the test CA through SSL_CERT_FILE.
     let log = sb.path().join("tls-worker.log");
     let mut worker = std::process::Command::new(common::bin())
-        .args(["worker", "--redis", &url, "--name", "tls", "--max-workers", "1"])
+        .args([
+            "worker",
+            "--redis",
+            &url,
+            "--name",
+            "tls",
+            "--max-workers",
+            "1",
+        ])
         .env("SSL_CERT_FILE", &ca)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -557,8 +671,60 @@ fn rediss_urls_use_tls_verified_against_the_configured_ca() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.result("a")["executed_by"], "tls");
     // Without the CA the server is not trusted: refused at start.
-    let run = sb.run(&["run", "--redis", &url], &batch(vec![sh_task("a", "true", &[])]));
+    let run = sb.run(
+        &["run", "--redis", &url],
+        &batch(vec![sh_task("a", "true", &[])]),
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     let _ = worker.kill();
     let _ = worker.wait();
+}
+
+#[test]
+fn a_killed_coordinator_resumes_on_the_pool_and_its_old_attempts_are_dropped() {
+    let redis = RedisServer::start();
+    let sb = Sandbox::new();
+    let url = redis.url();
+    let w = Worker::start(sb.path(), &url, "w", &["--max-workers", "2"]);
+    let tasks: Vec<Value> = (0..2)
+        .map(|i| sh_task(&format!("t{i}"), &format!("sleep 2.731; echo ok-{i}"), &[]))
+        .collect();
+    let mut child = coordinator(&sb, &url, &[], &batch(tasks));
+    assert!(wait_running(&redis, "w", 2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let journal = std::fs::read_dir(sb.path().join("traces"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "journal"))
+        .expect("the journal of the killed run");
+    let run = sb.run(
+        &[
+            "resume",
+            journal.to_str().unwrap(),
+            "--redis",
+            &url,
+            "--quiet",
+        ],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for i in 0..2 {
+        let r = run.result(&format!("t{i}"));
+        assert_eq!(r["output"]["stdout"], format!("ok-{i}\n"));
+    }
+    let outcomes = common::attempt_outcomes(&run.trace(), 0);
+    assert_eq!(outcomes, ["interrupted", "success"]);
+    // The killed run's attempts were stopped on the worker, not left to run out.
+    assert!(
+        w.log_text().contains("their coordinator is gone"),
+        "{}",
+        w.log_text()
+    );
+    assert_eq!(redis.keys("dispatch:run:*"), Vec::<String>::new());
+    assert!(eventually(Duration::from_secs(5), || processes_matching(
+        "sleep 2.731"
+    )
+    .is_empty()));
 }

@@ -180,7 +180,8 @@ impl BreakerKey {
                 error.transient
                     && !matches!(
                         error.kind,
-                        crate::task_error::ErrorKind::AttemptLost | crate::task_error::ErrorKind::WorkerLost
+                        crate::task_error::ErrorKind::AttemptLost
+                            | crate::task_error::ErrorKind::WorkerLost
                     )
             }
         }

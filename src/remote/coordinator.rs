@@ -61,10 +61,13 @@ impl RedisExecutor {
         let reader = super::connect(&client, None).await.map_err(unreachable)?;
         let keys = RunKeys::new(run_id, &options);
         // The outcome stream exists from the start: workers add to it with NOMKSTREAM.
+        // A resumed run has the same id: its outcomes are told apart by the session, and read
+        // only from this point on.
+        let session = format!("{:016x}", fastrand::u64(..));
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(&keys.run)
-            .arg(run_id)
+            .arg(&session)
             .arg("PX")
             .arg(keys.alive_ttl_ms)
             .ignore()
@@ -72,9 +75,8 @@ impl RedisExecutor {
             .arg(&keys.out)
             .arg("*")
             .arg("hello")
-            .arg("1")
-            .ignore();
-        let () = pipe.query_async(&mut conn).await.map_err(unreachable)?;
+            .arg(&session);
+        let (hello,): (String,) = pipe.query_async(&mut conn).await.map_err(unreachable)?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (note_tx, notes) = mpsc::unbounded_channel();
         let link = Link {
@@ -86,12 +88,13 @@ impl RedisExecutor {
             by_entry: HashMap::new(),
             groups: HashSet::new(),
             notes: note_tx,
+            session,
             dead: false,
             last_error: None,
             last_heard: Instant::now(),
             last_waiting_note: Instant::now(),
         };
-        let handle = tokio::spawn(link.run(command_rx, reader));
+        let handle = tokio::spawn(link.run(command_rx, reader, hello));
         Ok(RedisExecutor {
             commands,
             notes,
@@ -229,6 +232,8 @@ struct Link {
     /// Attempt streams whose group this link has made sure of.
     groups: HashSet<String>,
     notes: mpsc::UnboundedSender<Note>,
+    /// Names this executor's attempts in their messages; workers echo it in outcomes.
+    session: String,
     /// Redis stayed away past the reconnect bound: everything ends as cancelled.
     dead: bool,
     last_error: Option<String>,
@@ -247,16 +252,19 @@ impl Link {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         reader: MultiplexedConnection,
+        hello: String,
     ) {
         let (in_tx, mut inbound) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_outcomes(
             self.client.clone(),
             reader,
             self.keys.out.clone(),
+            hello,
             self.options.reconnect_for,
             in_tx,
         ));
-        let period = (self.options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let period =
+            (self.options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -326,7 +334,13 @@ impl Link {
         loop {
             match build().query_async::<T>(&mut self.conn).await {
                 Ok(v) => return Some(v),
-                Err(e) if !reconnected && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()) => {
+                Err(e)
+                    if !reconnected
+                        && (e.is_io_error()
+                            || e.is_timeout()
+                            || e.is_connection_dropped()
+                            || e.is_unrecoverable_error()) =>
+                {
                     tracing::warn!("lost the connection to Redis ({e}); reconnecting");
                     match super::reconnect(
                         &self.client,
@@ -411,6 +425,7 @@ impl Link {
         let body = serde_json::to_string(&request).expect("requests serialize");
         let run = self.keys.run.clone();
         let lease = self.options.lease.as_millis() as u64;
+        let session = self.session.clone();
         let entry: Option<String> = self
             .query(|| {
                 redis::cmd("XADD")
@@ -420,6 +435,8 @@ impl Link {
                     .arg(&run)
                     .arg("lease_ms")
                     .arg(lease)
+                    .arg("session")
+                    .arg(&session)
                     .arg("request")
                     .arg(&body)
                     .clone()
@@ -492,8 +509,15 @@ impl Link {
     async fn outcome(&mut self, m: OutcomeMessage) {
         self.last_heard = Instant::now();
         let id = m.attempt;
+        if m.session != self.session {
+            tracing::debug!("ignoring an outcome of another session of this run");
+            return;
+        }
         let Some(placed) = self.placed.get_mut(&id) else {
-            tracing::debug!("ignoring a late outcome for {id} from worker '{}'", m.worker);
+            tracing::debug!(
+                "ignoring a late outcome for {id} from worker '{}'",
+                m.worker
+            );
             return;
         };
         if placed.worker.as_deref() != Some(m.worker.as_str()) {
@@ -537,18 +561,28 @@ impl Link {
             }
         };
         self.forget(id);
-        self.event(ExecutorEvent::Finished { attempt_id: id, end });
+        self.event(ExecutorEvent::Finished {
+            attempt_id: id,
+            end,
+        });
     }
 
     async fn tick(&mut self) {
         if self.dead {
             return;
         }
-        let run = self.keys.run.clone();
+        // Every key of the run expires unless this coordinator lives: a killed one leaves
+        // nothing behind for long.
         let ttl = self.keys.alive_ttl_ms;
-        let _: Option<()> = self
-            .query(|| redis::cmd("PEXPIRE").arg(&run).arg(ttl).clone())
-            .await;
+        for key in [
+            self.keys.run.clone(),
+            self.keys.out.clone(),
+            self.keys.cancel.clone(),
+        ] {
+            let _: Option<()> = self
+                .query(|| redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone())
+                .await;
+        }
         self.reclaim().await;
         let queued = self.placed.values().filter(|p| p.worker.is_none()).count();
         if queued > 0
@@ -570,7 +604,9 @@ impl Link {
                 .map(|(id, _)| *id)
                 .collect();
             for id in stale {
-                let Some(p) = self.placed.get(&id) else { continue };
+                let Some(p) = self.placed.get(&id) else {
+                    continue;
+                };
                 let (stream, entry) = (p.stream.clone(), p.entry.clone());
                 let deleted: Option<u64> = self
                     .query(|| redis::cmd("XDEL").arg(&stream).arg(&entry).clone())
@@ -673,10 +709,10 @@ async fn read_outcomes(
     client: redis::Client,
     mut conn: MultiplexedConnection,
     stream: String,
+    mut last: String,
     reconnect_for: Duration,
     tx: mpsc::UnboundedSender<Inbound>,
 ) {
-    let mut last = "0".to_string();
     loop {
         let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
             .arg("COUNT")

@@ -15,7 +15,7 @@
 //! | key | type | written by | read by |
 //! | --- | --- | --- | --- |
 //! | `dispatch:attempts:<agent>` | stream, consumer group `workers` | coordinators (`XADD`) | workers (`XREADGROUP`) |
-//! | `dispatch:run:<run_id>` | string with a TTL | the coordinator, refreshed while it lives | workers (is the run still alive?) |
+//! | `dispatch:run:<run_id>` | string (the coordinator's session) with a TTL | the coordinator, refreshed while it lives | workers (is the run still alive, in this session?) |
 //! | `dispatch:run:<run_id>:out` | stream | workers (`XADD NOMKSTREAM`) | the coordinator (`XREAD`) |
 //! | `dispatch:run:<run_id>:cancel` | hash (`all`, `hurry`, `a:<attempt>`) | the coordinator | workers, polled |
 //! | `dispatch:worker:<name>` | string (JSON) with a TTL | each worker's heartbeat | `dispatch_runner workers` |
@@ -25,6 +25,12 @@
 //! The attempt streams and the group are the pool's; everything under `dispatch:run:<run_id>` is
 //! the run's and is deleted when the run ends. Outcomes are added with `NOMKSTREAM`, so a late
 //! worker cannot bring the keys of a finished run back.
+//!
+//! Every attempt message carries the coordinator's random session, which workers echo in their
+//! outcomes: a run resumed from its journal keeps its run id and numbers attempts anew, and the
+//! outcomes (and queued attempts) of the coordinator that died are told apart by it and dropped.
+//! The run's keys expire unless the coordinator refreshes them, so a killed coordinator leaves
+//! nothing behind for long.
 //!
 //! # Leases and redelivery
 //!
@@ -151,8 +157,7 @@ pub fn client(url: &str) -> Result<redis::Client, String> {
     }
     // rustls is built without a default crypto provider (see http.rs): install ring once.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    redis::Client::open(url)
-        .map_err(|e| format!("invalid Redis URL '{}': {e}", redact_url(url)))
+    redis::Client::open(url).map_err(|e| format!("invalid Redis URL '{}': {e}", redact_url(url)))
 }
 
 /// A connection whose requests time out after `response_timeout` (None: blocking reads).
@@ -192,7 +197,10 @@ pub async fn reconnect(
 }
 
 /// Creates the group on an attempt stream (and the stream); one that exists is fine.
-pub async fn ensure_group(conn: &mut MultiplexedConnection, stream: &str) -> redis::RedisResult<()> {
+pub async fn ensure_group(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -211,6 +219,10 @@ pub async fn ensure_group(conn: &mut MultiplexedConnection, stream: &str) -> red
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutcomeMessage {
     pub attempt: AttemptId,
+    /// The `session` of the attempt's message: a resumed run reuses its run id and attempt
+    /// ids, not its session.
+    #[serde(default)]
+    pub session: String,
     pub worker: String,
     #[serde(flatten)]
     pub outcome: Outcome,

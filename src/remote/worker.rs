@@ -21,8 +21,8 @@ use super::{
     redact_url, worker_key,
 };
 use crate::runner::Interrupt;
-use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::runner::executor::LocalExecutor;
+use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::services::Services;
 
 pub struct WorkerOptions {
@@ -39,6 +39,7 @@ pub struct WorkerOptions {
 struct Job {
     /// `dispatch:run:<run_id>` of its run.
     run: String,
+    session: String,
     remote: AttemptId,
     stream: String,
     entry: String,
@@ -52,8 +53,12 @@ struct Message {
     stream: String,
     entry: String,
     run: Option<String>,
+    session: Option<String>,
     request: Option<String>,
 }
+
+/// The run's `all` flag and the attempt's own `a:<id>` flag.
+type CancelFlags = (Option<String>, Option<String>);
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_RUNNER: u8 = 3;
@@ -297,9 +302,10 @@ impl Worker {
         }
     }
 
-    async fn post(&mut self, run: &str, attempt: AttemptId, outcome: Outcome) {
+    async fn post(&mut self, run: &str, session: &str, attempt: AttemptId, outcome: Outcome) {
         let message = OutcomeMessage {
             attempt,
+            session: session.to_string(),
             worker: self.options.name.clone(),
             outcome,
         };
@@ -317,6 +323,7 @@ impl Worker {
     }
 
     async fn take(&mut self, m: Message) {
+        let session = m.session.clone().unwrap_or_default();
         let (Some(run), Some(text)) = (m.run, m.request) else {
             tracing::warn!("dropping a malformed attempt message {}", m.entry);
             self.done_with(&m.stream, &m.entry).await;
@@ -333,22 +340,26 @@ impl Worker {
             }
         };
         let remote = request.attempt_id;
-        let run_id = run.strip_prefix("dispatch:run:").unwrap_or(&run).to_string();
+        let run_id = run
+            .strip_prefix("dispatch:run:")
+            .unwrap_or(&run)
+            .to_string();
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS")
+        pipe.cmd("GET")
             .arg(&run)
             .cmd("HMGET")
             .arg(cancel_key(&run_id))
             .arg("all")
             .arg(format!("a:{}", remote.0));
-        let state: Option<(bool, (Option<String>, Option<String>))> = match self.broken {
+        let state: Option<(Option<String>, CancelFlags)> = match self.broken {
             true => None,
             false => pipe.query_async(&mut self.conn).await.ok(),
         };
+        let alive = |s: &Option<String>| s.as_deref() == Some(session.as_str());
         match state {
-            Some((true, (None, None))) => {}
-            Some((true, _)) => {
-                self.post(&run, remote, Outcome::Cancelled).await;
+            Some((current, (None, None))) if alive(&current) => {}
+            Some((current, _)) if alive(&current) => {
+                self.post(&run, &session, remote, Outcome::Cancelled).await;
                 self.done_with(&m.stream, &m.entry).await;
                 self.slots.add_permits(1);
                 return;
@@ -363,7 +374,12 @@ impl Worker {
         if attempts_stream(request.input.name()) != m.stream {
             // Each agent has its own stream: a request in the wrong one was not written by a
             // coordinator, and a worker restricted to some agents runs no other.
-            tracing::warn!("dropping {}: a '{}' attempt in {}", m.entry, request.input.name(), m.stream);
+            tracing::warn!(
+                "dropping {}: a '{}' attempt in {}",
+                m.entry,
+                request.input.name(),
+                m.stream
+            );
             self.done_with(&m.stream, &m.entry).await;
             self.slots.add_permits(1);
             return;
@@ -378,6 +394,7 @@ impl Worker {
             local,
             Job {
                 run: run.clone(),
+                session: session.clone(),
                 remote,
                 stream: m.stream,
                 entry: m.entry,
@@ -385,7 +402,7 @@ impl Worker {
                 lost: false,
             },
         );
-        self.post(&run, remote, Outcome::Started).await;
+        self.post(&run, &session, remote, Outcome::Started).await;
         self.executor.start(request);
     }
 
@@ -396,8 +413,13 @@ impl Worker {
             .as_deref()
             .and_then(|t| serde_json::from_str::<AttemptRequest>(t).ok());
         if let (Some(run), Some(request)) = (&m.run, request) {
-            let reason = format!("worker '{}' stopped before starting the attempt", self.options.name);
-            self.post(run, request.attempt_id, Outcome::Lost { reason }).await;
+            let reason = format!(
+                "worker '{}' stopped before starting the attempt",
+                self.options.name
+            );
+            let session = m.session.clone().unwrap_or_default();
+            self.post(run, &session, request.attempt_id, Outcome::Lost { reason })
+                .await;
         }
         self.done_with(&m.stream, &m.entry).await;
     }
@@ -413,13 +435,13 @@ impl Worker {
                 if let Some(job) = self.jobs.get(&attempt_id)
                     && !job.silent
                 {
-                    let (run, remote) = (job.run.clone(), job.remote);
+                    let (run, session, remote) = (job.run.clone(), job.session.clone(), job.remote);
                     let outcome = Outcome::Progress {
                         progress,
                         total,
                         message,
                     };
-                    self.post(&run, remote, outcome).await;
+                    self.post(&run, &session, remote, outcome).await;
                 }
                 return;
             }
@@ -454,7 +476,7 @@ impl Worker {
             } else {
                 outcome
             };
-            self.post(&job.run, job.remote, outcome).await;
+            self.post(&job.run, &job.session, job.remote, outcome).await;
         }
         self.done_with(&job.stream, &job.entry).await;
     }
@@ -508,34 +530,51 @@ impl Worker {
             .collect();
         let mut hurry = false;
         for run in runs {
-            let run_id = run.strip_prefix("dispatch:run:").unwrap_or(&run).to_string();
+            let run_id = run
+                .strip_prefix("dispatch:run:")
+                .unwrap_or(&run)
+                .to_string();
             let mut pipe = redis::pipe();
-            pipe.cmd("EXISTS").arg(&run).cmd("HGETALL").arg(cancel_key(&run_id));
-            let state: Option<(bool, HashMap<String, String>)> = match self.broken {
+            pipe.cmd("GET")
+                .arg(&run)
+                .cmd("HGETALL")
+                .arg(cancel_key(&run_id));
+            let state: Option<(Option<String>, HashMap<String, String>)> = match self.broken {
                 true => None,
                 false => pipe.query_async(&mut self.conn).await.ok(),
             };
-            let Some((alive, flags)) = state else { continue };
-            let all = !alive || flags.contains_key("all");
+            let Some((session, flags)) = state else {
+                continue;
+            };
+            let all = flags.contains_key("all");
             hurry |= flags.contains_key("hurry");
-            let doomed: Vec<AttemptId> = self
+            // Attempts of a coordinator that is gone (its key expired, or a resumed run has a
+            // new session) are stopped without a word: nobody waits for them.
+            let mut orphans = false;
+            let doomed: Vec<(AttemptId, bool)> = self
                 .jobs
                 .iter()
-                .filter(|(_, j)| {
-                    j.run == run && (all || flags.contains_key(&format!("a:{}", j.remote.0)))
+                .filter(|(_, j)| j.run == run && !j.silent)
+                .filter_map(|(id, j)| {
+                    let alive = session.as_deref() == Some(j.session.as_str());
+                    let flagged = all || flags.contains_key(&format!("a:{}", j.remote.0));
+                    (!alive || flagged).then_some((*id, alive))
                 })
-                .map(|(id, _)| *id)
                 .collect();
-            for id in doomed {
+            for (id, alive) in doomed {
                 if !alive && let Some(job) = self.jobs.get_mut(&id) {
                     job.silent = true;
+                    orphans = true;
                 }
                 self.executor.cancel(id);
             }
-            if !alive {
-                // No coordinator to wait for: no grace either.
-                hurry = true;
+            if orphans {
+                tracing::warn!(
+                    "stopping attempts of run {run_id}: their coordinator is gone (or the run was resumed elsewhere)"
+                );
             }
+            // No coordinator to wait for: no grace either.
+            hurry |= orphans;
         }
         if hurry {
             self.executor.hurry();
@@ -585,6 +624,7 @@ async fn read_attempts(
                         batch.push(Message {
                             stream: key.key.clone(),
                             run: entry.get("run"),
+                            session: entry.get("session"),
                             request: entry.get("request"),
                             entry: entry.id,
                         });

@@ -670,7 +670,8 @@ impl<E: Executor> Dispatcher<E> {
         let stopping = self.stop.is_some();
         // A lost worker is not the task's failure: it runs again at once, within its own budget,
         // and the retry policy counts only the other attempts.
-        let lost = matches!(&end, AttemptEnd::Finished(Err(f)) if f.error.kind == ErrorKind::WorkerLost);
+        let lost =
+            matches!(&end, AttemptEnd::Finished(Err(f)) if f.error.kind == ErrorKind::WorkerLost);
         let redeliver = lost && !stopping && self.redeliveries[i] < self.max_redeliveries;
         if redeliver {
             self.redeliveries[i] += 1;
@@ -694,7 +695,10 @@ impl<E: Executor> Dispatcher<E> {
         else {
             return;
         };
-        if let Some(EventKind::AttemptFinished { executed_by: by, .. }) = events.first_mut() {
+        if let Some(EventKind::AttemptFinished {
+            executed_by: by, ..
+        }) = events.first_mut()
+        {
             *by = executed_by;
         }
 
@@ -1064,7 +1068,9 @@ mod redelivery_tests {
         assert_eq!(gone.status, Some(TaskStatus::Error));
         assert_eq!(gone.attempts.len(), 3);
         assert!(gone.attempts.iter().all(|a| {
-            a.error.as_ref().is_some_and(|e| e.kind == ErrorKind::WorkerLost)
+            a.error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::WorkerLost)
                 && a.executed_by.as_deref() == Some("w9")
         }));
         // The loss did not use up the one retry the transient failure needed.
