@@ -728,3 +728,29 @@ fn a_killed_coordinator_resumes_on_the_pool_and_its_old_attempts_are_dropped() {
     )
     .is_empty()));
 }
+
+#[test]
+fn redis_losing_its_data_mid_run_stops_the_run_instead_of_waiting_for_ever() {
+    let redis = RedisServer::start();
+    let sb = Sandbox::new();
+    let url = redis.url();
+    let _w = Worker::start(sb.path(), &url, "w", &["--max-workers", "1"]);
+    let child = coordinator(
+        &sb,
+        &url,
+        &[],
+        &batch(vec![sh_task("a", "exec sleep 36.482", &[])]),
+    );
+    assert!(wait_running(&redis, "w", 1));
+    // As a restart without persistence would.
+    assert!(redis.cli(&["FLUSHALL"]).is_some());
+    let run = finish(&sb, child);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("a"), "cancelled");
+    assert!(run.stderr.contains("lost the run's keys"), "{}", run.stderr);
+    // Nobody waits for the attempt any more: the worker stops it.
+    assert!(eventually(Duration::from_secs(10), || processes_matching(
+        "sleep 36.482"
+    )
+    .is_empty()));
+}

@@ -22,6 +22,9 @@ use super::{
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
+/// Outcomes read are trimmed from the run's stream once this many more have been read.
+const KEEP_READ_OUTCOMES: usize = 5_000;
+
 /// How long the queue may be silent before the run says it waits for workers.
 const WAITING_NOTE: Duration = Duration::from_secs(10);
 
@@ -579,9 +582,18 @@ impl Link {
             self.keys.out.clone(),
             self.keys.cancel.clone(),
         ] {
-            let _: Option<()> = self
+            let renewed: Option<u64> = self
                 .query(|| redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone())
                 .await;
+            if key == self.keys.run && renewed == Some(0) {
+                // Redis restarted without its data, or someone deleted the keys: the queued
+                // and running attempts are gone with them, and nobody would ever report them.
+                self.fail(format!(
+                    "Redis at {} lost the run's keys (restarted without persistence, or flushed)",
+                    redact_url(&self.options.url)
+                ));
+                return;
+            }
         }
         self.reclaim().await;
         let queued = self.placed.values().filter(|p| p.worker.is_none()).count();
@@ -631,14 +643,24 @@ impl Link {
 
     /// Attempts whose worker stopped renewing the lease: taken back and reported lost.
     async fn reclaim(&mut self) {
-        let streams: HashSet<String> = self
-            .placed
-            .values()
-            .filter(|p| p.worker.is_some() || p.queued_at.elapsed() >= self.options.lease)
-            .map(|p| p.stream.clone())
-            .collect();
+        // Per stream, the range of this run's entries: other runs' entries (a dead worker's
+        // of a dead coordinator may stay pending for ever) are mostly outside it.
+        let mut ranges: HashMap<String, (EntryOrder, EntryOrder)> = HashMap::new();
+        for p in self.placed.values() {
+            if p.worker.is_none() && p.queued_at.elapsed() < self.options.lease {
+                continue;
+            }
+            let k = entry_order(&p.entry);
+            let r = ranges.entry(p.stream.clone()).or_insert((k, k));
+            r.0 = r.0.min(k);
+            r.1 = r.1.max(k);
+        }
         let lease = self.options.lease.as_millis() as u64;
-        for stream in streams {
+        for (stream, (low, high)) in ranges {
+            let (low, high) = (
+                format!("{}-{}", low.0, low.1),
+                format!("{}-{}", high.0, high.1),
+            );
             let idle: Option<Vec<(String, String, u64, u64)>> = self
                 .query(|| {
                     redis::cmd("XPENDING")
@@ -646,8 +668,8 @@ impl Link {
                         .arg(GROUP)
                         .arg("IDLE")
                         .arg(lease)
-                        .arg("-")
-                        .arg("+")
+                        .arg(&low)
+                        .arg(&high)
                         .arg(10_000)
                         .clone()
                 })
@@ -704,6 +726,14 @@ impl Link {
     }
 }
 
+/// A stream entry id (`<ms>-<seq>`) as a pair that sorts as Redis sorts them.
+type EntryOrder = (u64, u64);
+
+fn entry_order(id: &str) -> EntryOrder {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Reads the run's outcome stream and hands batches of messages to the link.
 async fn read_outcomes(
     client: redis::Client,
@@ -713,6 +743,8 @@ async fn read_outcomes(
     reconnect_for: Duration,
     tx: mpsc::UnboundedSender<Inbound>,
 ) {
+    let mut mark = last.clone();
+    let mut read_since_mark = 0;
     loop {
         let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -742,16 +774,23 @@ async fn read_outcomes(
                 if batch.is_empty() {
                     continue;
                 }
+                let n = batch.len();
                 if tx.send(Inbound::Outcomes(batch)).is_err() {
                     return;
                 }
-                // What has been read is not needed again: the stream stays small in long runs.
-                let _: redis::RedisResult<()> = redis::cmd("XTRIM")
-                    .arg(&stream)
-                    .arg("MINID")
-                    .arg(&last)
-                    .query_async(&mut conn)
-                    .await;
+                // What has been read is not needed again: in long runs the stream is trimmed to
+                // the last few thousand entries read (they stay a while for whoever debugs).
+                read_since_mark += n;
+                if read_since_mark >= KEEP_READ_OUTCOMES {
+                    let _: redis::RedisResult<()> = redis::cmd("XTRIM")
+                        .arg(&stream)
+                        .arg("MINID")
+                        .arg(&mark)
+                        .query_async(&mut conn)
+                        .await;
+                    mark = last.clone();
+                    read_since_mark = 0;
+                }
             }
             Err(e) => {
                 tracing::warn!("lost the connection to Redis ({e}); reconnecting");

@@ -41,7 +41,8 @@
 //! one idle past the lease belongs to a worker that died or froze; the coordinator acknowledges
 //! and deletes it and reports [`ExecutorEvent::Lost`](crate::runner::executor::ExecutorEvent),
 //! recorded as `worker_lost`. The dispatcher then starts a new attempt (a new attempt id) right
-//! away, at most `max_redeliveries` times per task, apart from its `retries`. A worker whose
+//! away, at most `max_redeliveries` times per task, apart from its `retries` (past that, a loss
+//! counts against the retries). A worker whose
 //! renewal finds its message gone stops the attempt; one that finishes anyway posts an outcome
 //! for an attempt id that is no longer current, which the dispatcher ignores. Delivery is
 //! therefore at-least-once: a command may run twice (on a frozen and on a live worker), a task

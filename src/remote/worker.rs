@@ -128,6 +128,7 @@ pub async fn run_worker(
     let mut beat_running = 0;
     let mut draining: Option<Instant> = None;
     let mut killed = false;
+    let mut signals_open = true;
     let mut reader = Some(reader);
     loop {
         if draining.is_some() && w.executor.in_flight() == 0 {
@@ -138,8 +139,11 @@ pub async fn run_worker(
         }
         let busy = w.executor.in_flight() > 0;
         tokio::select! {
-            signal = signals.recv(), if draining.is_none() || !killed => {
-                if draining.is_none() {
+            signal = signals.recv(), if signals_open && (draining.is_none() || !killed) => {
+                if signal.is_none() {
+                    // No more signals can come (the handler is gone): nothing to do.
+                    signals_open = false;
+                } else if draining.is_none() {
                     eprintln!(
                         "dispatch_runner: worker '{}' draining: {} attempts running, {} s to finish",
                         w.options.name, w.jobs.len(), w.options.drain.as_secs_f64()
@@ -155,7 +159,7 @@ pub async fn run_worker(
                             w.give_back(m).await;
                         }
                     }
-                } else if signal.is_some() {
+                } else {
                     // A second signal: no more waiting.
                     draining = Some(Instant::now());
                 }

@@ -668,8 +668,9 @@ impl<E: Executor> Dispatcher<E> {
         let task = &self.tasks[i];
         let policy = self.settings.retry_policy(task.agent.name(), task.retries);
         let stopping = self.stop.is_some();
-        // A lost worker is not the task's failure: it runs again at once, within its own budget,
-        // and the retry policy counts only the other attempts.
+        // A lost worker is not the task's failure: it runs again at once, within its own budget
+        // (past it, a loss is a transient failure like any other), and the retry policy counts
+        // only the attempts that were not redelivered.
         let lost =
             matches!(&end, AttemptEnd::Finished(Err(f)) if f.error.kind == ErrorKind::WorkerLost);
         let redeliver = lost && !stopping && self.redeliveries[i] < self.max_redeliveries;
@@ -682,8 +683,6 @@ impl<E: Executor> Dispatcher<E> {
                 None
             } else if redeliver {
                 Some(std::time::Duration::ZERO)
-            } else if lost {
-                None
             } else {
                 policy.next_delay(n.saturating_sub(redelivered), e, fastrand::f64())
             }
@@ -1041,7 +1040,7 @@ mod redelivery_tests {
     #[tokio::test]
     async fn lost_attempts_are_redelivered_within_their_own_budget() {
         let batch = validate_value(json!({"tasks": [
-            {"task_id": "gone", "agent": "command", "retries": 5, "input_data": {"argv": ["x"]}},
+            {"task_id": "gone", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}},
             {"task_id": "flaky", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}}
         ], "config": {"retry_backoff_ms": 0}}))
         .unwrap();
@@ -1064,9 +1063,9 @@ mod redelivery_tests {
             .record()
             .unwrap();
         let gone = &record.tasks[0];
-        // The first loss and two redeliveries; the third loss is final, whatever `retries` says.
+        // The first loss, two redeliveries, then the one retry; the fourth loss is final.
         assert_eq!(gone.status, Some(TaskStatus::Error));
-        assert_eq!(gone.attempts.len(), 3);
+        assert_eq!(gone.attempts.len(), 4);
         assert!(gone.attempts.iter().all(|a| {
             a.error
                 .as_ref()
