@@ -111,6 +111,67 @@ pub enum Command {
     /// The result cache of tasks with a `cache` object: `stats` and `prune`, as JSON.
     #[command(after_help = crate::cache::cli::CACHE_HELP)]
     Cache(crate::cache::cli::CacheArgs),
+    /// Run attempts for coordinators (`run --redis`) from a Redis pool, until SIGTERM.
+    #[command(after_help = WORKER_HELP)]
+    Worker(WorkerArgs),
+    /// Print the live workers of a Redis pool as JSON.
+    Workers(WorkersArgs),
+}
+
+pub const WORKER_HELP: &str = "\
+A worker takes attempts from the Redis streams of the agents it serves, runs each like a local
+run does (timeouts, process groups, output caps) with this machine's configuration file (MCP
+servers, model keys, workspace), and sends back each outcome. Anyone who can write to the
+streams can run commands here: protect Redis (ACL users, rediss://, a private network) and
+restrict the agents (--agents) and the workspace. See docs/scale-out.md.
+
+SIGTERM/SIGINT: stop taking attempts, let running ones finish for --drain-seconds, then kill them
+(their coordinators run them again elsewhere) and exit 0. A second signal ends the wait.
+
+Exit codes: 0 stopped on a signal; 3 Redis unreachable (at start, or past the reconnect bound)
+or bad configuration.";
+
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    /// The Redis pool: redis://[user:password@]host:port/db, or rediss:// for TLS.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: String,
+    /// Most attempts running at once on this worker (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_workers: Option<u64>,
+    /// The worker's name in the pool (default: host name and process id). Unique per pool.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The agents this worker serves, comma-separated (default: command,coder,debug,mcp).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub agents: Vec<String>,
+    /// Root that agents' file paths must stay inside (default: dispatcher.workspace, else the
+    /// current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Seconds running attempts may go on after SIGTERM before they are killed.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_seconds_or_zero)]
+    pub drain_seconds: f64,
+    /// Seconds to keep reconnecting when Redis goes away before stopping (exit 3).
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_seconds)]
+    pub reconnect_seconds: f64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WorkersArgs {
+    /// The Redis pool: redis://[user:password@]host:port/db, or rediss:// for TLS.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: String,
 }
 
 pub const COMPLETIONS_HELP: &str = "\
@@ -177,6 +238,15 @@ pub struct ServeArgs {
     pub allow_host: Vec<String>,
     #[command(flatten)]
     pub shape: ShapeLimitArgs,
+    /// Run every batch's attempts on the workers of this Redis pool (see `run --redis`;
+    /// default: $DISPATCH_REDIS_URL, else executor.redis.url in the configuration file).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
     /// Most bytes kept of each captured output stream. A batch's `config.max_output_bytes` may
     /// ask for less, never more (400); the configuration file cannot raise it either.
     #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_SERVER_MAX_OUTPUT_BYTES,
@@ -444,6 +514,32 @@ pub struct RunArgs {
     /// file, else `interval`.
     #[arg(long, value_enum, value_name = "POLICY")]
     pub journal_fsync: Option<crate::journal::FsyncPolicy>,
+    /// Run attempts on the workers of this Redis pool (`dispatch_runner worker`) instead of
+    /// here: redis://[user:password@]host:port/db or rediss:// (TLS). Default:
+    /// $DISPATCH_REDIS_URL, else executor.redis.url in the configuration file.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DISPATCH_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+    /// With --redis: seconds an attempt may wait for a worker before it fails `queue_timeout`
+    /// (default: no limit).
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub queue_timeout: Option<f64>,
+    /// With --redis: seconds after which an attempt whose worker stopped renewing it is lost
+    /// and started again (default 30).
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub lease_seconds: Option<f64>,
+    /// With --redis: most times a task's attempt is lost with its worker and started again,
+    /// apart from its retries (default 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_redeliveries: Option<u32>,
+    /// With --redis: seconds to keep reconnecting when Redis goes away; past it unfinished
+    /// tasks are cancelled (default 30).
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub redis_reconnect_seconds: Option<f64>,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

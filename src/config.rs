@@ -44,6 +44,32 @@ pub struct FileConfig {
     /// The result cache of tasks with a `cache` object (`<trace_dir>/cache`).
     #[serde(default)]
     pub cache: crate::cache::CacheConfig,
+    /// Where attempts run: in this process (default) or on a Redis pool's workers.
+    #[serde(default)]
+    pub executor: ExecutorSection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSection {
+    pub redis: Option<RedisSection>,
+}
+
+/// `executor.redis`: the pool `run` sends attempts to (see docs/scale-out.md). Flags and
+/// `DISPATCH_REDIS_URL` win over it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port/db` or `rediss://` (TLS).
+    pub url: Option<String>,
+    /// An attempt whose worker has not renewed it for this long is lost (default 30).
+    pub lease_seconds: Option<f64>,
+    /// Most times a task's attempt is lost with its worker and started again (default 3).
+    pub max_redeliveries: Option<u32>,
+    /// How long to keep reconnecting to Redis before giving up (default 30).
+    pub reconnect_seconds: Option<f64>,
+    /// Longest an attempt waits for a worker (default: no limit).
+    pub queue_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -57,6 +57,9 @@ pub enum EventKind {
         outcome: AttemptOutcome,
         duration_ms: f64,
         error: Option<TaskError>,
+        /// The worker that ran the attempt, when it ran on another machine (`--redis`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        executed_by: Option<String>,
     },
     RetryScheduled {
         task_id: String,
@@ -200,6 +203,8 @@ pub enum CancelReason {
     Sigterm,
     /// A client asked for it (`DELETE /v1/runs/{run_id}`).
     Request,
+    /// The executor could not go on (Redis stayed unreachable past the reconnect bound).
+    ExecutorFailed,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

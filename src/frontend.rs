@@ -64,6 +64,8 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
         Some(Command::Cache(args)) => crate::cache::cli::main(&config, args),
+        Some(Command::Worker(args)) => worker(&config, args),
+        Some(Command::Workers(args)) => workers(&args),
         None => run(&config, cli.run),
     };
     // Everything this invocation started has been cleaned up: the watchdog may go.
@@ -683,6 +685,10 @@ fn execute(
         Ok(s) => Arc::new(s),
         Err(issue) => return invalid(vec![issue]),
     };
+    let redis = match redis_options(config, &args) {
+        Ok(r) => r,
+        Err(message) => return runner_error(&message, None),
+    };
     let plan = args.plan();
     // Every file the run will write is checked before anything runs, so a typo costs nothing.
     let mut unwritable = plan.check().err().unwrap_or_default();
@@ -712,12 +718,15 @@ fn execute(
         options.journal_fsync = config.journal_fsync(args.journal_fsync);
         options.cache = config.file.cache.clone();
         options.run_id = run_id;
+        options.redis = redis;
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
                 finish(&args, &report, &delivery)
             }
-            Err(e @ RunnerError::TraceDir { .. }) => runner_error(&e.to_string(), None),
+            Err(e @ (RunnerError::TraceDir { .. } | RunnerError::Executor(_))) => {
+                runner_error(&e.to_string(), None)
+            }
             Err(RunnerError::TraceWrite {
                 path,
                 source,
@@ -739,6 +748,112 @@ fn execute(
             }
         }
     })
+}
+
+/// The Redis pool a run sends its attempts to: `--redis` (or `DISPATCH_REDIS_URL`), else
+/// `executor.redis.url`; the other values from the flags, else the file, else the defaults.
+pub fn redis_options(
+    config: &Config,
+    args: &RunArgs,
+) -> Result<Option<crate::remote::RedisOptions>, String> {
+    let file = config.file.executor.redis.clone().unwrap_or_default();
+    let Some(url) = args.redis.clone().or(file.url.clone()) else {
+        return Ok(None);
+    };
+    let seconds = |flag: Option<f64>, key: &str, value: Option<f64>| match flag.or(value) {
+        Some(v) if v.is_finite() && v > 0.0 => Ok(Some(std::time::Duration::from_secs_f64(v))),
+        Some(_) => Err(format!(
+            "executor.redis.{key} must be a positive number of seconds"
+        )),
+        None => Ok(None),
+    };
+    let mut options = crate::remote::RedisOptions::new(url);
+    if let Some(d) = seconds(args.lease_seconds, "lease_seconds", file.lease_seconds)? {
+        // Workers renew every 250 ms: a shorter lease would take live workers for dead ones.
+        if d < std::time::Duration::from_secs(1) {
+            return Err("the lease (--lease-seconds, executor.redis.lease_seconds) must be at least 1 second".into());
+        }
+        options.lease = d;
+    }
+    if let Some(d) = seconds(
+        args.redis_reconnect_seconds,
+        "reconnect_seconds",
+        file.reconnect_seconds,
+    )? {
+        options.reconnect_for = d;
+    }
+    options.queue_timeout = seconds(
+        args.queue_timeout,
+        "queue_timeout_seconds",
+        file.queue_timeout_seconds,
+    )?;
+    if let Some(n) = args.max_redeliveries.or(file.max_redeliveries) {
+        options.max_redeliveries = n;
+    }
+    Ok(Some(options))
+}
+
+/// `worker`: serves attempts from a Redis pool until a signal.
+fn worker(config: &Config, args: crate::cli::WorkerArgs) -> u8 {
+    let services = match services(config, args.workspace.as_deref()) {
+        Ok(s) => Arc::new(s),
+        Err(issue) => return runner_error(&issue.message, None),
+    };
+    let agents = if args.agents.is_empty() {
+        crate::agents::ALL_AGENTS
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        args.agents.clone()
+    };
+    if let Some(bad) = agents
+        .iter()
+        .find(|a| !crate::agents::ALL_AGENTS.contains(&a.as_str()))
+    {
+        return runner_error(
+            &format!(
+                "--agents: unknown agent '{bad}' (known: {})",
+                crate::agents::ALL_AGENTS.join(", ")
+            ),
+            None,
+        );
+    }
+    let capacity = args
+        .max_workers
+        .map(|n| n as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", crate::remote::hostname(), std::process::id()));
+    if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_control() || c == ' ') {
+        return runner_error("--name must be 1 to 200 characters without spaces", None);
+    }
+    let options = crate::remote::worker::WorkerOptions {
+        url: args.redis.clone(),
+        name,
+        capacity,
+        agents,
+        drain: std::time::Duration::from_secs_f64(args.drain_seconds),
+        reconnect_for: std::time::Duration::from_secs_f64(args.reconnect_seconds),
+    };
+    with_runtime(|rx| crate::remote::worker::run_worker(options, services, rx))
+}
+
+/// `workers`: the live workers of a pool, as JSON.
+fn workers(args: &crate::cli::WorkersArgs) -> u8 {
+    let runtime = match new_runtime() {
+        Ok(rt) => rt,
+        Err(e) => return runner_error(&format!("cannot start the async runtime: {e}"), None),
+    };
+    match runtime.block_on(crate::remote::list_workers(&args.redis)) {
+        Ok(list) => {
+            print_json(&json!({"workers": list}));
+            EXIT_OK
+        }
+        Err(e) => runner_error(&e, None),
+    }
 }
 
 fn warn(delivery: &Delivery) {
@@ -889,7 +1004,16 @@ fn serve(config: &Config, args: ServeArgs) -> u8 {
         Err(issue) => return runner_error(&issue.message, None),
     };
     let limits = args.limits();
+    let redis_args = RunArgs {
+        redis: args.redis.clone(),
+        ..RunArgs::default()
+    };
+    let redis = match redis_options(config, &redis_args) {
+        Ok(r) => r,
+        Err(message) => return runner_error(&message, None),
+    };
     let options = ServerOptions {
+        redis,
         listen: args.listen,
         token,
         max_body_bytes: args.max_body_bytes,

@@ -47,6 +47,7 @@ pub mod mcp;
 pub mod policy;
 pub mod process;
 pub mod redact;
+pub mod remote;
 pub mod reporter;
 pub mod rerun;
 pub mod runner;

@@ -97,6 +97,8 @@ pub struct ServerOptions {
     /// How batches are read and checked: the same as the command line.
     pub intake: Intake,
     pub services: Arc<Services>,
+    /// Send every run's attempts to this Redis pool's workers (`serve --redis`).
+    pub redis: Option<crate::remote::RedisOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -677,6 +679,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Box::new(LiveSink(live.clone())),
     ];
     run_options.interrupts = Some(rx);
+    run_options.redis = options.redis.clone();
     // MCP sessions belong to one run (they are closed when it ends), so each run gets its own
     // pool while sharing everything else.
     let mut services = (*options.services).clone();
@@ -746,6 +749,10 @@ fn finished(outcome: Result<crate::RunReport, RunnerError>) -> Finished {
         Ok(report) => Finished {
             status: StatusCode::OK,
             body: serde_json::to_value(&report.result).unwrap_or(Value::Null),
+        },
+        Err(e @ RunnerError::Executor(_)) => Finished {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: error_document(&e.to_string(), None),
         },
         Err(e @ RunnerError::TraceDir { .. }) => Finished {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -54,6 +54,11 @@ pub enum ErrorKind {
     ProtocolError,
     /// The executor lost track of the attempt (its worker went away); transient.
     AttemptLost,
+    /// The worker running the attempt stopped renewing its lease (it died, froze or was
+    /// stopped); the attempt is started again elsewhere up to `max_redeliveries` times.
+    WorkerLost,
+    /// No worker took the attempt within `--queue-timeout`.
+    QueueTimeout,
     /// A file an agent was to read or write is a FIFO, socket or device, not a regular file.
     NotARegularFile,
     /// A task's input would grow past `max_expanded_input_bytes` once `{{tasks...}}` references
@@ -87,6 +92,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::ProtocolError => "protocol_error",
             ErrorKind::AttemptLost => "attempt_lost",
+            ErrorKind::WorkerLost => "worker_lost",
+            ErrorKind::QueueTimeout => "queue_timeout",
             ErrorKind::NotARegularFile => "not_a_regular_file",
             ErrorKind::InputTooLarge => "input_too_large",
         }

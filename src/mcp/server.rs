@@ -516,7 +516,9 @@ fn finished(outcome: Result<crate::RunReport, RunnerError>, full: bool) -> CallT
                 true,
             ),
         },
-        Err(e @ RunnerError::TraceDir { .. }) => answer(error_document(&e.to_string(), None), true),
+        Err(e @ (RunnerError::TraceDir { .. } | RunnerError::Executor(_))) => {
+            answer(error_document(&e.to_string(), None), true)
+        }
         Err(RunnerError::TraceWrite {
             path,
             source,

@@ -177,7 +177,12 @@ impl BreakerKey {
             BreakerScope::Dependency => is_infrastructure_failure(error.kind),
             // A lost attempt (its worker vanished) says nothing about what the tasks call.
             BreakerScope::Named => {
-                error.transient && error.kind != crate::task_error::ErrorKind::AttemptLost
+                error.transient
+                    && !matches!(
+                        error.kind,
+                        crate::task_error::ErrorKind::AttemptLost
+                            | crate::task_error::ErrorKind::WorkerLost
+                    )
             }
         }
     }

@@ -640,6 +640,7 @@ mod tests {
             outcome,
             duration_ms: 5.0,
             error: None,
+            executed_by: None,
         }
     }
 

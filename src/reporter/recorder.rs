@@ -22,6 +22,9 @@ pub struct AttemptRecord {
     pub error: Option<TaskError>,
     /// Milliseconds since run start; kept for timelines.
     pub start_ms: f64,
+    /// The worker that ran it (`--redis` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ impl TaskRecord {
                     outcome: None,
                     error: None,
                     start_ms: event.elapsed_ms,
+                    executed_by: None,
                 });
                 first_start_ms.get_or_insert(event.elapsed_ms);
             }
@@ -194,6 +198,7 @@ impl TaskRecord {
                 outcome,
                 duration_ms,
                 error,
+                executed_by,
                 ..
             } => {
                 if let Some(a) = self
@@ -206,6 +211,7 @@ impl TaskRecord {
                     a.duration_ms = Some(*duration_ms);
                     a.outcome = Some(*outcome);
                     a.error = error.clone();
+                    a.executed_by = executed_by.clone();
                 }
             }
             EventKind::TaskFinished {

@@ -111,6 +111,16 @@ pub struct TaskResult {
     /// The output came from the result cache: the task did not run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The worker that ran the last attempt (`--redis` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
+    /// Attempts lost with their worker (`worker_lost`) and started again; the trace has each.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub workers_lost: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskResult {
@@ -127,6 +137,16 @@ impl TaskResult {
             finished_at: t.finished_at.clone(),
             reused: t.reused,
             cached: t.cached,
+            executed_by: t.attempts.last().and_then(|a| a.executed_by.clone()),
+            workers_lost: t
+                .attempts
+                .iter()
+                .filter(|a| {
+                    a.error
+                        .as_ref()
+                        .is_some_and(|e| e.kind == crate::task_error::ErrorKind::WorkerLost)
+                })
+                .count() as u32,
         }
     }
 }

@@ -114,6 +114,9 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     interrupted: Option<Interrupt>,
     counts: Summary,
     reuse: Option<Reuse>,
+    /// Per task: attempts lost with their worker and started again (`max_redeliveries`).
+    redeliveries: Vec<u32>,
+    max_redeliveries: u32,
     /// Per task: dependents not finished yet. A task's output is kept in memory only while this
     /// is above zero (they may read it); the record of the run has it on disk.
     pending: Vec<u32>,
@@ -181,7 +184,16 @@ impl<E: Executor> Dispatcher<E> {
             },
             reuse: None,
             cache: None,
+            redeliveries: vec![0; n],
+            max_redeliveries: 0,
         }
+    }
+
+    /// Starts an attempt lost with its worker again, at most `n` times per task, apart from its
+    /// retries (a queue executor's `Lost`).
+    pub fn redelivering(mut self, n: u32) -> Self {
+        self.max_redeliveries = n;
+        self
     }
 
     /// Writes the run's events to `journal` as they happen, and reads the record of the run back
@@ -392,6 +404,7 @@ impl<E: Executor> Dispatcher<E> {
                 task_id: self.tasks[i].task_id.clone(),
                 attempt,
                 outcome: crate::events::AttemptOutcome::Interrupted,
+                executed_by: None,
                 duration_ms: (last_ms - start_ms).max(0.0),
                 error: Some(TaskError::transient(
                     ErrorKind::AttemptLost,
@@ -655,10 +668,16 @@ impl<E: Executor> Dispatcher<E> {
             ExecutorEvent::Finished { attempt_id, end } => self.attempt_ended(attempt_id, end),
             ExecutorEvent::Lost { attempt_id, reason } => {
                 let error = TaskError::transient(
-                    ErrorKind::AttemptLost,
+                    ErrorKind::WorkerLost,
                     format!("the executor lost the attempt: {reason}"),
                 );
                 self.attempt_ended(attempt_id, AttemptEnd::Finished(Err(error.into())));
+            }
+            ExecutorEvent::Failed { reason } => {
+                tracing::error!("stopping the run: {reason}");
+                if self.stop.is_none() {
+                    self.stop_run(CancelReason::ExecutorFailed);
+                }
             }
         }
     }
@@ -678,19 +697,38 @@ impl<E: Executor> Dispatcher<E> {
         let task = &self.tasks[i];
         let policy = self.settings.retry_policy(task.agent.name(), task.retries);
         let stopping = self.stop.is_some();
+        // A lost worker is not the task's failure: it runs again at once, within its own budget
+        // (past it, a loss is a transient failure like any other), and the retry policy counts
+        // only the attempts that were not redelivered.
+        let lost =
+            matches!(&end, AttemptEnd::Finished(Err(f)) if f.error.kind == ErrorKind::WorkerLost);
+        let redeliver = lost && !stopping && self.redeliveries[i] < self.max_redeliveries;
+        if redeliver {
+            self.redeliveries[i] += 1;
+        }
+        let redelivered = self.redeliveries[i] - u32::from(redeliver);
         let retry = |n: u32, e: &TaskError| {
             if stopping {
                 None
+            } else if redeliver {
+                Some(std::time::Duration::ZERO)
             } else {
-                policy.next_delay(n, e, fastrand::f64())
+                policy.next_delay(n.saturating_sub(redelivered), e, fastrand::f64())
             }
         };
+        let executed_by = self.executor.worker_of(attempt_id);
         let reason = self.stop.unwrap_or(CancelReason::Sigint);
-        let Some((attempt, after, events)) =
+        let Some((attempt, after, mut events)) =
             self.lives[i].attempt_ended(attempt_id, end, now, retry, reason)
         else {
             return;
         };
+        if let Some(EventKind::AttemptFinished {
+            executed_by: by, ..
+        }) = events.first_mut()
+        {
+            *by = executed_by;
+        }
 
         self.workers.release();
         if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
@@ -1119,5 +1157,108 @@ mod tests {
                 .any(|e| matches!(e.kind, EventKind::TaskProgress { .. })),
             "progress of an unknown attempt is dropped"
         );
+    }
+}
+
+#[cfg(test)]
+mod redelivery_tests {
+    //! Attempts lost with their worker are started again within `max_redeliveries`, apart from
+    //! the task's `retries`, and name the worker that had them.
+
+    use std::collections::VecDeque;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::batch::validate::validate_value;
+
+    /// Task `gone` is always lost; task `flaky` is lost once, then fails transiently once, then
+    /// succeeds.
+    #[derive(Default)]
+    struct Losing {
+        queue: VecDeque<ExecutorEvent>,
+        seen: HashMap<String, u32>,
+    }
+
+    impl Executor for Losing {
+        fn start(&mut self, request: AttemptRequest) {
+            let n = self.seen.entry(request.task_id.clone()).or_default();
+            *n += 1;
+            let attempt_id = request.attempt_id;
+            let event = match (request.task_id.as_str(), *n) {
+                ("gone", _) | ("flaky", 1) => ExecutorEvent::Lost {
+                    attempt_id,
+                    reason: "worker 'w9' did not renew its lease".into(),
+                },
+                ("flaky", 2) => ExecutorEvent::Finished {
+                    attempt_id,
+                    end: AttemptEnd::Finished(Err(TaskError::transient(
+                        ErrorKind::ExitStatus,
+                        "flaked",
+                    )
+                    .into())),
+                },
+                _ => ExecutorEvent::Finished {
+                    attempt_id,
+                    end: AttemptEnd::Finished(Ok(json!({"stdout": "ok"}))),
+                },
+            };
+            self.queue.push_back(event);
+        }
+        fn cancel(&mut self, _: AttemptId) {}
+        fn cancel_all(&mut self) {}
+        fn hurry(&mut self) {}
+        fn in_flight(&self) -> usize {
+            self.queue.len()
+        }
+        async fn next_event(&mut self) -> Option<ExecutorEvent> {
+            self.queue.pop_front()
+        }
+        fn worker_of(&mut self, _: AttemptId) -> Option<String> {
+            Some("w9".into())
+        }
+        async fn drain(&mut self) {}
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn lost_attempts_are_redelivered_within_their_own_budget() {
+        let batch = validate_value(json!({"tasks": [
+            {"task_id": "gone", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}},
+            {"task_id": "flaky", "agent": "command", "retries": 1, "input_data": {"argv": ["x"]}}
+        ], "config": {"retry_backoff_ms": 0}}))
+        .unwrap();
+        let settings = RunSettings::resolve(&[&batch.batch.config]);
+        let done = Dispatcher::with_executor(
+            batch,
+            settings,
+            Arc::new(Services::default()),
+            Vec::new(),
+            Losing::default(),
+        )
+        .redelivering(2)
+        .run("run-1".into(), None)
+        .await;
+        let batch = crate::Batch {
+            tasks: done.tasks,
+            config: Default::default(),
+        };
+        let record = crate::reporter::ledger::RunLog::new(done.ledger, batch)
+            .record()
+            .unwrap();
+        let gone = &record.tasks[0];
+        // The first loss, two redeliveries, then the one retry; the fourth loss is final.
+        assert_eq!(gone.status, Some(TaskStatus::Error));
+        assert_eq!(gone.attempts.len(), 4);
+        assert!(gone.attempts.iter().all(|a| {
+            a.error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::WorkerLost)
+                && a.executed_by.as_deref() == Some("w9")
+        }));
+        // The loss did not use up the one retry the transient failure needed.
+        let flaky = &record.tasks[1];
+        assert_eq!(flaky.status, Some(TaskStatus::Success));
+        assert_eq!(flaky.attempts.len(), 3);
     }
 }

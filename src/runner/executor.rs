@@ -97,6 +97,9 @@ pub enum ExecutorEvent {
         attempt_id: AttemptId,
         reason: String,
     },
+    /// The executor cannot go on (its queue stayed unreachable): the dispatcher stops the run.
+    /// Attempts in flight are reported after it (as cancelled).
+    Failed { reason: String },
 }
 
 /// Runs attempts and reports how they go.
@@ -129,6 +132,12 @@ pub trait Executor: Send {
     /// period). Cancel-safe: the dispatcher abandons it to [`hurry`](Self::hurry) on a signal
     /// and then calls it again.
     fn drain(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The worker (machine) that ran an attempt, once it has ended; `None` for attempts run in
+    /// this process.
+    fn worker_of(&mut self, _attempt_id: AttemptId) -> Option<String> {
+        None
+    }
 
     /// Releases what the executor holds for the run (sessions, connections). Called once, last.
     fn close(&mut self) -> impl Future<Output = ()> + Send;

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub journal_fsync: crate::journal::FsyncPolicy,
     /// The result cache's settings (`cache:` in the configuration file).
     pub cache: crate::cache::CacheConfig,
+    /// Run attempts on the workers of this Redis pool instead of in this process.
+    pub redis: Option<crate::remote::RedisOptions>,
 }
 
 impl RunOptions {
@@ -79,6 +81,7 @@ impl RunOptions {
             reuse: None,
             journal_fsync: crate::journal::FsyncPolicy::default(),
             cache: crate::cache::CacheConfig::default(),
+            redis: None,
         }
     }
 }
@@ -103,6 +106,9 @@ pub enum RunnerError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    /// The executor could not start (Redis unreachable); nothing ran.
+    #[error("{0}")]
+    Executor(String),
     #[error("cannot write trace file '{path}': {source}")]
     TraceWrite {
         path: PathBuf,
@@ -142,6 +148,7 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         reuse,
         journal_fsync,
         cache,
+        redis,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -149,6 +156,17 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         source,
     })?;
     let run_id = run_id.unwrap_or_else(new_run_id);
+    // Connected before anything is written: an unreachable Redis leaves no journal behind.
+    let remote = match redis {
+        Some(options) => {
+            let redeliveries = options.max_redeliveries;
+            let executor = crate::remote::coordinator::RedisExecutor::connect(options, &run_id)
+                .await
+                .map_err(RunnerError::Executor)?;
+            Some((executor, redeliveries))
+        }
+        None => None,
+    };
     let trace_file = trace::trace_path(&dir, &run_id);
     let batch = &validated.batch;
     // Values under secret-looking keys (a command's `API_KEY` env) are scrubbed everywhere,
@@ -184,18 +202,25 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     // The result cache, when a task asks for it and the configuration does not turn it off.
     let cache = (cache.enabled() && batch.tasks.iter().any(|t| t.cache.is_some()))
         .then(|| Arc::new(crate::cache::Cache::new(&dir, &services.workspace, cache)));
-    let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
-        .journaled(journal);
-    let dispatcher = match cache {
-        Some(cache) => dispatcher.caching(cache),
-        None => dispatcher,
-    };
-    let dispatcher = match reuse {
-        Some(reuse) => dispatcher.reusing(reuse),
-        None => dispatcher,
-    };
     // The dispatcher's executor ends the run's MCP sessions before it returns.
-    let done = dispatcher.run(run_id, interrupts).await;
+    let done = match remote {
+        Some((executor, redeliveries)) => {
+            let dispatcher = dispatcher::Dispatcher::with_executor(
+                validated,
+                settings,
+                services.clone(),
+                sinks,
+                executor,
+            )
+            .redelivering(redeliveries);
+            drive(dispatcher, journal, cache, reuse, run_id, interrupts).await
+        }
+        None => {
+            let dispatcher =
+                dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
+            drive(dispatcher, journal, cache, reuse, run_id, interrupts).await
+        }
+    };
     let mut sinks = done.sinks;
     // The log sink is ours, not the caller's.
     sinks.remove(0);
@@ -230,6 +255,26 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
             report: Box::new(report),
         }),
     }
+}
+
+async fn drive<E: executor::Executor>(
+    dispatcher: dispatcher::Dispatcher<E>,
+    journal: crate::journal::JournalSink,
+    cache: Option<Arc<crate::cache::Cache>>,
+    reuse: Option<Reuse>,
+    run_id: String,
+    interrupts: Option<mpsc::Receiver<Interrupt>>,
+) -> dispatcher::Dispatched {
+    let dispatcher = dispatcher.journaled(journal);
+    let dispatcher = match cache {
+        Some(cache) => dispatcher.caching(cache),
+        None => dispatcher,
+    };
+    let dispatcher = match reuse {
+        Some(reuse) => dispatcher.reusing(reuse),
+        None => dispatcher,
+    };
+    dispatcher.run(run_id, interrupts).await
 }
 
 /// Creates the run's journal, or (resuming) reopens it after its last whole line.

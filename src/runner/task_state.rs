@@ -196,6 +196,7 @@ impl TaskLife {
             outcome,
             duration_ms: (duration_ms * 1000.0).round() / 1000.0,
             error,
+            executed_by: None,
         }];
         let after = match end {
             AttemptEnd::Cancelled => {
@@ -306,6 +307,9 @@ pub fn cancelled_error(reason: CancelReason) -> TaskError {
         CancelReason::Sigint => "cancelled: the run was interrupted (SIGINT)",
         CancelReason::Sigterm => "cancelled: the run was terminated (SIGTERM)",
         CancelReason::Request => "cancelled: a client cancelled the run (DELETE /v1/runs/{run_id})",
+        CancelReason::ExecutorFailed => {
+            "cancelled: the connection to Redis was lost and did not come back within the reconnect bound"
+        }
     };
     TaskError::permanent(ErrorKind::Cancelled, message)
 }
