@@ -41,6 +41,13 @@ pub struct FileConfig {
     pub llm: LlmConfig,
     #[serde(default)]
     pub logging: LoggingSection,
+    /// The run history (`<trace_dir>/history.sqlite`): durations that order the critical path
+    /// and set `"auto"` timeouts.
+    #[serde(default)]
+    pub history: crate::history::HistorySection,
+    /// Old traces and journals removed at the end of each run and by `dispatch_runner prune`.
+    #[serde(default)]
+    pub trace_retention: crate::retention::Retention,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -347,7 +354,7 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             checks.push((
                 at("timeout_seconds"),
                 json!(s),
-                &defs["Task"]["properties"]["timeout_seconds"],
+                &defs["BatchConfig"]["properties"]["timeout_seconds"],
             ));
         }
         floats.push((at("timeout_seconds"), a.timeout_seconds));
@@ -395,7 +402,18 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             checks.push((key, json!(v), not_negative));
         }
     }
-    let mut problems = Vec::new();
+    let mut problems: Vec<(String, String)> = file
+        .history
+        .problems()
+        .into_iter()
+        .map(|(k, m)| (format!("history.{k}"), m))
+        .collect();
+    problems.extend(
+        file.trace_retention
+            .problems()
+            .into_iter()
+            .map(|(k, m)| (format!("trace_retention.{k}"), m)),
+    );
     // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see
     // them: `.nan` and `.inf` are refused here.
     for (key, v) in floats {

@@ -60,6 +60,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Run(args)) => run(&config, args),
         Some(Command::Resume(args)) => resume(&config, args),
         Some(Command::Report(args)) => report(&args),
+        Some(Command::Prune(args)) => prune(&config, &args),
         None => run(&config, cli.run),
     };
     // Everything this invocation started has been cleaned up: the watchdog may go.
@@ -698,6 +699,9 @@ fn execute(
         options.reuse = reuse;
         options.journal_fsync = config.journal_fsync(args.journal_fsync);
         options.run_id = run_id;
+        options.use_history = !args.no_history && config.file.history.enabled != Some(false);
+        options.history = config.file.history.options();
+        options.retention = config.file.trace_retention.clone();
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
@@ -849,6 +853,59 @@ fn runner_error(message: &str, result: Option<&RunResult>) -> u8 {
     eprintln!("dispatch_runner: error: {message}");
     print_json_value(error_document(message, result));
     EXIT_RUNNER
+}
+
+/// `prune`: the trace retention rule (flags over the configuration file) applied on demand.
+fn prune(config: &Config, args: &crate::cli::PruneArgs) -> u8 {
+    let (file, env) = base_layers(config);
+    let dir = args
+        .trace_dir
+        .clone()
+        .unwrap_or_else(|| RunSettings::resolve(&[&file, &env]).trace_dir);
+    let rule = config
+        .file
+        .trace_retention
+        .overlay(&crate::retention::Retention {
+            max_age_days: args.max_age_days,
+            max_count: args.max_count,
+            max_bytes: args.max_bytes,
+        });
+    if !rule.is_set() {
+        return invalid(vec![Issue::new(
+            "",
+            "nothing to prune by: give --max-age-days, --max-count or --max-bytes, or set trace_retention in the configuration file",
+        )]);
+    }
+    let mut pruned = match crate::retention::plan(&dir, &rule, std::time::SystemTime::now(), None)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            return runner_error(
+                &format!("cannot read trace directory '{}': {e}", dir.display()),
+                None,
+            );
+        }
+    };
+    if !args.dry_run {
+        crate::retention::apply(&mut pruned);
+    }
+    for e in &pruned.errors {
+        eprintln!("dispatch_runner: warning: {e}");
+    }
+    eprintln!(
+        "dispatch_runner: {} {} runs ({} bytes) from '{}'; kept {} finished and {} unfinished",
+        if args.dry_run { "would remove" } else { "removed" },
+        pruned.removed.len(),
+        pruned.removed_bytes,
+        dir.display(),
+        pruned.kept_runs,
+        pruned.kept_unfinished.len()
+    );
+    let mut doc = serde_json::to_value(&pruned).expect("serializable");
+    doc["status"] = if args.dry_run { "dry_run" } else { "pruned" }.into();
+    doc["trace_dir"] = dir.display().to_string().into();
+    print_json_value(doc);
+    EXIT_OK
 }
 
 fn serve(config: &Config, args: ServeArgs) -> u8 {

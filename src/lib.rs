@@ -39,6 +39,8 @@ pub mod config;
 pub mod events;
 pub mod frontend;
 pub mod graph;
+pub mod history;
+pub mod retention;
 pub mod http;
 pub mod journal;
 pub mod llm;

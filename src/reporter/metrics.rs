@@ -629,6 +629,7 @@ mod tests {
             attempt,
             worker: 0,
             breaker: (!breaker.is_empty()).then(|| breaker.into()),
+            timeout: None,
         }
     }
 

@@ -117,6 +117,9 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     /// Per task: dependents not finished yet. A task's output is kept in memory only while this
     /// is above zero (they may read it); the record of the run has it on disk.
     pending: Vec<u32>,
+    /// What the run history knows (empty without it) and how `"auto"` timeouts are chosen.
+    estimates: crate::history::Estimates,
+    history: crate::history::HistoryOptions,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -178,7 +181,57 @@ impl<E: Executor> Dispatcher<E> {
                 ..Summary::default()
             },
             reuse: None,
+            estimates: Default::default(),
+            history: Default::default(),
         }
+    }
+
+    /// Orders ready tasks by the longest remaining path in estimated time (when the history
+    /// knows any duration; else by task count, as without it) and chooses `"auto"` timeouts.
+    pub fn with_history(
+        mut self,
+        estimates: crate::history::Estimates,
+        options: crate::history::HistoryOptions,
+    ) -> Self {
+        if let Some(ms) = estimates.durations_ms(options.keep as usize) {
+            // Microseconds, at least one: a task always weighs something.
+            let weights: Vec<u64> = ms.iter().map(|m| (m * 1000.0).round().max(1.0) as u64).collect();
+            self.scheduler.weigh(&weights);
+        }
+        self.estimates = estimates;
+        self.history = options;
+        self
+    }
+
+    /// The timeout of task `i`'s next attempt, and for an `"auto"` task how it was chosen. An
+    /// explicit number on the task always wins.
+    fn attempt_timeout(
+        &self,
+        i: usize,
+    ) -> (std::time::Duration, Option<crate::history::ChosenTimeout>) {
+        use crate::batch::TaskTimeout;
+        let task = &self.tasks[i];
+        let own = task.timeout_seconds;
+        let ordinary = self
+            .settings
+            .timeout(task.agent.name(), own.and_then(TaskTimeout::seconds));
+        let auto = match own {
+            Some(TaskTimeout::Auto) => true,
+            Some(TaskTimeout::Seconds(_)) => false,
+            None => self.history.adaptive.default,
+        };
+        if !auto {
+            return (ordinary, None);
+        }
+        let chosen = self.estimates.auto_timeout(
+            i,
+            self.history.keep as usize,
+            &self.history.adaptive,
+            ordinary,
+        );
+        let duration = std::time::Duration::try_from_secs_f64(chosen.seconds.max(0.0))
+            .unwrap_or(std::time::Duration::MAX);
+        (duration, Some(chosen))
     }
 
     /// Writes the run's events to `journal` as they happen, and reads the record of the run back
@@ -497,7 +550,13 @@ impl<E: Executor> Dispatcher<E> {
         self.lanes[worker] = true;
         self.last_attempt_id += 1;
         let attempt_id = AttemptId(self.last_attempt_id);
-        let events = self.lives[i].start(attempt_id, worker, breaker, now);
+        let mut events = self.lives[i].start(attempt_id, worker, breaker, now);
+        let (timeout, chosen) = self.attempt_timeout(i);
+        for e in &mut events {
+            if let EventKind::AttemptStarted { timeout: t, .. } = e {
+                *t = chosen;
+            }
+        }
         self.publish(events);
         self.current.insert(attempt_id, i);
 
@@ -507,9 +566,7 @@ impl<E: Executor> Dispatcher<E> {
             task_id: task.task_id.clone(),
             attempt: self.lives[i].attempts,
             input,
-            timeout: self
-                .settings
-                .timeout(task.agent.name(), task.timeout_seconds),
+            timeout,
             max_output_bytes: self.settings.max_output_bytes,
             kill_grace: KILL_GRACE,
             dependency_outputs: self.dependency_outputs(i),

@@ -64,6 +64,14 @@ pub struct RunOptions {
     pub reuse: Option<Reuse>,
     /// When the run's journal is forced to disk.
     pub journal_fsync: crate::journal::FsyncPolicy,
+    /// Read and record `<trace_dir>/history.sqlite` (off by default for library callers; the
+    /// command line turns it on unless `--no-history`).
+    pub use_history: bool,
+    /// How much history is kept and how `"auto"` timeouts are chosen (they take their fallback
+    /// without history).
+    pub history: crate::history::HistoryOptions,
+    /// Old traces removed when the run ends (nothing when no limit is set).
+    pub retention: crate::retention::Retention,
 }
 
 impl RunOptions {
@@ -76,6 +84,9 @@ impl RunOptions {
             services: Arc::new(Services::default()),
             reuse: None,
             journal_fsync: crate::journal::FsyncPolicy::default(),
+            use_history: false,
+            history: crate::history::HistoryOptions::default(),
+            retention: crate::retention::Retention::default(),
         }
     }
 }
@@ -138,6 +149,9 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         services,
         reuse,
         journal_fsync,
+        use_history,
+        history,
+        retention,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -175,19 +189,47 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let journal_file = crate::journal::journal_path(&dir, &run_id);
     let digests = resume_at.is_some().then_some(digests);
 
+    // The history is read before the first task starts and written by a thread of its own.
+    let loaded = if use_history {
+        let ids = crate::history::identities(
+            &validated.batch,
+            crate::rerun::DigestKey::load_or_create(&dir).ok().as_ref(),
+        );
+        let (dir, keep) = (dir.clone(), history.keep);
+        tokio::task::spawn_blocking(move || crate::history::load_for_run(&dir, ids, keep))
+            .await
+            .ok()
+    } else {
+        None
+    };
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
+    let mut estimates = crate::history::Estimates::default();
+    let mut writer = None;
+    if let Some(loaded) = loaded {
+        estimates = loaded.estimates;
+        if let Some(w) = loaded.writer {
+            let skip_below = resume_at.map_or(0, |(_, n)| n);
+            sinks.insert(1, Box::new(w.sink(&loaded.ids, skip_below)));
+            writer = Some(w);
+        }
+    }
+    let own_sinks = 1 + usize::from(writer.is_some());
     let dispatcher = dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
-        .journaled(journal);
+        .journaled(journal)
+        .with_history(estimates, history);
     let dispatcher = match reuse {
         Some(reuse) => dispatcher.reusing(reuse),
         None => dispatcher,
     };
     // The dispatcher's executor ends the run's MCP sessions before it returns.
-    let done = dispatcher.run(run_id, interrupts).await;
+    let done = dispatcher.run(run_id.clone(), interrupts).await;
     let mut sinks = done.sinks;
-    // The log sink is ours, not the caller's.
-    sinks.remove(0);
+    // The log sink (and the history's) are ours, not the caller's.
+    sinks.drain(..own_sinks);
+    if let Some(w) = writer {
+        let _ = tokio::task::spawn_blocking(move || w.finish()).await;
+    }
 
     // The trace and the result are read back from the journal, one task at a time.
     let batch = crate::Batch {
@@ -204,6 +246,13 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     });
     let written = log.write_trace(&trace_file, Some(&digests));
     drop(digests);
+    if written.is_ok() && retention.is_set() {
+        let dir = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::retention::after_run(&dir, &retention, &run_id)
+        })
+        .await;
+    }
     let report = RunReport {
         result,
         log,
