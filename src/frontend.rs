@@ -541,6 +541,7 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
                     return code;
                 }
             }
+            let forecast = forecast(config, &v.batch, &v.plan);
             let ValidatedBatch { batch, plan } = v;
             // The process ends after the document: freeing a million tasks one allocation at a
             // time would only delay that (and the peak, while checking, is past).
@@ -552,16 +553,63 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
                 #[serde(flatten)]
                 plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
                 status: &'static str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                estimate: Option<crate::history::Forecast>,
             }
             print_streamed(&Valid {
                 plan: plan.summary_by(crate::redact::redact_text),
                 status: "valid",
+                estimate: forecast,
             });
             std::mem::forget(plan);
             EXIT_OK
         }
         Err(code) => code,
     }
+}
+
+/// `validate`'s prediction from the run history in the batch's trace directory, if the history
+/// exists and knows any of its tasks; printed on stderr for people, returned for the document.
+fn forecast(
+    config: &Config,
+    batch: &crate::Batch,
+    plan: &crate::graph::Plan,
+) -> Option<crate::history::Forecast> {
+    if config.file.history.enabled == Some(false) {
+        return None;
+    }
+    let (file, env) = base_layers(config);
+    let settings = settings(
+        &[file, env],
+        &batch.config,
+        &BatchConfig::default(),
+        &config.file.agents,
+    );
+    let dir = &settings.trace_dir;
+    let store = crate::history::Store::open_existing(dir)?;
+    let key = crate::rerun::DigestKey::load(dir).ok().flatten();
+    let ids = crate::history::identities(batch, key.as_ref());
+    let estimates = store.load(&ids).ok()?;
+    let options = config.file.history.options();
+    let mut f =
+        crate::history::forecast(plan, &estimates, options.keep as usize, settings.max_workers)?;
+    for id in &mut f.critical_path {
+        *id = crate::redact::redact_text(id).into_owned();
+    }
+    let shown = 12;
+    let mut path = f.critical_path[..f.critical_path.len().min(shown)].join(" -> ");
+    if f.critical_path.len() > shown {
+        path.push_str(&format!(" -> ... ({} tasks)", f.critical_path.len()));
+    }
+    eprintln!(
+        "dispatch_runner: estimated makespan {:.2} s on {} workers (history for {} of {} tasks); critical path in time {:.2} s: {path}",
+        f.makespan_seconds,
+        f.workers,
+        f.tasks_with_history,
+        plan.len(),
+        f.critical_path_seconds
+    );
+    Some(f)
 }
 
 /// `resume`: the batch and the plan come from the journal, then the run goes on as `run`.

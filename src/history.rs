@@ -452,6 +452,77 @@ impl Estimates {
     }
 }
 
+/// Estimated weights in microseconds (at least one each), as the scheduler uses them.
+pub fn weights_us(durations_ms: &[f64]) -> Vec<u64> {
+    durations_ms
+        .iter()
+        .map(|m| (m * 1000.0).round().max(1.0) as u64)
+        .collect()
+}
+
+/// What `validate` predicts from the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Forecast {
+    /// The run's length if every task took its estimate, scheduled as the runner does (longest
+    /// remaining path in time first) on `workers` workers.
+    pub makespan_seconds: f64,
+    /// The longest path through the graph in estimated time: no schedule beats it.
+    pub critical_path_seconds: f64,
+    pub critical_path: Vec<String>,
+    pub workers: usize,
+    /// Tasks with recorded durations (the others are estimated by the median of these).
+    pub tasks_with_history: usize,
+}
+
+/// Simulates the run on `workers` workers with every task taking its estimate.
+pub fn forecast(
+    plan: &crate::graph::Plan,
+    estimates: &Estimates,
+    keep: usize,
+    workers: usize,
+) -> Option<Forecast> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let ms = estimates.durations_ms(keep)?;
+    let w = weights_us(&ms);
+    let (path, total) = plan.critical_path_weighted(&w);
+    let priority = plan.weighted_chain(&w);
+    let n = plan.len();
+    let mut unmet: Vec<usize> = (0..n).map(|i| plan.deps(i).len()).collect();
+    let mut ready: BinaryHeap<(u64, Reverse<usize>)> = (0..n)
+        .filter(|&i| unmet[i] == 0)
+        .map(|i| (priority[i], Reverse(i)))
+        .collect();
+    let mut running: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let (mut now, mut end) = (0u64, 0u64);
+    let workers = workers.max(1);
+    loop {
+        while running.len() < workers
+            && let Some((_, Reverse(i))) = ready.pop()
+        {
+            running.push(Reverse((now.saturating_add(w[i]), i)));
+        }
+        let Some(Reverse((t, i))) = running.pop() else {
+            break;
+        };
+        now = t;
+        end = end.max(t);
+        for &d in plan.dependents(i) {
+            unmet[d] -= 1;
+            if unmet[d] == 0 {
+                ready.push((priority[d], Reverse(d)));
+            }
+        }
+    }
+    Some(Forecast {
+        makespan_seconds: end as f64 / 1e6,
+        critical_path_seconds: total as f64 / 1e6,
+        critical_path: path.iter().map(|&i| plan.id(i).to_string()).collect(),
+        workers,
+        tasks_with_history: estimates.samples.len(),
+    })
+}
+
 /// The timeout an `"auto"` attempt ran under, as the trace shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ChosenTimeout {

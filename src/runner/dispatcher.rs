@@ -194,9 +194,7 @@ impl<E: Executor> Dispatcher<E> {
         options: crate::history::HistoryOptions,
     ) -> Self {
         if let Some(ms) = estimates.durations_ms(options.keep as usize) {
-            // Microseconds, at least one: a task always weighs something.
-            let weights: Vec<u64> = ms.iter().map(|m| (m * 1000.0).round().max(1.0) as u64).collect();
-            self.scheduler.weigh(&weights);
+            self.scheduler.weigh(&crate::history::weights_us(&ms));
         }
         self.estimates = estimates;
         self.history = options;
