@@ -128,7 +128,7 @@ impl JsonSchema for TaskTimeout {
         schemars::json_schema!({
             "anyOf": [
                 {"type": "number", "minimum": MIN_TIMEOUT_SECONDS},
-                {"const": "auto"}
+                {"type": "string", "const": "auto"}
             ]
         })
     }
