@@ -591,8 +591,12 @@ fn forecast(
     let ids = crate::history::identities(batch, key.as_ref());
     let estimates = store.load(&ids).ok()?;
     let options = config.file.history.options();
-    let mut f =
-        crate::history::forecast(plan, &estimates, options.keep as usize, settings.max_workers)?;
+    let mut f = crate::history::forecast(
+        plan,
+        &estimates,
+        options.keep as usize,
+        settings.max_workers,
+    )?;
     for id in &mut f.critical_path {
         *id = crate::redact::redact_text(id).into_owned();
     }
@@ -924,8 +928,7 @@ fn prune(config: &Config, args: &crate::cli::PruneArgs) -> u8 {
             "nothing to prune by: give --max-age-days, --max-count or --max-bytes, or set trace_retention in the configuration file",
         )]);
     }
-    let mut pruned = match crate::retention::plan(&dir, &rule, std::time::SystemTime::now(), None)
-    {
+    let mut pruned = match crate::retention::plan(&dir, &rule, std::time::SystemTime::now(), None) {
         Ok(p) => p,
         Err(e) => {
             return runner_error(
@@ -942,7 +945,11 @@ fn prune(config: &Config, args: &crate::cli::PruneArgs) -> u8 {
     }
     eprintln!(
         "dispatch_runner: {} {} runs ({} bytes) from '{}'; kept {} finished and {} unfinished",
-        if args.dry_run { "would remove" } else { "removed" },
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
         pruned.removed.len(),
         pruned.removed_bytes,
         dir.display(),

@@ -552,7 +552,10 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 }
 
 /// Each task's id with its keyed digest (none without a digest key).
-pub fn identities(batch: &Batch, key: Option<&crate::rerun::DigestKey>) -> Vec<(String, Option<String>)> {
+pub fn identities(
+    batch: &Batch,
+    key: Option<&crate::rerun::DigestKey>,
+) -> Vec<(String, Option<String>)> {
     batch
         .tasks
         .iter()

@@ -212,7 +212,11 @@ mod tests {
     fn weighted_priority_prefers_the_longest_path_in_time() {
         // t0 -> t1 -> t2 (short tasks) and t3 -> t4 (long), listed after them.
         let mut s = Scheduler::new(plan(&[&[], &[0], &[1], &[], &[3]]));
-        assert_eq!(s.pop_ready(), Some(0), "by task count the longer chain first");
+        assert_eq!(
+            s.pop_ready(),
+            Some(0),
+            "by task count the longer chain first"
+        );
         s.requeue(0);
         s.weigh(&[1, 1, 1, 10, 10]);
         assert_eq!(s.pop_ready(), Some(3));

@@ -110,7 +110,10 @@ fn history_puts_the_long_chain_first_and_a_cold_run_schedules_as_before() {
     eprintln!("heavy short chain: cold {cold_ms} ms, with history {warm_ms} ms");
 
     // --no-history: exactly the cold order again, and nothing recorded.
-    let off = sb.run_json(&["run", "-q", "--no-history", "--trace-dir", "traces"], &batch);
+    let off = sb.run_json(
+        &["run", "-q", "--no-history", "--trace-dir", "traces"],
+        &batch,
+    );
     assert_eq!(off.code, 0);
     let order = start_order(&off.trace());
     assert_eq!(order[..4], ["s0_0", "s1_0", "s2_0", "s3_0"], "{order:?}");
@@ -130,7 +133,10 @@ fn history_puts_the_long_chain_first_and_a_cold_run_schedules_as_before() {
     );
     // 3 x 0.3 s on the path; 4.5 s of work on 4 workers.
     assert!((0.85..3.0).contains(&cp), "{cp}");
-    assert!(makespan >= cp && makespan >= 1.1 && makespan < 6.0, "{makespan}");
+    assert!(
+        makespan >= cp && (1.1..6.0).contains(&makespan),
+        "{makespan}"
+    );
     assert!(
         v.stderr.contains("estimated makespan") && v.stderr.contains("L0 -> L1 -> L2"),
         "{}",
@@ -142,7 +148,10 @@ fn history_puts_the_long_chain_first_and_a_cold_run_schedules_as_before() {
 fn no_history_flag_and_config_switch_create_nothing() {
     let sb = Sandbox::new();
     let batch = json!({"tasks": [cmd_task("a", &["true"], &[])]});
-    let run = sb.run_json(&["run", "-q", "--no-history", "--trace-dir", "traces"], &batch);
+    let run = sb.run_json(
+        &["run", "-q", "--no-history", "--trace-dir", "traces"],
+        &batch,
+    );
     assert_eq!(run.code, 0);
     assert!(!history_file(&sb).exists());
     sb.write("dispatch.yaml", "history:\n  enabled: false\n");
@@ -177,7 +186,10 @@ fn concurrent_runs_share_the_store() {
         &json!({"tasks": tasks, "config": {"max_workers": 16}}).to_string(),
     ));
     for child in children {
-        let run = sb.to_run(wait_with_deadline(child, std::time::Duration::from_secs(120)));
+        let run = sb.to_run(wait_with_deadline(
+            child,
+            std::time::Duration::from_secs(120),
+        ));
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert!(!run.stderr.contains("history"), "{}", run.stderr);
     }
@@ -380,7 +392,14 @@ fn prune_removes_only_old_finished_runs() {
     assert_eq!(none.code, 2, "no limit given");
 
     let dry = sb.run(
-        &["prune", "--trace-dir", "traces", "--max-age-days", "30", "--dry-run"],
+        &[
+            "prune",
+            "--trace-dir",
+            "traces",
+            "--max-age-days",
+            "30",
+            "--dry-run",
+        ],
         "",
     );
     assert_eq!(dry.code, 0, "{}", dry.stderr);
@@ -395,7 +414,10 @@ fn prune_removes_only_old_finished_runs() {
     assert_eq!(dry.json["kept_unfinished"], json!(["unfinished"]));
     assert_eq!(names(&dir), before, "a dry run removes nothing");
 
-    let run = sb.run(&["prune", "--trace-dir", "traces", "--max-age-days", "30"], "");
+    let run = sb.run(
+        &["prune", "--trace-dir", "traces", "--max-age-days", "30"],
+        "",
+    );
     assert_eq!(run.code, 0);
     assert_eq!(run.json["removed_bytes"], 200);
     let mut want = before.clone();
