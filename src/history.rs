@@ -225,8 +225,18 @@ impl Store {
     }
 
     fn open_at(path: &Path) -> rusqlite::Result<Store> {
+        // Task ids and timings are the batch author's business: owner only, like the traces.
+        // Created empty here with that mode (SQLite takes an empty file as a new database and
+        // gives its WAL files the database's mode), so it is never readable by others.
         #[cfg(unix)]
-        let created = !path.exists();
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Reading the mode back touches the file: a file that is not a database fails here.
@@ -243,12 +253,6 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, digest, id);",
         )?;
-        // Task ids and timings are the batch author's business: owner only, like the traces.
-        #[cfg(unix)]
-        if created {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),

@@ -82,6 +82,10 @@ fn history_puts_the_long_chain_first_and_a_cold_run_schedules_as_before() {
     let cold = sb.run_json(&["run", "-q", "--trace-dir", "traces"], &batch);
     assert_eq!(cold.code, 0, "{}", cold.stderr);
     assert!(history_file(&sb).is_file(), "created on first use");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(history_file(&sb)).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "owner only, like the traces");
     let trace = cold.trace();
     let order = start_order(&trace);
     assert_eq!(order[..4], ["s0_0", "s1_0", "s2_0", "s3_0"], "{order:?}");
