@@ -286,13 +286,14 @@ def pypi_ninja(args):
     """The ninja that `bench/run` installs from PyPI into the bench venv, if it is there."""
     if not args.python:
         return None
-    p = Path(args.python).parent / "ninja"
+    p = Path(os.path.abspath(args.python)).parent / "ninja"
     return str(p) if p.exists() else None
 
 
 def ninja_version(ninja):
     try:
-        return subprocess.run([ninja, "--version"], capture_output=True, text=True).stdout.strip()
+        # PyPI builds say e.g. 1.13.2.git.kitware.jobserver-pipe-1: the release is what counts.
+        return subprocess.run([ninja, "--version"], capture_output=True, text=True).stdout.strip().split(".git")[0]
     except OSError:
         return "?"
 
