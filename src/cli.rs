@@ -116,6 +116,11 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Print the live workers of a Redis pool as JSON.
     Workers(WorkersArgs),
+    /// Remove the traces and journals of old finished runs from the trace directory, by age,
+    /// count and total size (`trace_retention` in the configuration file, or the flags). Prints
+    /// what was removed as JSON.
+    #[command(after_help = PRUNE_HELP)]
+    Prune(PruneArgs),
 }
 
 pub const WORKER_HELP: &str = "\
@@ -172,6 +177,37 @@ pub struct WorkersArgs {
         hide_env_values = true
     )]
     pub redis: String,
+}
+
+pub const PRUNE_HELP: &str = "\
+Only dispatch-<run_id>.json (traces) and dispatch-<run_id>.journal files directly in the trace
+directory are removed, a run's trace and journal together. A journal without a trace belongs to a
+run that has not finished (still going, or waiting for `resume`): it is always kept. The run
+history (history.sqlite), the digest key and every other file are never touched. Flags override
+the configuration file's trace_retention limit by limit.
+
+Exit codes:
+  0    done (or, with --dry-run, shown)
+  2    no limit given: neither flags nor trace_retention in the configuration file
+  3    the trace directory cannot be read";
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct PruneArgs {
+    /// The trace directory (default: the configured one, else ./traces).
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+    /// Remove runs whose trace is older than this many days.
+    #[arg(long, value_name = "DAYS", value_parser = parse_seconds)]
+    pub max_age_days: Option<f64>,
+    /// Keep only the newest N finished runs.
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_count: Option<usize>,
+    /// Remove the oldest finished runs until traces and journals take at most this many bytes.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_bytes: Option<u64>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub const COMPLETIONS_HELP: &str = "\
@@ -540,6 +576,10 @@ pub struct RunArgs {
     /// tasks are cancelled (default 30).
     #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub redis_reconnect_seconds: Option<f64>,
+    /// Neither read nor record the run history (`<trace_dir>/history.sqlite`): every task counts
+    /// as one unit on the critical path and `"auto"` timeouts take their fallback.
+    #[arg(long)]
+    pub no_history: bool,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -47,6 +47,13 @@ pub struct FileConfig {
     /// Where attempts run: in this process (default) or on a Redis pool's workers.
     #[serde(default)]
     pub executor: ExecutorSection,
+    /// The run history (`<trace_dir>/history.sqlite`): durations that order the critical path
+    /// and set `"auto"` timeouts.
+    #[serde(default)]
+    pub history: crate::history::HistorySection,
+    /// Old traces and journals removed at the end of each run and by `dispatch_runner prune`.
+    #[serde(default)]
+    pub trace_retention: crate::retention::Retention,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -376,7 +383,7 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
             checks.push((
                 at("timeout_seconds"),
                 json!(s),
-                &defs["Task"]["properties"]["timeout_seconds"],
+                &defs["BatchConfig"]["properties"]["timeout_seconds"],
             ));
         }
         floats.push((at("timeout_seconds"), a.timeout_seconds));
@@ -428,7 +435,18 @@ fn range_problems(file: &FileConfig) -> Vec<(String, String)> {
         floats.push(("cache.max_age_seconds".into(), Some(age)));
         checks.push(("cache.max_age_seconds".into(), json!(age), not_negative));
     }
-    let mut problems = Vec::new();
+    let mut problems: Vec<(String, String)> = file
+        .history
+        .problems()
+        .into_iter()
+        .map(|(k, m)| (format!("history.{k}"), m))
+        .collect();
+    problems.extend(
+        file.trace_retention
+            .problems()
+            .into_iter()
+            .map(|(k, m)| (format!("trace_retention.{k}"), m)),
+    );
     // JSON has no NaN or infinity (serde_json turns them into null), so the schema cannot see
     // them: `.nan` and `.inf` are refused here.
     for (key, v) in floats {

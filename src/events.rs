@@ -50,6 +50,10 @@ pub enum EventKind {
         /// task has none (local work, or breakers turned off).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         breaker: Option<String>,
+        /// The timeout of an attempt of a `"auto"` task: seconds, source (`history` or
+        /// `fallback`) and the samples it came from; absent for every other task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<crate::history::ChosenTimeout>,
     },
     AttemptFinished {
         task_id: String,

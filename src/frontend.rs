@@ -66,6 +66,7 @@ pub fn main(cli: Cli) -> u8 {
         Some(Command::Cache(args)) => crate::cache::cli::main(&config, args),
         Some(Command::Worker(args)) => worker(&config, args),
         Some(Command::Workers(args)) => workers(&args),
+        Some(Command::Prune(args)) => prune(&config, &args),
         None => run(&config, cli.run),
     };
     // Everything this invocation started has been cleaned up: the watchdog may go.
@@ -531,6 +532,9 @@ pub struct ValidDocument<'a> {
     #[serde(flatten)]
     plan: crate::graph::PlanSummary<std::borrow::Cow<'a, str>>,
     status: &'static str,
+    /// The makespan and critical path in time, when the run history knows tasks of the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimate: Option<crate::history::Forecast>,
 }
 
 impl<'a> ValidDocument<'a> {
@@ -538,7 +542,12 @@ impl<'a> ValidDocument<'a> {
         ValidDocument {
             plan: plan.summary_by(crate::redact::redact_text),
             status: "valid",
+            estimate: None,
         }
+    }
+
+    pub fn estimated(self, estimate: Option<crate::history::Forecast>) -> Self {
+        ValidDocument { estimate, ..self }
     }
 }
 
@@ -564,18 +573,67 @@ fn validate(config: &Config, input: &InputArgs) -> u8 {
                     return code;
                 }
             }
+            let forecast = forecast(config, &v.batch, &v.plan);
             let ValidatedBatch { batch, plan } = v;
             // The process ends after the document: freeing a million tasks one allocation at a
             // time would only delay that (and the peak, while checking, is past).
             std::mem::forget(batch);
             // Written as it is serialized: a `Value` of a million-task plan would cost more
             // than checking it.
-            print_streamed(&ValidDocument::of(&plan));
+            print_streamed(&ValidDocument::of(&plan).estimated(forecast));
             std::mem::forget(plan);
             EXIT_OK
         }
         Err(code) => code,
     }
+}
+
+/// `validate`'s prediction from the run history in the batch's trace directory, if the history
+/// exists and knows any of its tasks; printed on stderr for people, returned for the document.
+fn forecast(
+    config: &Config,
+    batch: &crate::Batch,
+    plan: &crate::graph::Plan,
+) -> Option<crate::history::Forecast> {
+    if config.file.history.enabled == Some(false) {
+        return None;
+    }
+    let (file, env) = base_layers(config);
+    let settings = settings(
+        &[file, env],
+        &batch.config,
+        &BatchConfig::default(),
+        &config.file.agents,
+    );
+    let dir = &settings.trace_dir;
+    let store = crate::history::Store::open_existing(dir)?;
+    let key = crate::rerun::DigestKey::load(dir).ok().flatten();
+    let ids = crate::history::identities(batch, key.as_ref());
+    let estimates = store.load(&ids).ok()?;
+    let options = config.file.history.options();
+    let mut f = crate::history::forecast(
+        plan,
+        &estimates,
+        options.keep as usize,
+        settings.max_workers,
+    )?;
+    for id in &mut f.critical_path {
+        *id = crate::redact::redact_text(id).into_owned();
+    }
+    let shown = 12;
+    let mut path = f.critical_path[..f.critical_path.len().min(shown)].join(" -> ");
+    if f.critical_path.len() > shown {
+        path.push_str(&format!(" -> ... ({} tasks)", f.critical_path.len()));
+    }
+    eprintln!(
+        "dispatch_runner: estimated makespan {:.2} s on {} workers (history for {} of {} tasks); critical path in time {:.2} s: {path}",
+        f.makespan_seconds,
+        f.workers,
+        f.tasks_with_history,
+        plan.len(),
+        f.critical_path_seconds
+    );
+    Some(f)
 }
 
 /// `resume`: the batch and the plan come from the journal, then the run goes on as `run`.
@@ -719,6 +777,9 @@ fn execute(
         options.cache = config.file.cache.clone();
         options.run_id = run_id;
         options.redis = redis;
+        options.use_history = !args.no_history && config.file.history.enabled != Some(false);
+        options.history = config.file.history.options();
+        options.retention = config.file.trace_retention.clone();
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
@@ -983,6 +1044,62 @@ fn runner_error(message: &str, result: Option<&RunResult>) -> u8 {
     eprintln!("dispatch_runner: error: {message}");
     print_json_value(error_document(message, result));
     EXIT_RUNNER
+}
+
+/// `prune`: the trace retention rule (flags over the configuration file) applied on demand.
+fn prune(config: &Config, args: &crate::cli::PruneArgs) -> u8 {
+    let (file, env) = base_layers(config);
+    let dir = args
+        .trace_dir
+        .clone()
+        .unwrap_or_else(|| RunSettings::resolve(&[&file, &env]).trace_dir);
+    let rule = config
+        .file
+        .trace_retention
+        .overlay(&crate::retention::Retention {
+            max_age_days: args.max_age_days,
+            max_count: args.max_count,
+            max_bytes: args.max_bytes,
+        });
+    if !rule.is_set() {
+        return invalid(vec![Issue::new(
+            "",
+            "nothing to prune by: give --max-age-days, --max-count or --max-bytes, or set trace_retention in the configuration file",
+        )]);
+    }
+    let mut pruned = match crate::retention::plan(&dir, &rule, std::time::SystemTime::now(), None) {
+        Ok(p) => p,
+        Err(e) => {
+            return runner_error(
+                &format!("cannot read trace directory '{}': {e}", dir.display()),
+                None,
+            );
+        }
+    };
+    if !args.dry_run {
+        crate::retention::apply(&mut pruned);
+    }
+    for e in &pruned.errors {
+        eprintln!("dispatch_runner: warning: {e}");
+    }
+    eprintln!(
+        "dispatch_runner: {} {} runs ({} bytes) from '{}'; kept {} finished and {} unfinished",
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
+        pruned.removed.len(),
+        pruned.removed_bytes,
+        dir.display(),
+        pruned.kept_runs,
+        pruned.kept_unfinished.len()
+    );
+    let mut doc = serde_json::to_value(&pruned).expect("serializable");
+    doc["status"] = if args.dry_run { "dry_run" } else { "pruned" }.into();
+    doc["trace_dir"] = dir.display().to_string().into();
+    print_json_value(doc);
+    EXIT_OK
 }
 
 fn serve(config: &Config, args: ServeArgs) -> u8 {

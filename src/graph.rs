@@ -246,6 +246,41 @@ impl Plan {
         self.chain[i]
     }
 
+    /// For each task, the longest path in estimated time from it to the end of the graph, itself
+    /// included: the scheduler's priority when the history knows durations. Iterative (one pass
+    /// in reverse topological order), so a chain of a million tasks costs no stack.
+    pub fn weighted_chain(&self, weight: &[u64]) -> Vec<u64> {
+        let order = topological_order(&self.deps, &self.dependents);
+        let mut chain = vec![0u64; self.len()];
+        for &i in order.iter().rev() {
+            let longest = self.dependents[i]
+                .iter()
+                .map(|&d| chain[d])
+                .max()
+                .unwrap_or(0);
+            chain[i] = weight[i].saturating_add(longest);
+        }
+        chain
+    }
+
+    /// The path through the graph that takes longest by `weight`, first task first, with its
+    /// total: the critical path in time.
+    pub fn critical_path_weighted(&self, weight: &[u64]) -> (Vec<usize>, u64) {
+        let chain = self.weighted_chain(weight);
+        let mut path = Vec::new();
+        let mut cur = (0..self.len()).max_by_key(|&i| (chain[i], std::cmp::Reverse(i)));
+        let total = cur.map_or(0, |i| chain[i]);
+        while let Some(i) = cur {
+            path.push(i);
+            cur = self.dependents[i]
+                .iter()
+                .copied()
+                .filter(|&d| chain[d].saturating_add(weight[i]) == chain[i])
+                .min();
+        }
+        (path, total)
+    }
+
     pub fn summary(&self) -> PlanSummary {
         self.summary_by(str::to_string)
     }

@@ -1,5 +1,7 @@
 //! Which task runs next. Holds the ready set over the dependency graph, ordered critical path
 //! first (the task with the longest chain of dependents still ahead of it), ties in input order.
+//! The chain is counted in tasks, or, when the run history knows durations, in estimated time
+//! ([`Scheduler::weigh`]).
 //!
 //! It knows nothing about processes, time or workers: the dispatcher tells it what finished and
 //! asks it what is ready. A distributed executor would reuse it unchanged.
@@ -22,7 +24,9 @@ pub struct Scheduler {
     /// Dependencies of each task that have not succeeded yet.
     unmet: Vec<usize>,
     state: Vec<State>,
-    ready: BinaryHeap<(usize, Reverse<usize>)>,
+    ready: BinaryHeap<(u64, Reverse<usize>)>,
+    /// Longest remaining path in estimated time, when the history gave durations.
+    weighted: Option<Vec<u64>>,
 }
 
 impl Scheduler {
@@ -34,6 +38,7 @@ impl Scheduler {
             unmet,
             state: vec![State::Waiting; n],
             ready: BinaryHeap::new(),
+            weighted: None,
         };
         for i in 0..n {
             if s.unmet[i] == 0 {
@@ -41,6 +46,23 @@ impl Scheduler {
             }
         }
         s
+    }
+
+    /// Orders ready tasks by the longest remaining path in estimated time, each task weighing
+    /// `weight[i]` (its estimated duration in any unit).
+    pub fn weigh(&mut self, weight: &[u64]) {
+        self.weighted = Some(self.plan.weighted_chain(weight));
+        let ready: Vec<usize> = self.ready.drain().map(|(_, Reverse(i))| i).collect();
+        for i in ready {
+            self.ready.push((self.priority(i), Reverse(i)));
+        }
+    }
+
+    fn priority(&self, i: usize) -> u64 {
+        match &self.weighted {
+            Some(w) => w[i],
+            None => self.plan.chain_len(i) as u64,
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -148,7 +170,7 @@ impl Scheduler {
 
     fn make_ready(&mut self, i: usize) {
         self.state[i] = State::Ready;
-        self.ready.push((self.plan.chain_len(i), Reverse(i)));
+        self.ready.push((self.priority(i), Reverse(i)));
     }
 }
 
@@ -184,6 +206,23 @@ mod tests {
         assert_eq!(s.pop_ready(), None);
         assert_eq!(s.succeeded(2), vec![3]);
         assert_eq!(s.pop_ready(), Some(3));
+    }
+
+    #[test]
+    fn weighted_priority_prefers_the_longest_path_in_time() {
+        // t0 -> t1 -> t2 (short tasks) and t3 -> t4 (long), listed after them.
+        let mut s = Scheduler::new(plan(&[&[], &[0], &[1], &[], &[3]]));
+        assert_eq!(
+            s.pop_ready(),
+            Some(0),
+            "by task count the longer chain first"
+        );
+        s.requeue(0);
+        s.weigh(&[1, 1, 1, 10, 10]);
+        assert_eq!(s.pop_ready(), Some(3));
+        assert_eq!(s.pop_ready(), Some(0));
+        let (path, total) = s.plan().critical_path_weighted(&[1, 1, 1, 10, 10]);
+        assert_eq!((path, total), (vec![3, 4], 20));
     }
 
     #[test]

@@ -1131,6 +1131,7 @@ mod tests {
             attempt: 1,
             worker: 0,
             breaker: None,
+            timeout: None,
         });
         let view = lock(&live).view("r1");
         assert_eq!(view["state"], "running");

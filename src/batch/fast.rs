@@ -341,7 +341,7 @@ fn task(i: usize, t: RawTask, cx: &mut Cx) -> Option<Task> {
         agent,
         description: t.description,
         dependencies: t.dependencies,
-        timeout_seconds: t.timeout_seconds,
+        timeout_seconds: t.timeout_seconds.map(crate::batch::TaskTimeout::Seconds),
         retries: t.retries,
         // A task naming a breaker is declined above and checked in full.
         breaker: None,
@@ -368,7 +368,7 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         agent,
         description: t.description,
         dependencies: t.dependencies,
-        timeout_seconds: t.timeout_seconds,
+        timeout_seconds: t.timeout_seconds.map(crate::batch::TaskTimeout::Seconds),
         retries: t.retries,
         // A task naming a breaker is declined above and checked in full.
         breaker: None,

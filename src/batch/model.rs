@@ -40,10 +40,11 @@ pub struct Task {
     #[serde(default)]
     #[schemars(inner(length(min = 1, max = MAX_TASK_ID_LEN), regex(pattern = NAME_PATTERN)))]
     pub dependencies: Vec<String>,
-    /// Per-attempt timeout in seconds; overrides `config.timeout_seconds`.
+    /// Per-attempt timeout in seconds; overrides `config.timeout_seconds`. `"auto"`: learned
+    /// from the run history (a multiple of the task's recent 95th percentile duration, within
+    /// the configured bounds; a fallback until there are enough runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = MIN_TIMEOUT_SECONDS))]
-    pub timeout_seconds: Option<f64>,
+    pub timeout_seconds: Option<TaskTimeout>,
     /// Extra attempts after a transient failure; overrides `config.retries`.
     #[serde(
         default,
@@ -64,6 +65,79 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "crate::cache::CacheSpec")]
     pub cache: Option<crate::cache::CacheSpec>,
+}
+
+/// A task's own timeout: a number of seconds, or `"auto"` (from the run history).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TaskTimeout {
+    Seconds(f64),
+    Auto,
+}
+
+impl TaskTimeout {
+    /// The explicit number, if it is one.
+    pub fn seconds(self) -> Option<f64> {
+        match self {
+            TaskTimeout::Seconds(s) => Some(s),
+            TaskTimeout::Auto => None,
+        }
+    }
+}
+
+impl Serialize for TaskTimeout {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TaskTimeout::Seconds(v) => s.serialize_f64(*v),
+            TaskTimeout::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TaskTimeout;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of seconds or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TaskTimeout, E> {
+                Ok(TaskTimeout::Seconds(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TaskTimeout, E> {
+                Ok(TaskTimeout::Seconds(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TaskTimeout, E> {
+                Ok(TaskTimeout::Seconds(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TaskTimeout, E> {
+                match v {
+                    "auto" => Ok(TaskTimeout::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for TaskTimeout {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TaskTimeout".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                {"type": "number", "minimum": MIN_TIMEOUT_SECONDS},
+                {"type": "string", "const": "auto"}
+            ]
+        })
+    }
 }
 
 /// Run configuration carried by the batch. Absent fields fall back to the defaults shown.

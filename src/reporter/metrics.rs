@@ -630,6 +630,7 @@ mod tests {
             attempt,
             worker: 0,
             breaker: (!breaker.is_empty()).then(|| breaker.into()),
+            timeout: None,
         }
     }
 

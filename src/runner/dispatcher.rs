@@ -122,6 +122,9 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     pending: Vec<u32>,
     /// The result cache, when tasks use it: looked up before a task's first attempt.
     cache: Option<crate::cache::run::RunCache>,
+    /// What the run history knows (empty without it) and how `"auto"` timeouts are chosen.
+    estimates: crate::history::Estimates,
+    history: crate::history::HistoryOptions,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -186,6 +189,8 @@ impl<E: Executor> Dispatcher<E> {
             cache: None,
             redeliveries: vec![0; n],
             max_redeliveries: 0,
+            estimates: Default::default(),
+            history: Default::default(),
         }
     }
 
@@ -194,6 +199,52 @@ impl<E: Executor> Dispatcher<E> {
     pub fn redelivering(mut self, n: u32) -> Self {
         self.max_redeliveries = n;
         self
+    }
+
+    /// Orders ready tasks by the longest remaining path in estimated time (when the history
+    /// knows any duration; else by task count, as without it) and chooses `"auto"` timeouts.
+    pub fn with_history(
+        mut self,
+        estimates: crate::history::Estimates,
+        options: crate::history::HistoryOptions,
+    ) -> Self {
+        if let Some(ms) = estimates.durations_ms(options.keep as usize) {
+            self.scheduler.weigh(&crate::history::weights_us(&ms));
+        }
+        self.estimates = estimates;
+        self.history = options;
+        self
+    }
+
+    /// The timeout of task `i`'s next attempt, and for an `"auto"` task how it was chosen. An
+    /// explicit number on the task always wins.
+    fn attempt_timeout(
+        &self,
+        i: usize,
+    ) -> (std::time::Duration, Option<crate::history::ChosenTimeout>) {
+        use crate::batch::TaskTimeout;
+        let task = &self.tasks[i];
+        let own = task.timeout_seconds;
+        let ordinary = self
+            .settings
+            .timeout(task.agent.name(), own.and_then(TaskTimeout::seconds));
+        let auto = match own {
+            Some(TaskTimeout::Auto) => true,
+            Some(TaskTimeout::Seconds(_)) => false,
+            None => self.history.adaptive.default,
+        };
+        if !auto {
+            return (ordinary, None);
+        }
+        let chosen = self.estimates.auto_timeout(
+            i,
+            self.history.keep as usize,
+            &self.history.adaptive,
+            ordinary,
+        );
+        let duration = std::time::Duration::try_from_secs_f64(chosen.seconds.max(0.0))
+            .unwrap_or(std::time::Duration::MAX);
+        (duration, Some(chosen))
     }
 
     /// Writes the run's events to `journal` as they happen, and reads the record of the run back
@@ -539,7 +590,13 @@ impl<E: Executor> Dispatcher<E> {
         self.lanes[worker] = true;
         self.last_attempt_id += 1;
         let attempt_id = AttemptId(self.last_attempt_id);
-        let events = self.lives[i].start(attempt_id, worker, breaker, now);
+        let mut events = self.lives[i].start(attempt_id, worker, breaker, now);
+        let (timeout, chosen) = self.attempt_timeout(i);
+        for e in &mut events {
+            if let EventKind::AttemptStarted { timeout: t, .. } = e {
+                *t = chosen;
+            }
+        }
         self.publish(events);
         self.current.insert(attempt_id, i);
 
@@ -549,9 +606,7 @@ impl<E: Executor> Dispatcher<E> {
             task_id: task.task_id.clone(),
             attempt: self.lives[i].attempts,
             input,
-            timeout: self
-                .settings
-                .timeout(task.agent.name(), task.timeout_seconds),
+            timeout,
             max_output_bytes: self.settings.max_output_bytes,
             kill_grace: KILL_GRACE,
             dependency_outputs: self.dependency_outputs(i),

@@ -68,6 +68,14 @@ pub struct RunOptions {
     pub cache: crate::cache::CacheConfig,
     /// Run attempts on the workers of this Redis pool instead of in this process.
     pub redis: Option<crate::remote::RedisOptions>,
+    /// Read and record `<trace_dir>/history.sqlite` (off by default for library callers; the
+    /// command line turns it on unless `--no-history`).
+    pub use_history: bool,
+    /// How much history is kept and how `"auto"` timeouts are chosen (they take their fallback
+    /// without history).
+    pub history: crate::history::HistoryOptions,
+    /// Old traces removed when the run ends (nothing when no limit is set).
+    pub retention: crate::retention::Retention,
 }
 
 impl RunOptions {
@@ -82,6 +90,9 @@ impl RunOptions {
             journal_fsync: crate::journal::FsyncPolicy::default(),
             cache: crate::cache::CacheConfig::default(),
             redis: None,
+            use_history: false,
+            history: crate::history::HistoryOptions::default(),
+            retention: crate::retention::Retention::default(),
         }
     }
 }
@@ -149,6 +160,9 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         journal_fsync,
         cache,
         redis,
+        use_history,
+        history,
+        retention,
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
@@ -197,8 +211,32 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     let journal_file = crate::journal::journal_path(&dir, &run_id);
     let digests = resume_at.is_some().then_some(digests);
 
+    // The history is read before the first task starts and written by a thread of its own.
+    let loaded = if use_history {
+        let ids = crate::history::identities(
+            &validated.batch,
+            crate::rerun::DigestKey::load_or_create(&dir).ok().as_ref(),
+        );
+        let (dir, keep) = (dir.clone(), history.keep);
+        tokio::task::spawn_blocking(move || crate::history::load_for_run(&dir, ids, keep))
+            .await
+            .ok()
+    } else {
+        None
+    };
     let mut sinks = sinks;
     sinks.insert(0, Box::new(crate::reporter::log::LogSink));
+    let mut estimates = crate::history::Estimates::default();
+    let mut writer = None;
+    if let Some(loaded) = loaded {
+        estimates = loaded.estimates;
+        if let Some(w) = loaded.writer {
+            let skip_below = resume_at.map_or(0, |(_, n)| n);
+            sinks.insert(1, Box::new(w.sink(&loaded.ids, skip_below)));
+            writer = Some(w);
+        }
+    }
+    let own_sinks = 1 + usize::from(writer.is_some());
     // The result cache, when a task asks for it and the configuration does not turn it off.
     let cache = (cache.enabled() && batch.tasks.iter().any(|t| t.cache.is_some()))
         .then(|| Arc::new(crate::cache::Cache::new(&dir, &services.workspace, cache)));
@@ -212,18 +250,23 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
                 sinks,
                 executor,
             )
-            .redelivering(redeliveries);
-            drive(dispatcher, journal, cache, reuse, run_id, interrupts).await
+            .redelivering(redeliveries)
+            .with_history(estimates, history);
+            drive(dispatcher, journal, cache, reuse, run_id.clone(), interrupts).await
         }
         None => {
             let dispatcher =
-                dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks);
-            drive(dispatcher, journal, cache, reuse, run_id, interrupts).await
+                dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
+                    .with_history(estimates, history);
+            drive(dispatcher, journal, cache, reuse, run_id.clone(), interrupts).await
         }
     };
     let mut sinks = done.sinks;
-    // The log sink is ours, not the caller's.
-    sinks.remove(0);
+    // The log sink (and the history's) are ours, not the caller's.
+    sinks.drain(..own_sinks);
+    if let Some(w) = writer {
+        let _ = tokio::task::spawn_blocking(move || w.finish()).await;
+    }
 
     // The trace and the result are read back from the journal, one task at a time.
     let batch = crate::Batch {
@@ -240,6 +283,13 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
     });
     let written = log.write_trace(&trace_file, Some(&digests));
     drop(digests);
+    if written.is_ok() && retention.is_set() {
+        let dir = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::retention::after_run(&dir, &retention, &run_id)
+        })
+        .await;
+    }
     let report = RunReport {
         result,
         log,

@@ -152,6 +152,7 @@ impl TaskLife {
             attempt: self.attempts,
             worker,
             breaker: breaker.as_ref().map(|(k, _)| k.label.clone()),
+            timeout: None,
         };
         self.state = TaskState::Running(Box::new(Attempt {
             id,
