@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::batch::issue::{Issue, pointer_token};
+use crate::issue::{Issue, pointer_token};
 
 pub const DEFAULT_MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_DEPTH: usize = 64;
