@@ -43,6 +43,22 @@ impl Scheduler {
         s
     }
 
+    /// Adds the tasks of `plan` (a child batch joining the run) after the known ones, with their
+    /// ids `ids`; returns those that are ready at once.
+    pub fn extend(&mut self, plan: Plan, ids: Vec<String>) -> Vec<usize> {
+        let base = self.plan.len();
+        self.plan.extend(plan, ids);
+        let n = self.plan.len();
+        self.unmet
+            .extend((base..n).map(|i| self.plan.deps(i).len()));
+        self.state.resize(n, State::Waiting);
+        let ready: Vec<usize> = (base..n).filter(|&i| self.unmet[i] == 0).collect();
+        for &i in &ready {
+            self.make_ready(i);
+        }
+        ready
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

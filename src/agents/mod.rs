@@ -6,9 +6,11 @@
 //! Adding an agent means adding a module with an `impl Agent` and one line in that list. The
 //! scheduler, the policies and the reporters never look inside an agent.
 
+pub mod batch;
 pub mod coder;
 pub mod command;
 pub mod debug;
+pub mod first_success;
 pub mod mcp;
 
 use std::future::Future;
@@ -39,6 +41,16 @@ pub trait Agent {
 
     /// Whether [`Agent::check_input`] checks anything (saves serializing inputs otherwise).
     const CHECKS_INPUT: bool = false;
+
+    /// Whether the dispatcher runs this agent itself, by adding tasks to the run
+    /// (`runner::groups`), rather than handing attempts to an executor; `run` is then never
+    /// called by the runner.
+    const COORDINATED: bool = false;
+
+    /// Top-level input fields that hold tasks of a child batch: `{{tasks...}}` references inside
+    /// them (when they are objects) are the child's own, so the parent neither checks nor fills
+    /// them in. A string there is the parent's (it is how a planner's output becomes a batch).
+    const CHILD_FIELDS: &'static [&'static str] = &[];
 
     /// Runs one attempt. Dropping the future abandons the attempt and releases what it holds.
     fn run(
@@ -93,6 +105,13 @@ macro_rules! registry {
                 }
             }
 
+            /// Whether the dispatcher runs this task itself (see [`Agent::COORDINATED`]).
+            pub fn is_coordinated(&self) -> bool {
+                match self {
+                    $( AgentInput::$variant(_) => <$agent as Agent>::COORDINATED, )*
+                }
+            }
+
             /// Runs one attempt. Dropping the future abandons the attempt and releases what it
             /// holds.
             pub async fn run(self, ctx: &AgentContext) -> Result<Value, Failure> {
@@ -127,6 +146,14 @@ macro_rules! registry {
             }
         }
 
+        /// The input fields that belong to a child batch (see [`Agent::CHILD_FIELDS`]).
+        pub fn child_fields(agent: &str) -> &'static [&'static str] {
+            match agent {
+                $( $name => <$agent as Agent>::CHILD_FIELDS, )*
+                _ => &[],
+            }
+        }
+
         /// A small valid input of the agent (see [`Agent::example_input`]).
         pub fn example_input(agent: &str) -> Option<Value> {
             match agent {
@@ -146,6 +173,10 @@ registry! {
     Debug("debug") => debug::DebugAgent,
     /// Call a tool on a Model Context Protocol server.
     Mcp("mcp") => mcp::McpAgent,
+    /// Run a child batch (inline, or as text a planner printed), or one task per element of a list.
+    Batch("batch") => batch::BatchAgent,
+    /// Run alternatives (race or in order) until one succeeds; its output and which one won.
+    FirstSuccess("first_success") => first_success::FirstSuccessAgent,
 }
 
 pub fn is_agent_name(name: &str) -> bool {
@@ -162,6 +193,26 @@ pub fn model_breaker(backend: crate::llm::ModelBackend, services: &Services) -> 
         crate::llm::ModelBackend::Command => llm.command.argv.join("\0"),
     };
     format!("model:{}:{}", backend.as_str(), short_digest(&endpoint))
+}
+
+/// The part of an input the parent batch owns: the input without its child-batch fields that
+/// are objects (see [`Agent::CHILD_FIELDS`]), or `None` when it has none (use it as it is).
+pub fn parent_scope(agent: &str, input: &Value) -> Option<Value> {
+    let fields = child_fields(agent);
+    let obj = input.as_object()?;
+    if !fields
+        .iter()
+        .any(|f| obj.get(*f).is_some_and(|v| !v.is_string()))
+    {
+        return None;
+    }
+    let mut scoped = obj.clone();
+    for f in fields {
+        if scoped.get(*f).is_some_and(|v| !v.is_string()) {
+            scoped.shift_remove(*f);
+        }
+    }
+    Some(Value::Object(scoped))
 }
 
 impl AgentInput {

@@ -296,7 +296,8 @@ impl<'c> FullCheck<'c> {
                 .find(|a| Some(*a) == agent),
         );
         if let (Some(agent), Some(input)) = (agent, task.get("input_data")) {
-            collect_sites(i, input, &mut self.sites);
+            let scoped = agents::parent_scope(agent, input);
+            collect_sites(i, scoped.as_ref().unwrap_or(input), &mut self.sites);
             for (pointer, message) in agents::check_input(agent, input, self.ctx) {
                 self.agent.push(Issue::new(
                     format!("/tasks/{i}/input_data{pointer}"),

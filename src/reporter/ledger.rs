@@ -88,6 +88,16 @@ impl Ledger {
         }
     }
 
+    /// Adds a task the run did not announce (a child batch's, see `runner::groups`) after the
+    /// known ones; its index is theirs plus one, as in the dispatcher.
+    pub fn add_task(&mut self, task_id: &str) {
+        self.index.insert(task_id.into(), self.chains.len() as u32);
+        self.chains.push((NONE, NONE));
+        if let Some(r) = self.head.as_mut() {
+            r.summary.total_tasks += 1;
+        }
+    }
+
     /// The task with this id, by its index in the batch.
     pub fn task_index(&self, task_id: &str) -> Option<usize> {
         self.index.get(task_id).map(|&i| i as usize)

@@ -36,6 +36,8 @@ use crate::services::Services;
 use crate::settings::{KILL_GRACE, RunSettings};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
+mod coordinated;
+
 /// Numbers and time-stamps events and hands them to the ledger (which writes the journal),
 /// then to every other sink, in order.
 pub struct EventBus {
@@ -117,6 +119,8 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     /// Per task: dependents not finished yet. A task's output is kept in memory only while this
     /// is above zero (they may read it); the record of the run has it on disk.
     pending: Vec<u32>,
+    /// Tasks the dispatcher runs itself (`batch`, `first_success`) and the children they added.
+    coord: coordinated::Coordination,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -178,6 +182,7 @@ impl<E: Executor> Dispatcher<E> {
                 ..Summary::default()
             },
             reuse: None,
+            coord: Default::default(),
         }
     }
 
@@ -252,6 +257,14 @@ impl<E: Executor> Dispatcher<E> {
 
         let reason = self.stop.unwrap_or(CancelReason::FailFast);
         for i in self.scheduler.unfinished() {
+            if self.lives[i].is_done() {
+                // A coordinated task that ended as its last children were cancelled here.
+                continue;
+            }
+            if self.coord.is_group(i) {
+                self.group_ended(i, AttemptEnd::Cancelled);
+                continue;
+            }
             self.scheduler.finish(i);
             let events = self.lives[i].cancel(reason);
             self.publish(events);
@@ -402,6 +415,7 @@ impl<E: Executor> Dispatcher<E> {
     fn publish(&mut self, events: Vec<EventKind>) {
         for event in events {
             let mut settled = None;
+            let mut member = None;
             if let EventKind::TaskFinished {
                 task_id,
                 status,
@@ -415,10 +429,14 @@ impl<E: Executor> Dispatcher<E> {
                     self.counts.add_usage(out);
                 }
                 settled = self.bus.ledger.task_index(task_id);
+                member = settled.and_then(|i| self.coord.member_entry(i, &self.tasks[i], &event));
             }
             self.bus.emit(event);
             if let Some(i) = settled {
                 self.settled(i);
+            }
+            if let Some((i, entry)) = member {
+                self.member_finished(i, entry);
             }
         }
     }
@@ -461,6 +479,9 @@ impl<E: Executor> Dispatcher<E> {
             Ok(resolved) => resolved,
             Err(error) => return self.fail(i, error.into()),
         };
+        if input.is_coordinated() {
+            return self.start_group(i, input);
+        }
         let now = Instant::now();
         let breaker = match self.breaker_for(i, &input) {
             None => None,
@@ -538,6 +559,8 @@ impl<E: Executor> Dispatcher<E> {
             return Ok((agent.clone(), false));
         }
         let mut input = agent.input_value();
+        // A child batch's own references are the child's (see `Agent::CHILD_FIELDS`).
+        let held = coordinated::hold_child_fields(agent.name(), &mut input);
         let ids: HashMap<&str, usize> = self.tasks[i]
             .dependencies
             .iter()
@@ -547,7 +570,8 @@ impl<E: Executor> Dispatcher<E> {
                     .deps(i)
                     .iter()
                     .find(|&&j| self.tasks[j].task_id == *d)
-                    .map(|&j| (d.as_str(), j))
+                    // A child task refers to its siblings by their ids in the child batch.
+                    .map(|&j| (coordinated::local_id(d), j))
             })
             .collect();
         let limit = self.settings.max_expanded_input_bytes;
@@ -579,6 +603,7 @@ impl<E: Executor> Dispatcher<E> {
             })
         })
         .map_err(unresolved)?;
+        coordinated::restore_child_fields(&mut input, held);
         // Read from a borrowed tree, so the input is still there to explain a failure.
         let tagged = serde_json::json!({"agent": agent.name(), "input_data": input});
         let resolved = match <AgentInput as serde::Deserialize>::deserialize(&tagged) {
@@ -657,11 +682,12 @@ impl<E: Executor> Dispatcher<E> {
             }
         };
         let reason = self.stop.unwrap_or(CancelReason::Sigint);
-        let Some((attempt, after, events)) =
+        let Some((attempt, after, mut events)) =
             self.lives[i].attempt_ended(attempt_id, end, now, retry, reason)
         else {
             return;
         };
+        self.coord.explain_cancel(i, &mut events);
 
         self.workers.release();
         if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
@@ -681,7 +707,11 @@ impl<E: Executor> Dispatcher<E> {
             self.breaker_changed(&key.label, transition);
         }
         self.publish(events);
+        self.after_attempt(i, after);
+    }
 
+    /// What follows the end of task `i`'s attempt: dependents, a retry, skips.
+    fn after_attempt(&mut self, i: usize, after: AfterAttempt) {
         match after {
             AfterAttempt::Succeeded => {
                 for d in self.scheduler.succeeded(i) {
@@ -732,7 +762,8 @@ impl<E: Executor> Dispatcher<E> {
             let events = self.lives[skipped].skip(message);
             self.publish(events);
         }
-        if self.settings.fail_fast && self.stop.is_none() {
+        // An alternative of `first_success` failing is what the construct is for.
+        if self.settings.fail_fast && self.stop.is_none() && !self.coord.is_alternative(i) {
             self.stop_run(CancelReason::FailFast);
         }
     }
