@@ -93,9 +93,6 @@ impl Ledger {
     pub fn add_task(&mut self, task_id: &str) {
         self.index.insert(task_id.into(), self.chains.len() as u32);
         self.chains.push((NONE, NONE));
-        if let Some(r) = self.head.as_mut() {
-            r.summary.total_tasks += 1;
-        }
     }
 
     /// The task with this id, by its index in the batch.
@@ -161,6 +158,8 @@ impl Ledger {
                     *tail = slot;
                     if let (EventKind::TaskFinished { status, .. }, Some(r)) =
                         (&event.kind, self.head.as_mut())
+                        // Tasks a child batch added count in their parent's output only.
+                        && (i as usize) < r.summary.total_tasks
                     {
                         r.summary.count(*status);
                     }

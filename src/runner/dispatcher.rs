@@ -424,12 +424,15 @@ impl<E: Executor> Dispatcher<E> {
                 ..
             } = &event
             {
-                self.counts.count(*status);
                 if let (Some(out), false) = (output, reused) {
                     self.counts.add_usage(out);
                 }
                 settled = self.bus.ledger.task_index(task_id);
                 member = settled.and_then(|i| self.coord.member_entry(i, &self.tasks[i], &event));
+                // The summary counts the batch's own tasks; a child counts in its parent's.
+                if member.is_none() {
+                    self.counts.count(*status);
+                }
             }
             self.bus.emit(event);
             if let Some(i) = settled {

@@ -31,7 +31,6 @@ pub(super) struct Coordination {
 }
 
 struct Group {
-    attempt_id: AttemptId,
     kind: GroupKind,
     /// Nesting of its children.
     depth: u32,
@@ -181,7 +180,6 @@ impl<E: Executor> Dispatcher<E> {
         };
         let child_depth = depth + u32::from(children.nests);
         let mut group = Group {
-            attempt_id,
             kind: children.kind,
             depth: child_depth,
             members: Vec::new(),
@@ -227,7 +225,6 @@ impl<E: Executor> Dispatcher<E> {
             self.tasks.push(task);
         }
         let added = self.tasks.len() - base;
-        self.counts.total_tasks += added;
         let group = self.coord.groups.get_mut(&parent).expect("group exists");
         group.members.extend(base..base + added);
         group.results.resize(group.members.len(), None);
@@ -324,11 +321,15 @@ impl<E: Executor> Dispatcher<E> {
             _ => match winner {
                 Some(pos) => {
                     let e = group.results[pos].as_ref().expect("winner finished");
+                    // Losers still being stopped are cancelled already as far as the outcome goes.
                     let alternatives: Vec<Value> = group
-                        .results
+                        .members
                         .iter()
-                        .flatten()
-                        .map(|e| json!({"task_id": e["task_id"], "status": e["status"], "error": e["error"]}))
+                        .zip(&group.results)
+                        .map(|(&m, e)| match e {
+                            Some(e) => json!({"task_id": e["task_id"], "status": e["status"], "error": e["error"]}),
+                            None => json!({"task_id": local_id(&self.tasks[m].task_id), "status": "cancelled", "error": null}),
+                        })
                         .collect();
                     let prefix = &self.tasks[parent].task_id;
                     Some(AttemptEnd::Finished(Ok(json!({
@@ -372,7 +373,6 @@ impl<E: Executor> Dispatcher<E> {
         } else {
             self.after_attempt(i, after);
         }
-        let _ = self.coord.groups.get(&i).map(|g| g.attempt_id);
     }
 }
 
