@@ -35,6 +35,7 @@ pub struct BatchInput {
     /// `{{item}}` is the element (a string as-is, anything else as compact JSON), `{{item.f}}`
     /// a field of it, `{{index}}` its position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "TaskBody")]
     pub task: Option<TaskBody>,
 }
 

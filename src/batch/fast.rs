@@ -24,8 +24,8 @@ use serde_json::value::RawValue;
 use crate::agents::{AgentInput, CommandInput, McpInput};
 use crate::batch::issue::Issue;
 use crate::batch::limits::{
-    Limits, MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_JSON_INTEGER, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
-    MAX_WORKERS, MIN_TIMEOUT_SECONDS,
+    Limits, MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_JSON_INTEGER, MAX_OUTPUT_BYTES, MAX_RETRIES,
+    MAX_TASK_ID_LEN, MAX_WORKERS, MIN_TIMEOUT_SECONDS,
 };
 use crate::batch::schema::batch_validator;
 use crate::batch::validate::{RefSite, collect_sites, reference_issues_with, spawnable};

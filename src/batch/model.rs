@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentInput;
 use crate::batch::limits::{
-    MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_BREAKER_NAME_LEN, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
-    MAX_WORKERS, MIN_TIMEOUT_SECONDS, NAME_PATTERN,
+    MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_BREAKER_NAME_LEN, MAX_OUTPUT_BYTES, MAX_RETRIES,
+    MAX_TASK_ID_LEN, MAX_WORKERS, MIN_TIMEOUT_SECONDS, NAME_PATTERN,
 };
 
 /// A batch of tasks plus optional run configuration.

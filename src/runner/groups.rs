@@ -261,8 +261,12 @@ mod tests {
     fn items_fill_in_strings() {
         let item = json!({"name": "b", "n": 2});
         assert_eq!(
-            fill_string("x {{item.name}} {{ index }} {{item}} {{tasks.a.output}}", 1, &item)
-                .unwrap(),
+            fill_string(
+                "x {{item.name}} {{ index }} {{item}} {{tasks.a.output}}",
+                1,
+                &item
+            )
+            .unwrap(),
             r#"x b 1 {"name":"b","n":2} {{tasks.a.output}}"#
         );
         assert!(fill_string("{{item.nope}}", 0, &item).is_err());

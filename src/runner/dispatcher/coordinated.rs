@@ -393,7 +393,10 @@ fn batch_end(results: &[Option<Value>]) -> AttemptEnd {
         }
     }
     let status = summary.run_status();
-    let failed: Vec<&Value> = entries.iter().filter(|e| e["status"] != "success").collect();
+    let failed: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["status"] != "success")
+        .collect();
     let doc = json!({"status": status, "summary": summary, "results": entries});
     if failed.is_empty() {
         return AttemptEnd::Finished(Ok(doc));
