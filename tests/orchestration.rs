@@ -405,3 +405,20 @@ fn sequential_fallback_tries_alternatives_in_order() {
     );
     assert_eq!(run.status("none/alt-1"), "error");
 }
+
+/// The orchestration example (a planner, a fan-out, a fallback and a join) runs offline and the
+/// join sees all three.
+#[test]
+fn the_orchestration_example_runs() {
+    let sb = Sandbox::new();
+    let example = root().join("examples/orchestration.json");
+    let run = sb.run(&["run", "-f", example.to_str().unwrap()], "");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.result("join")["output"]["stdout"],
+        "plan success, 3 of 3 shards, data from the fallback\n\n"
+    );
+    assert_eq!(run.status("run-plan/test"), "success");
+    assert_eq!(run.status("shards/2"), "success");
+    assert_eq!(run.status("fetch/alt-0"), "error");
+}

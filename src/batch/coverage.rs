@@ -76,6 +76,7 @@ fn value_violations(schema: &Value, at: &str, out: &mut Vec<(String, Value)>) {
             "maxLength" => vec![json!("x".repeat(arg.as_u64().unwrap() as usize + 1))],
             "pattern" => vec![json!("!")],
             "minItems" => vec![json!([])],
+            "maxItems" => vec![json!(vec![Value::Null; arg.as_u64().unwrap() as usize + 1])],
             "enum" | "const" => vec![json!("zz-not-listed")],
             "type" => {
                 let types: Vec<&str> = match arg {
