@@ -422,3 +422,29 @@ fn the_orchestration_example_runs() {
     assert_eq!(run.status("shards/2"), "success");
     assert_eq!(run.status("fetch/alt-0"), "error");
 }
+
+/// An interrupt stops a child batch like any task: its running process is killed, the rest of
+/// it and the `batch` task end `cancelled`, exit 130.
+#[test]
+fn an_interrupt_cancels_a_child_batch() {
+    let sb = Sandbox::new();
+    let marker = format!("31.{}", std::process::id());
+    let batch = json!({"tasks": [{"task_id": "p", "agent": "batch", "input_data": {"batch": {"tasks": [
+        {"task_id": "s", "agent": "command", "input_data": {"argv": ["sleep", marker]}},
+        {"task_id": "t", "agent": "command", "dependencies": ["s"], "input_data": {"argv": ["true"]}}
+    ]}}}]});
+    let child = spawn_with_input(sb.cmd(&[]), &batch.to_string());
+    let pid = child.id();
+    assert!(
+        eventually(Duration::from_secs(10), || !processes_matching(&marker)
+            .is_empty()),
+        "the child task never started"
+    );
+    send_signal(pid, libc::SIGINT);
+    let run = sb.to_run(wait_with_deadline(child, Duration::from_secs(30)));
+    assert_eq!(run.code, 130, "{}", run.stdout);
+    for id in ["p", "p/s", "p/t"] {
+        assert_eq!(run.status(id), "cancelled", "{id}: {}", run.stdout);
+    }
+    assert!(processes_matching(&marker).is_empty());
+}
