@@ -448,3 +448,25 @@ fn an_interrupt_cancels_a_child_batch() {
     }
     assert!(processes_matching(&marker).is_empty());
 }
+
+/// A race whose losing alternative is itself a child batch: the batch and its running task are
+/// cancelled, and that task's process is killed.
+#[test]
+fn a_race_cancels_a_losing_child_batch() {
+    let sb = Sandbox::new();
+    let marker = format!("32.{}", std::process::id());
+    let batch = json!({"tasks": [{"task_id": "r", "agent": "first_success", "input_data": {"alternatives": [
+        {"agent": "batch", "input_data": {"batch": {"tasks": [
+            {"task_id": "slow", "agent": "command", "input_data": {"argv": ["sleep", marker]}}]}}},
+        {"agent": "command", "input_data": {"argv": ["sh", "-c", "sleep 0.5; echo ok"]}}
+    ]}}]});
+    let start = Instant::now();
+    let run = sb.run_json(&[], &batch);
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.result("r")["output"]["winner"], 1);
+    for id in ["r/alt-0", "r/alt-0/slow"] {
+        assert_eq!(run.status(id), "cancelled", "{id}: {}", run.stdout);
+    }
+    assert!(processes_matching(&marker).is_empty());
+}

@@ -54,12 +54,14 @@ pub struct TaskBody {
     pub timeout_seconds: Option<f64>,
 }
 
+// `anyOf` rather than a list of types: strict validators (ajv) refuse unions of types.
 fn object_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({"type": ["object", "string"]})
+    schemars::json_schema!({"anyOf": [{"type": "object"}, {"type": "string"}]})
 }
 
-fn array_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({"type": ["array", "string", "object"]})
+fn array_or_string(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let output_ref = g.subschema_for::<crate::passed::OutputRef>();
+    schemars::json_schema!({"anyOf": [{"type": "array"}, {"type": "string"}, output_ref]})
 }
 
 /// Output of the `batch` agent: the child's result document.

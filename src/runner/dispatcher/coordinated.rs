@@ -286,21 +286,36 @@ impl<E: Executor> Dispatcher<E> {
             format!("cancelled: alternative '{winner}' succeeded first"),
         );
         for m in others {
-            match &self.lives[m].state {
-                TaskState::Done(_) => {}
-                TaskState::Running(attempt) => {
-                    let id = attempt.id;
-                    self.coord.superseded.insert(m, why.clone());
-                    self.executor.cancel(id);
-                }
-                _ => {
-                    self.scheduler.finish(m);
-                    let events = self.lives[m].cancel_with(why.clone());
-                    self.publish(events);
-                }
-            }
+            self.cancel_task(m, &why);
         }
         self.group_check(parent);
+    }
+
+    /// Stops task `m` with `why`: a running attempt through the executor (its process is
+    /// killed), a running group through its children, anything not started at once.
+    fn cancel_task(&mut self, m: usize, why: &TaskError) {
+        match &self.lives[m].state {
+            TaskState::Done(_) => {}
+            TaskState::Running(_) if self.coord.is_group(m) => {
+                let members = self.coord.groups[&m].members.clone();
+                self.coord.groups.get_mut(&m).expect("group").done = true;
+                for c in members {
+                    self.cancel_task(c, why);
+                }
+                self.coord.superseded.insert(m, why.clone());
+                self.group_ended(m, AttemptEnd::Cancelled);
+            }
+            TaskState::Running(attempt) => {
+                let id = attempt.id;
+                self.coord.superseded.insert(m, why.clone());
+                self.executor.cancel(id);
+            }
+            _ => {
+                self.scheduler.finish(m);
+                let events = self.lives[m].cancel_with(why.clone());
+                self.publish(events);
+            }
+        }
     }
 
     /// Ends group `parent` if its outcome is known.
@@ -362,11 +377,12 @@ impl<E: Executor> Dispatcher<E> {
         };
         self.current.remove(&attempt_id);
         let reason = self.stop.unwrap_or(crate::events::CancelReason::Sigint);
-        let Some((_, after, events)) =
+        let Some((_, after, mut events)) =
             self.lives[i].attempt_ended(attempt_id, end, Instant::now(), |_, _| None, reason)
         else {
             return;
         };
+        self.coord.explain_cancel(i, &mut events);
         self.publish(events);
         if after == crate::runner::task_state::AfterAttempt::Cancelled {
             self.scheduler.finish(i);
