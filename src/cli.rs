@@ -26,6 +26,25 @@ Exit codes:
 
 pub const EXIT_CODES: &str = exit_codes!();
 
+/// `run --help`: the agents (from the registry, with their descriptions from the schema), then
+/// [`RUN_HELP`].
+pub fn run_help() -> String {
+    let mut text = String::from(
+        "Agents (a task's \"agent\"; `dispatch_runner schema` has each one's input):\n",
+    );
+    for agent in crate::agents::ALL_AGENTS {
+        let about = crate::batch::schema::agent_input_schema(agent)
+            .and_then(|s| s.get("description"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let first = about.lines().next().unwrap_or("");
+        text.push_str(&format!("  {agent:<14}{first}\n"));
+    }
+    text.push('\n');
+    text.push_str(RUN_HELP);
+    text
+}
+
 /// `run --help`: how breakers and signals behave, then the exit codes.
 pub const RUN_HELP: &str = concat!(
     "\
@@ -57,7 +76,7 @@ Signals:
         Without a subcommand, `dispatch_runner` is `dispatch_runner run`. stdout carries only the JSON \
         document; logs and messages go to stderr (RUST_LOG sets the log level).",
     after_help = EXIT_CODES,
-    after_long_help = RUN_HELP
+    after_long_help = run_help()
 )]
 pub struct Cli {
     /// Configuration file (YAML). Default: $PARALLEL_DISPATCH_CONFIG, else ./dispatch.yaml, else
@@ -73,7 +92,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate and run a batch, print the result document (the default command).
-    #[command(after_help = EXIT_CODES, after_long_help = RUN_HELP)]
+    #[command(after_help = EXIT_CODES, after_long_help = run_help())]
     Run(RunArgs),
     /// Check a batch without running it and print the plan: task count, dependency levels and the
     /// longest dependency chain.

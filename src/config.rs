@@ -190,6 +190,7 @@ impl Config {
             fail_fast: d.fail_fast,
             max_output_bytes: d.max_output_bytes,
             max_expanded_input_bytes: d.max_expanded_input_bytes,
+            max_batch_depth: None,
             circuit_breaker: self.file.circuit_breaker.clone(),
         }
     }

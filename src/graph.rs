@@ -221,6 +221,22 @@ impl Plan {
         })
     }
 
+    /// Appends the tasks of `other` (a child batch added to a running run, see
+    /// `runner::groups`), their indices shifted past this plan's, their ids as given in `ids`.
+    pub fn extend(&mut self, other: Plan, ids: Vec<String>) {
+        let base = self.ids.len();
+        let shift = |v: Vec<Vec<usize>>| -> Vec<Vec<usize>> {
+            v.into_iter()
+                .map(|ds| ds.into_iter().map(|d| d + base).collect())
+                .collect()
+        };
+        self.ids.extend(ids);
+        self.deps.extend(shift(other.deps));
+        self.dependents.extend(shift(other.dependents));
+        self.level.extend(other.level);
+        self.chain.extend(other.chain);
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+pub mod program;
 pub mod watchdog;
 
 /// Tracks group terminations still in their grace period, so the run can wait for them before it

@@ -59,10 +59,28 @@ impl Scheduler {
     }
 
     fn priority(&self, i: usize) -> u64 {
-        match &self.weighted {
-            Some(w) => w[i],
+        match self.weighted.as_ref().and_then(|w| w.get(i)) {
+            Some(w) => *w,
+            // Unweighted, or a child batch's task that joined after the weights were set (the
+            // history knows nothing of it): by task count.
             None => self.plan.chain_len(i) as u64,
         }
+    }
+
+    /// Adds the tasks of `plan` (a child batch joining the run) after the known ones, with their
+    /// ids `ids`; returns those that are ready at once.
+    pub fn extend(&mut self, plan: Plan, ids: Vec<String>) -> Vec<usize> {
+        let base = self.plan.len();
+        self.plan.extend(plan, ids);
+        let n = self.plan.len();
+        self.unmet
+            .extend((base..n).map(|i| self.plan.deps(i).len()));
+        self.state.resize(n, State::Waiting);
+        let ready: Vec<usize> = (base..n).filter(|&i| self.unmet[i] == 0).collect();
+        for &i in &ready {
+            self.make_ready(i);
+        }
+        ready
     }
 
     pub fn plan(&self) -> &Plan {

@@ -41,6 +41,8 @@ pub struct RunSettings {
     pub max_expanded_input_bytes: usize,
     pub breaker_failure_threshold: u32,
     pub breaker_recovery_timeout_seconds: f64,
+    /// Most levels of `batch` tasks inside `batch` tasks.
+    pub max_batch_depth: u32,
     /// Per-agent overrides from the configuration file.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub agents: BTreeMap<String, AgentSection>,
@@ -78,6 +80,7 @@ impl RunSettings {
             breaker_enabled: breaker.enabled.unwrap_or(true),
             breaker_failure_threshold: breaker.failure_threshold.unwrap_or_default(),
             breaker_recovery_timeout_seconds: breaker.recovery_timeout_seconds.unwrap_or_default(),
+            max_batch_depth: merged.max_batch_depth.unwrap_or_default(),
             agents: BTreeMap::new(),
         }
     }
@@ -150,6 +153,7 @@ impl BatchConfig {
             max_output_bytes: Some(DEFAULT_MAX_OUTPUT_BYTES),
             // Follows max_output_bytes unless set (see `RunSettings::resolve`).
             max_expanded_input_bytes: None,
+            max_batch_depth: Some(crate::limits::DEFAULT_MAX_BATCH_DEPTH),
             circuit_breaker: BreakerConfig {
                 enabled: Some(true),
                 failure_threshold: Some(DEFAULT_BREAKER_THRESHOLD),
@@ -172,6 +176,7 @@ impl BatchConfig {
             max_expanded_input_bytes: higher
                 .max_expanded_input_bytes
                 .or(self.max_expanded_input_bytes),
+            max_batch_depth: higher.max_batch_depth.or(self.max_batch_depth),
             circuit_breaker: BreakerConfig {
                 enabled: higher
                     .circuit_breaker

@@ -64,6 +64,11 @@ pub enum ErrorKind {
     /// A task's input would grow past `max_expanded_input_bytes` once `{{tasks...}}` references
     /// are replaced by upstream outputs.
     InputTooLarge,
+    /// A child batch (`batch` agent) is invalid, or nests deeper than `config.max_batch_depth`;
+    /// nothing of it ran.
+    InvalidBatch,
+    /// Some task of a child batch did not succeed, or no alternative of `first_success` did.
+    ChildFailed,
 }
 
 impl ErrorKind {
@@ -96,6 +101,8 @@ impl ErrorKind {
             ErrorKind::QueueTimeout => "queue_timeout",
             ErrorKind::NotARegularFile => "not_a_regular_file",
             ErrorKind::InputTooLarge => "input_too_large",
+            ErrorKind::InvalidBatch => "invalid_batch",
+            ErrorKind::ChildFailed => "child_failed",
         }
     }
 }

@@ -576,7 +576,7 @@ fn checked_in_schema_matches_the_code() {
     );
     assert_eq!(
         generated["$defs"]["Task"]["properties"]["agent"]["enum"],
-        json!(["command", "coder", "debug", "mcp"])
+        json!(dispatch_runner::agents::ALL_AGENTS)
     );
 }
 

@@ -34,144 +34,46 @@ pub struct CommandOutput {
     pub truncated: bool,
 }
 
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use crate::context::AgentContext;
+use crate::process::program::{self, Program, ProgramOutput};
+use crate::task_error::Failure;
 
-use tokio::io::AsyncWriteExt;
-
-use crate::agents::AgentContext;
-use crate::process::{Capture, GroupGuard, read_capped};
-use crate::task_error::{ErrorKind, Failure, TaskError};
-
-/// How long to keep reading output after the program exited, for pipes a leftover grandchild
-/// still holds open; the group is being terminated meanwhile.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
-use std::time::Duration;
+impl From<ProgramOutput> for CommandOutput {
+    fn from(o: ProgramOutput) -> Self {
+        CommandOutput {
+            exit_code: o.exit_code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            truncated: o.truncated,
+        }
+    }
+}
 
 /// Runs the program to completion. Dropping the returned future terminates its process group.
 pub async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutput, Failure> {
-    let (program, args) = input
-        .argv
-        .split_first()
-        .ok_or_else(|| TaskError::permanent(ErrorKind::InvalidInput, "argv must not be empty"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(&input.env)
-        .stdin(if input.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Its own process group, which the watchdog kills should the runner die without cleaning up.
-    crate::process::watchdog::tie_to_runner(&mut cmd);
-    if let Some(cwd) = &input.cwd {
-        if !Path::new(cwd).is_dir() {
-            return Err(TaskError::permanent(
-                ErrorKind::InvalidInput,
-                format!("cwd '{cwd}' does not exist or is not a directory"),
-            )
-            .into());
-        }
-        cmd.current_dir(cwd);
-    }
-    let mut child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
-    let pid = child.id().expect("a just-spawned child has a pid") as i32;
-    crate::process::watchdog::register(pid as u32);
-    let guard = GroupGuard::new(pid, ctx.kill_grace, ctx.reaper.clone());
-
-    if let (Some(text), Some(mut stdin)) = (input.stdin, child.stdin.take()) {
-        // A program that exits without reading its input is not an error.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(text.as_bytes()).await;
-        });
-    }
-    let out = Arc::new(Mutex::new(Capture::default()));
-    let err = Arc::new(Mutex::new(Capture::default()));
-    let readers = [
-        tokio::spawn(read_capped(
-            child.stdout.take().expect("piped"),
-            ctx.max_output_bytes,
-            out.clone(),
-        )),
-        tokio::spawn(read_capped(
-            child.stderr.take().expect("piped"),
-            ctx.max_output_bytes,
-            err.clone(),
-        )),
-    ];
-    let status = child.wait().await.map_err(|e| {
-        Failure::from(TaskError::transient(
-            ErrorKind::Io,
-            format!("waiting for '{program}' failed: {e}"),
-        ))
-    })?;
-    drop(guard);
-    for reader in readers {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_AFTER_EXIT, reader)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
-    }
-
-    let (out, err) = (
-        out.lock().expect("capture lock"),
-        err.lock().expect("capture lock"),
-    );
-    let exit_code = exit_code(&status);
-    let output = CommandOutput {
-        exit_code,
-        stdout: out.text(),
-        stderr: err.text(),
-        truncated: out.truncated || err.truncated,
+    let program = Program {
+        argv: input.argv,
+        cwd: input.cwd,
+        env: input.env,
+        stdin: input.stdin,
     };
-    if status.success() {
-        Ok(output)
-    } else {
-        let reason = match std::os::unix::process::ExitStatusExt::signal(&status) {
-            Some(sig) => format!("'{program}' was killed by signal {sig}"),
-            None => format!("'{program}' exited with code {exit_code}"),
-        };
-        let message = match output.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-            Some(last) => format!("{reason}: {}", last.trim()),
-            None => reason,
-        };
-        Err(Failure {
-            error: TaskError::transient(ErrorKind::ExitStatus, message),
-            output: Some(serde_json::to_value(output).expect("serializable")),
-        })
-    }
+    program::run(program, &ctx.run_limits())
+        .await
+        .map(CommandOutput::from)
 }
 
-/// Shell convention: a signal death reports 128 + the signal number.
-fn exit_code(status: &std::process::ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(status).unwrap_or(0))
-}
+/// The `command` agent.
+pub struct CommandAgent;
 
-fn spawn_error(program: &str, e: std::io::Error) -> Failure {
-    use std::io::ErrorKind as Io;
-    let err = match e.kind() {
-        // Retrying cannot make a missing or non-executable program appear.
-        Io::NotFound => TaskError::permanent(
-            ErrorKind::SpawnFailed,
-            format!("program '{program}' not found"),
-        ),
-        Io::PermissionDenied => TaskError::permanent(
-            ErrorKind::SpawnFailed,
-            format!("program '{program}' is not executable: {e}"),
-        ),
-        _ => TaskError::transient(
-            ErrorKind::SpawnFailed,
-            format!("could not start '{program}': {e}"),
-        ),
-    };
-    err.into()
+impl crate::agents::Agent for CommandAgent {
+    type Input = CommandInput;
+    type Output = CommandOutput;
+
+    async fn run(input: CommandInput, ctx: &AgentContext) -> Result<CommandOutput, Failure> {
+        run(input, ctx).await
+    }
+
+    fn example_input() -> serde_json::Value {
+        serde_json::json!({"argv": ["true"], "env": {"K": "v"}})
+    }
 }

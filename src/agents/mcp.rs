@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::agents::AgentContext;
-use crate::batch::validate::ValidationContext;
 use crate::mcp::config::{DEFAULT_SERVER, Transport};
 use crate::mcp::{McpError, ToolResult};
 use crate::services::Services;
 use crate::task_error::{ErrorKind, Failure, TaskError};
+use crate::validation::ValidationContext;
 
 /// Input of the `mcp` agent.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -183,6 +183,35 @@ fn to_output(server: &str, tool: &str, result: ToolResult) -> McpOutput {
         structured_content: result.structured_content,
         text,
         parsed,
+    }
+}
+
+/// The `mcp` agent.
+pub struct McpAgent;
+
+impl crate::agents::Agent for McpAgent {
+    type Input = McpInput;
+    type Output = McpOutput;
+    const CHECKS_INPUT: bool = true;
+
+    async fn run(input: McpInput, ctx: &AgentContext) -> Result<McpOutput, Failure> {
+        run(input, ctx).await
+    }
+
+    fn remote_dependency(input: &McpInput, _services: &Services) -> Option<String> {
+        use crate::policy::breaker::short_digest;
+        Some(match (&input.url, &input.server) {
+            (Some(url), _) => format!("mcp:url:{}", short_digest(url)),
+            _ => format!("mcp:{}", input.server_key()),
+        })
+    }
+
+    fn check_input(input: &Value, ctx: &ValidationContext) -> Vec<(String, String)> {
+        check(input, ctx)
+    }
+
+    fn example_input() -> Value {
+        serde_json::json!({"tool": "echo", "arguments": {}})
     }
 }
 

@@ -41,15 +41,7 @@ fn resolve(schema: &Value) -> &Value {
 
 /// A valid input of each agent, the base that one rule at a time is broken in.
 fn base_input(agent: &str) -> Value {
-    match agent {
-        "command" => json!({"argv": ["true"], "env": {"K": "v"}}),
-        "mcp" => json!({"tool": "echo", "arguments": {}}),
-        "coder" => {
-            json!({"contract_description": "x", "node_type": "Effect", "output_path": "out.py"})
-        }
-        "debug" => json!({"problem_description": "x", "affected_files": ["a.py"]}),
-        other => panic!("no base input for agent {other}: add one here"),
-    }
+    crate::agents::example_input(agent).unwrap_or_else(|| panic!("no agent {agent}"))
 }
 
 fn base_batch(agent: &str) -> Value {
@@ -84,6 +76,7 @@ fn value_violations(schema: &Value, at: &str, out: &mut Vec<(String, Value)>) {
             "maxLength" => vec![json!("x".repeat(arg.as_u64().unwrap() as usize + 1))],
             "pattern" => vec![json!("!")],
             "minItems" => vec![json!([])],
+            "maxItems" => vec![json!(vec![Value::Null; arg.as_u64().unwrap() as usize + 1])],
             "enum" | "const" => vec![json!("zz-not-listed")],
             "type" => {
                 let types: Vec<&str> = match arg {

@@ -24,8 +24,8 @@ use serde_json::value::RawValue;
 use crate::agents::{AgentInput, CommandInput, McpInput};
 use crate::batch::issue::Issue;
 use crate::batch::limits::{
-    Limits, MAX_BACKOFF_MS, MAX_JSON_INTEGER, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
-    MAX_WORKERS, MIN_TIMEOUT_SECONDS,
+    Limits, MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_JSON_INTEGER, MAX_OUTPUT_BYTES, MAX_RETRIES,
+    MAX_TASK_ID_LEN, MAX_WORKERS, MIN_TIMEOUT_SECONDS,
 };
 use crate::batch::schema::batch_validator;
 use crate::batch::validate::{RefSite, collect_sites, reference_issues_with, spawnable};
@@ -360,7 +360,8 @@ fn checked_by_schema(i: usize, t: RawTask, sites: &mut Vec<RefSite>) -> Option<T
         return None;
     }
     let input = one["tasks"][0]["input_data"].take();
-    collect_sites(i, &input, sites);
+    let scoped = crate::agents::parent_scope(t.agent, &input);
+    collect_sites(i, scoped.as_ref().unwrap_or(&input), sites);
     let agent: AgentInput =
         serde_json::from_value(serde_json::json!({"agent": t.agent, "input_data": input})).ok()?;
     Some(Task {
@@ -427,6 +428,7 @@ fn config(raw: &RawValue, limits: &Limits) -> Option<BatchConfig> {
             .is_none_or(|b| (1..=limits.max_output_bytes.min(MAX_OUTPUT_BYTES)).contains(&b))
         && c.max_expanded_input_bytes
             .is_none_or(|b| (1..=MAX_JSON_INTEGER).contains(&(b as u64)))
+        && c.max_batch_depth.is_none_or(|d| d <= MAX_BATCH_DEPTH)
         && c.circuit_breaker
             .failure_threshold
             .is_none_or(|n| u64::from(n) <= MAX_JSON_INTEGER)

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentInput;
 use crate::batch::limits::{
-    MAX_BACKOFF_MS, MAX_BREAKER_NAME_LEN, MAX_OUTPUT_BYTES, MAX_RETRIES, MAX_TASK_ID_LEN,
-    MAX_WORKERS, MIN_TIMEOUT_SECONDS, NAME_PATTERN,
+    MAX_BACKOFF_MS, MAX_BATCH_DEPTH, MAX_BREAKER_NAME_LEN, MAX_OUTPUT_BYTES, MAX_RETRIES,
+    MAX_TASK_ID_LEN, MAX_WORKERS, MIN_TIMEOUT_SECONDS, NAME_PATTERN,
 };
 
 /// A batch of tasks plus optional run configuration.
@@ -205,6 +205,15 @@ pub struct BatchConfig {
     )]
     #[schemars(range(min = 1))]
     pub max_expanded_input_bytes: Option<usize>,
+    /// Most levels of `batch` tasks inside `batch` tasks (default 3): a child batch deeper than
+    /// this fails its `batch` task before any of it runs.
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::integral::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = MAX_BATCH_DEPTH))]
+    pub max_batch_depth: Option<u32>,
     /// Circuit breaker settings: one breaker per remote dependency (MCP server, model endpoint)
     /// plus any named by tasks.
     #[serde(default, skip_serializing_if = "BreakerConfig::is_empty")]

@@ -28,14 +28,7 @@ pub struct ValidatedBatch {
 /// Longest message kept from the schema validator: it quotes the offending value, which can be huge.
 const MAX_MESSAGE: usize = 400;
 
-/// What validation may know beyond the batch: the size limits, and the environment the batch
-/// will run in (empty by default: then only the batch itself is checked).
-#[derive(Debug, Clone, Default)]
-pub struct ValidationContext {
-    pub limits: Limits,
-    /// Names of the configured MCP servers; `mcp` tasks naming another are rejected.
-    pub mcp_servers: Option<BTreeSet<String>>,
-}
+pub use crate::validation::ValidationContext;
 
 /// Parses and checks a batch given as JSON text, under the default [`Limits`].
 pub fn validate_text(text: &str) -> Result<ValidatedBatch, Vec<Issue>> {
@@ -306,7 +299,8 @@ impl<'c> FullCheck<'c> {
             self.spawn.extend(crate::cache::spec::spec_issues(i, cache));
         }
         if let (Some(agent), Some(input)) = (agent, task.get("input_data")) {
-            collect_sites(i, input, &mut self.sites);
+            let scoped = agents::parent_scope(agent, input);
+            collect_sites(i, scoped.as_ref().unwrap_or(input), &mut self.sites);
             for (pointer, message) in agents::check_input(agent, input, self.ctx) {
                 self.agent.push(Issue::new(
                     format!("/tasks/{i}/input_data{pointer}"),

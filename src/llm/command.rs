@@ -7,8 +7,8 @@
 use serde_json::Value;
 
 use super::{Conversation, LlmConfig, Reply, Usage, malformed};
-use crate::agents::AgentContext;
-use crate::agents::command::{CommandInput, run};
+use crate::context::AgentContext;
+use crate::process::program::{self, Program};
 use crate::task_error::{ErrorKind, TaskError};
 
 const PROVIDER: &str = "command";
@@ -36,13 +36,13 @@ pub async fn complete(
     std::fs::write(dir.path().join("context.json"), context_text)
         .map_err(|e| io("write context.json", e))?;
 
-    let input = CommandInput {
+    let input = Program {
         argv: config.command.argv.clone(),
         cwd: Some(dir.path().to_string_lossy().into_owned()),
         env: Default::default(),
         stdin: Some(prompt),
     };
-    let out = run(input, ctx).await.map_err(|f| {
+    let out = program::run(input, &ctx.run_limits()).await.map_err(|f| {
         let mut e = f.error;
         e.message = format!("command backend: {}", e.message);
         e

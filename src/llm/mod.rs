@@ -20,7 +20,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::agents::AgentContext;
+use crate::context::AgentContext;
 use crate::task_error::{ErrorKind, TaskError};
 
 pub use config::LlmConfig;

@@ -88,6 +88,13 @@ impl Ledger {
         }
     }
 
+    /// Adds a task the run did not announce (a child batch's, see `runner::groups`) after the
+    /// known ones; its index is theirs plus one, as in the dispatcher.
+    pub fn add_task(&mut self, task_id: &str) {
+        self.index.insert(task_id.into(), self.chains.len() as u32);
+        self.chains.push((NONE, NONE));
+    }
+
     /// The task with this id, by its index in the batch.
     pub fn task_index(&self, task_id: &str) -> Option<usize> {
         self.index.get(task_id).map(|&i| i as usize)
@@ -151,6 +158,8 @@ impl Ledger {
                     *tail = slot;
                     if let (EventKind::TaskFinished { status, .. }, Some(r)) =
                         (&event.kind, self.head.as_mut())
+                        // Tasks a child batch added count in their parent's output only.
+                        && (i as usize) < r.summary.total_tasks
                     {
                         r.summary.count(*status);
                     }

@@ -36,6 +36,8 @@ use crate::services::Services;
 use crate::settings::{KILL_GRACE, RunSettings};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 
+mod coordinated;
+
 /// Numbers and time-stamps events and hands them to the ledger (which writes the journal),
 /// then to every other sink, in order.
 pub struct EventBus {
@@ -125,6 +127,8 @@ pub struct Dispatcher<E: Executor = LocalExecutor> {
     /// What the run history knows (empty without it) and how `"auto"` timeouts are chosen.
     estimates: crate::history::Estimates,
     history: crate::history::HistoryOptions,
+    /// Tasks the dispatcher runs itself (`batch`, `first_success`) and the children they added.
+    coord: coordinated::Coordination,
 }
 
 impl Dispatcher<LocalExecutor> {
@@ -191,6 +195,7 @@ impl<E: Executor> Dispatcher<E> {
             max_redeliveries: 0,
             estimates: Default::default(),
             history: Default::default(),
+            coord: Default::default(),
         }
     }
 
@@ -331,6 +336,14 @@ impl<E: Executor> Dispatcher<E> {
 
         let reason = self.stop.unwrap_or(CancelReason::FailFast);
         for i in self.scheduler.unfinished() {
+            if self.lives[i].is_done() {
+                // A coordinated task that ended as its last children were cancelled here.
+                continue;
+            }
+            if self.coord.is_group(i) {
+                self.group_ended(i, AttemptEnd::Cancelled);
+                continue;
+            }
             self.scheduler.finish(i);
             let events = self.lives[i].cancel(reason);
             self.publish(events);
@@ -485,6 +498,7 @@ impl<E: Executor> Dispatcher<E> {
     fn publish(&mut self, events: Vec<EventKind>) {
         for event in events {
             let mut settled = None;
+            let mut member = None;
             if let EventKind::TaskFinished {
                 task_id,
                 status,
@@ -494,16 +508,23 @@ impl<E: Executor> Dispatcher<E> {
                 ..
             } = &event
             {
-                self.counts.count(*status);
-                self.counts.cached += usize::from(*cached);
                 if let (Some(out), false) = (output, reused) {
                     self.counts.add_usage(out);
                 }
                 settled = self.bus.ledger.task_index(task_id);
+                member = settled.and_then(|i| self.coord.member_entry(i, &self.tasks[i], &event));
+                // The summary counts the batch's own tasks; a child counts in its parent's.
+                if member.is_none() {
+                    self.counts.count(*status);
+                    self.counts.cached += usize::from(*cached);
+                }
             }
             self.bus.emit(event);
             if let Some(i) = settled {
                 self.settled(i);
+            }
+            if let Some((i, entry)) = member {
+                self.member_finished(i, entry);
             }
         }
     }
@@ -546,6 +567,9 @@ impl<E: Executor> Dispatcher<E> {
             Ok(resolved) => resolved,
             Err(error) => return self.fail(i, error.into()),
         };
+        if input.is_coordinated() {
+            return self.start_group(i, input);
+        }
         // A task with a `cache` object is looked up first, off the runtime; it takes no worker
         // meanwhile, and comes back through `cache_answered`.
         if let Some(cache) = self.cache.as_mut()
@@ -635,6 +659,8 @@ impl<E: Executor> Dispatcher<E> {
             return Ok((agent.clone(), false));
         }
         let mut input = agent.input_value();
+        // A child batch's own references are the child's (see `Agent::CHILD_FIELDS`).
+        let held = coordinated::hold_child_fields(agent.name(), &mut input);
         let ids: HashMap<&str, usize> = self.tasks[i]
             .dependencies
             .iter()
@@ -644,7 +670,8 @@ impl<E: Executor> Dispatcher<E> {
                     .deps(i)
                     .iter()
                     .find(|&&j| self.tasks[j].task_id == *d)
-                    .map(|&j| (d.as_str(), j))
+                    // A child task refers to its siblings by their ids in the child batch.
+                    .map(|&j| (coordinated::local_id(d), j))
             })
             .collect();
         let limit = self.settings.max_expanded_input_bytes;
@@ -676,6 +703,7 @@ impl<E: Executor> Dispatcher<E> {
             })
         })
         .map_err(unresolved)?;
+        coordinated::restore_child_fields(&mut input, held);
         // Read from a borrowed tree, so the input is still there to explain a failure.
         let tagged = serde_json::json!({"agent": agent.name(), "input_data": input});
         let resolved = match <AgentInput as serde::Deserialize>::deserialize(&tagged) {
@@ -784,6 +812,7 @@ impl<E: Executor> Dispatcher<E> {
         {
             *by = executed_by;
         }
+        self.coord.explain_cancel(i, &mut events);
 
         self.workers.release();
         if let Some(limit) = self.agent_limits.get_mut(self.tasks[i].agent.name()) {
@@ -811,7 +840,11 @@ impl<E: Executor> Dispatcher<E> {
             self.breaker_changed(&key.label, transition);
         }
         self.publish(events);
+        self.after_attempt(i, after);
+    }
 
+    /// What follows the end of task `i`'s attempt: dependents, a retry, skips.
+    fn after_attempt(&mut self, i: usize, after: AfterAttempt) {
         match after {
             AfterAttempt::Succeeded => {
                 for d in self.scheduler.succeeded(i) {
@@ -1000,7 +1033,8 @@ impl<E: Executor> Dispatcher<E> {
             let events = self.lives[skipped].skip(message);
             self.publish(events);
         }
-        if self.settings.fail_fast && self.stop.is_none() {
+        // An alternative of `first_success` failing is what the construct is for.
+        if self.settings.fail_fast && self.stop.is_none() && !self.coord.is_alternative(i) {
             self.stop_run(CancelReason::FailFast);
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod dispatcher;
 pub mod executor;
+pub mod groups;
 pub mod task_state;
 
 use std::path::PathBuf;

@@ -267,6 +267,11 @@ impl TaskLife {
         vec![self.finished(TaskStatus::Cancelled, None, Some(cancelled_error(reason)))]
     }
 
+    /// → Done(cancelled) with a reason of the caller's (an alternative that lost its race).
+    pub fn cancel_with(&mut self, error: TaskError) -> Vec<EventKind> {
+        vec![self.finished(TaskStatus::Cancelled, None, Some(error))]
+    }
+
     /// BackingOff → Done when the run stops: under fail-fast the last failure stands (returns
     /// true: dependents must be skipped), on an interrupt the task is cancelled.
     pub fn give_up(&mut self, reason: CancelReason) -> (Vec<EventKind>, bool) {

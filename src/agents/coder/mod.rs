@@ -9,7 +9,7 @@
 pub mod onex;
 pub mod template;
 
-use crate::batch::passed::Passed;
+use crate::passed::Passed;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -476,4 +476,27 @@ fn repair_prompt(v: &Validation) -> String {
         p.push_str(&format!("- line {}: [{}] {}\n", i.line, i.rule, i.message));
     }
     p
+}
+
+/// The `coder` agent.
+pub struct CoderAgent;
+
+impl crate::agents::Agent for CoderAgent {
+    type Input = CoderInput;
+    type Output = CoderOutput;
+
+    async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, Failure> {
+        run(input, ctx).await
+    }
+
+    fn remote_dependency(
+        input: &CoderInput,
+        services: &crate::services::Services,
+    ) -> Option<String> {
+        model_backend(input, &services.llm).map(|b| crate::agents::model_breaker(b, services))
+    }
+
+    fn example_input() -> serde_json::Value {
+        json!({"contract_description": "x", "node_type": "Effect", "output_path": "out.py"})
+    }
 }

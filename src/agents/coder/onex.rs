@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tree_sitter::Node;
 
 use super::NodeType;
-use crate::agents::debug::syntax::{Lang, parse, syntax_errors};
+use crate::syntax::{Lang, parse, syntax_errors};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -13,10 +13,10 @@
 //! 0.3; nothing 0.1.
 
 pub mod rules;
-pub mod syntax;
+pub use crate::syntax;
 pub mod traces;
 
-use crate::batch::passed::Passed;
+use crate::passed::Passed;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub struct DebugInput {
     pub problem_description: String,
     /// Files to analyse, inside the workspace; or a typed reference (`{"$output": ...}`) to
     /// a list of them in another task's output.
-    #[schemars(schema_with = "crate::batch::passed::non_empty_strings")]
+    #[schemars(schema_with = "crate::passed::non_empty_strings")]
     pub affected_files: Passed<Vec<String>>,
     /// Stack traces, tracebacks or panic messages, one per string; or a typed reference.
     #[serde(default, skip_serializing_if = "Passed::is_empty_list")]
@@ -715,4 +715,27 @@ async fn ask_model(
     });
     let reply = llm::complete(model, &conversation, &context, ctx).await?;
     Ok((reply.text, reply.usage))
+}
+
+/// The `debug` agent.
+pub struct DebugAgent;
+
+impl crate::agents::Agent for DebugAgent {
+    type Input = DebugInput;
+    type Output = DebugOutput;
+
+    async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, Failure> {
+        run(input, ctx).await
+    }
+
+    fn remote_dependency(
+        input: &DebugInput,
+        services: &crate::services::Services,
+    ) -> Option<String> {
+        model_backend(input, &services.llm).map(|b| crate::agents::model_breaker(b, services))
+    }
+
+    fn example_input() -> serde_json::Value {
+        json!({"problem_description": "x", "affected_files": ["a.py"]})
+    }
 }

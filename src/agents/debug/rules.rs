@@ -194,7 +194,7 @@ fn walk(n: Node, f: &mut impl FnMut(Node)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::debug::syntax::parse;
+    use crate::syntax::parse;
 
     fn rules(lang: Lang, src: &str) -> Vec<(&'static str, usize)> {
         check(lang, &parse(lang, src), src)

@@ -6,8 +6,12 @@
 
 use serde_json::Value;
 
-use crate::batch::issue::{Issue, pointer_token};
+use crate::issue::{Issue, pointer_token};
 
+/// Most `batch` nesting a batch may allow (`config.max_batch_depth`).
+pub const MAX_BATCH_DEPTH: u32 = 16;
+/// The default `config.max_batch_depth`.
+pub const DEFAULT_MAX_BATCH_DEPTH: u32 = 3;
 pub const DEFAULT_MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_DEPTH: usize = 64;
 /// The JSON parser refuses deeper nesting on its own (its recursion limit), so a higher
