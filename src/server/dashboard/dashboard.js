@@ -499,7 +499,7 @@
       for (var s = 0; s <= run.domain; s += step) {
         var x = LEFT + s * px;
         grid.appendChild(svg('line', { 'class': 'tick', x1: x, x2: x, y1: TOP - 4, y2: TOP + run.lanes * (LANE_H + LANE_GAP) }));
-        var label = svg('text', { 'class': 'axis', x: x + 2, y: TOP - 6 }); label.textContent = human(s); grid.appendChild(label);
+        if (x < width - 50) { var label = svg('text', { 'class': 'axis', x: x + 2, y: TOP - 6 }); label.textContent = human(s); grid.appendChild(label); }
       }
       for (var l = 0; l < run.lanes; l++) {
         var y = TOP + l * (LANE_H + LANE_GAP);
