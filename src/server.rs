@@ -23,8 +23,8 @@
 //! must be the listen address, a loopback name or an allowed name; an `Origin`, if any, must be
 //! this server; bodies must be `application/json` (a type no page can send cross-site without a
 //! pre-flight this server never answers). With `DISPATCH_API_TOKEN` set, everything but `/health`
-//! needs `Authorization: Bearer <token>`; without it the server refuses to listen on anything but
-//! loopback. Every error answer is a JSON document.
+//! and the dashboard page `/` (no data in it) needs `Authorization: Bearer <token>`; without it
+//! the server refuses to listen on anything but loopback. Every error answer is a JSON document.
 //!
 //! Connections are served by hand (not `axum::serve`) for three things it does not offer: a
 //! header read timeout, a body read timeout, and a lingering close, so a client that writes its
@@ -430,8 +430,8 @@ impl HostPolicy {
     }
 
     /// An `Origin` is this server itself: an accepted host on the port we listen on, or a name on
-    /// the allow-list (which may sit behind a proxy on another port). This server serves no
-    /// pages, so any other origin is a foreign page calling it.
+    /// the allow-list (which may sit behind a proxy on another port). Its only page is its own
+    /// dashboard, so any other origin is a foreign page calling it.
     fn origin(&self, origin: &HeaderValue) -> bool {
         if self.any() {
             return true;

@@ -5,10 +5,10 @@
 //! neither the page nor the stream; the token is required; the page keeps up with a 1,000-task
 //! run among ten. Screenshots and measurements go to target/test-artifacts/.
 
-mod common;
-mod observe;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
+mod observe;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -82,7 +82,12 @@ impl Serve {
     }
 
     fn trace(&self, run_id: &str) -> Value {
-        common::read_json(&self.sb.path().join(format!("traces/dispatch-{run_id}.json")))
+        common::read_json(
+            &self
+                .sb
+                .path()
+                .join(format!("traces/dispatch-{run_id}.json")),
+        )
     }
 }
 
@@ -248,10 +253,12 @@ async fn a_run_submitted_later_appears_and_updates_live_without_its_secret() {
         .map(|t| t["attempts"].as_array().unwrap().len())
         .sum();
     let bars = browser
-        .js("return {all: document.querySelectorAll('#timeline-svg rect.bar').length,\
+        .js(
+            "return {all: document.querySelectorAll('#timeline-svg rect.bar').length,\
                      error: document.querySelectorAll('#timeline-svg rect.bar.o-error').length,\
                      running: document.querySelectorAll('#timeline-svg rect.bar.o-running').length,\
-                     page: window.__loaded||null}")
+                     page: window.__loaded||null}",
+        )
         .await;
     assert_eq!(
         bars,
@@ -269,8 +276,10 @@ async fn a_run_submitted_later_appears_and_updates_live_without_its_secret() {
 
     // The secret task's details show the output redacted; the secret is nowhere in the page.
     let shown = browser
-        .js("document.querySelector('#task-rows .trow[data-task=\"uses-secret\"]').click();\
-             var d=document.getElementById('detail'); return d.textContent")
+        .js(
+            "document.querySelector('#task-rows .trow[data-task=\"uses-secret\"]').click();\
+             var d=document.getElementById('detail'); return d.textContent",
+        )
         .await;
     let shown = shown.as_str().unwrap();
     assert!(shown.contains("key=[REDACTED]"), "{shown}");
@@ -325,7 +334,8 @@ impl RawStream {
         socket
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -444,7 +454,11 @@ async fn the_event_stream_resumes_from_last_event_id() {
         tokio::task::spawn_blocking(move || {
             let mut s = RawStream::open(&addr, &path, &[("Authorization", &auth)]);
             assert_eq!(s.status, 200, "{}", s.head);
-            assert!(s.head.contains("content-type: text/event-stream"), "{}", s.head);
+            assert!(
+                s.head.contains("content-type: text/event-stream"),
+                "{}",
+                s.head
+            );
             s.read_until(|evs| {
                 evs.iter()
                     .any(|(_, _, d)| d.contains("\"attempt_started\"") && d.contains("\"held\""))
@@ -757,7 +771,9 @@ async fn the_page_keeps_up_with_1000_tasks_among_10_runs() {
 async fn the_cancel_button_cancels_the_run() {
     let server = Serve::start(&[]);
     let run_id = server
-        .submit(&json!({"tasks": [gated("held", "never", &[]), sh_task("later", "true", &["held"])]}))
+        .submit(
+            &json!({"tasks": [gated("held", "never", &[]), sh_task("later", "true", &["held"])]}),
+        )
         .await;
     let browser = Browser::start_sized(1280, 900).await;
     // Opened by its address: the run id in the fragment.
@@ -780,7 +796,13 @@ async fn the_cancel_button_cancels_the_run() {
     browser
         .js("var b=document.getElementById('cancel'); b.click(); return b.textContent")
         .await;
-    assert!(!server.sb.path().join(format!("traces/dispatch-{run_id}.json")).exists());
+    assert!(
+        !server
+            .sb
+            .path()
+            .join(format!("traces/dispatch-{run_id}.json"))
+            .exists()
+    );
     browser
         .js("document.getElementById('cancel').click(); return 0")
         .await;
@@ -801,4 +823,3 @@ async fn the_cancel_button_cancels_the_run() {
     assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
     browser.close().await;
 }
-

@@ -6,10 +6,10 @@
 //! node box (screenshots report-features*.png). Also loads the report of a 1,000-task run and
 //! records how long that takes.
 
-mod common;
-mod observe;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
+mod observe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

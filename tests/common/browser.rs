@@ -179,4 +179,3 @@ pub fn artifacts() -> PathBuf {
 pub fn severe(logs: &[Value]) -> Vec<&Value> {
     logs.iter().filter(|l| l["level"] == "SEVERE").collect()
 }
-

@@ -347,7 +347,7 @@
     if (!run) { return; }
     // Read before anything changes: reading layout after DOM writes would force a synchronous
     // layout of the whole page (a second, for 1,000 new rows).
-    if (run.width !== width) { width = Math.max(600, $('timeline-wrap').clientWidth - 2); }
+    width = Math.max(600, $('timeline-wrap').clientWidth - 2);
     if (run.dirtyAll && run.started) { var b0 = performance.now(); build(run); stats.maxBuildMs = Math.max(stats.maxBuildMs, performance.now() - b0); }
     var dirty = run.dirtyTasks; run.dirtyTasks = {};
     var status = $('status-filter').value;
