@@ -11,8 +11,7 @@ mod browser;
 mod common;
 mod observe;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, artifacts, base64_decode, severe};
