@@ -823,3 +823,41 @@ async fn the_cancel_button_cancels_the_run() {
     assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_event_streams_and_the_server() {
+    let mut server = Serve::start(&["--shutdown-grace-seconds", "1"]);
+    let run_id = server
+        .submit(&json!({"tasks": [gated("held", "never", &[])]}))
+        .await;
+    let path = format!("/v1/runs/{run_id}/events");
+    let auth = format!("Bearer {TOKEN}");
+    let addr = server.addr();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut s = RawStream::open(&addr, &path, &[("Authorization", &auth)]);
+        s.read_until(|_| false);
+        (s.done, s.events())
+    });
+    // The stream is open and the task running before the signal.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    common::send_signal(server.child.id(), libc::SIGTERM);
+    let started = Instant::now();
+    let (done, events) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(done, "the stream ended properly");
+    let last: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(last["event"], "run_finished", "{events:?}");
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server exits"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
