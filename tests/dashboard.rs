@@ -30,12 +30,19 @@ struct Serve {
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
+        Self::start_with(extra, Some(TOKEN))
+    }
+
+    fn start_with(extra: &[&str], token: Option<&str>) -> Serve {
         let sb = Sandbox::new();
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--trace-dir", "traces"];
         args.extend_from_slice(extra);
-        let mut child = sb
-            .cmd(&args)
-            .env("DISPATCH_API_TOKEN", TOKEN)
+        let mut cmd = sb.cmd(&args);
+        match token {
+            Some(t) => cmd.env("DISPATCH_API_TOKEN", t),
+            None => cmd.env_remove("DISPATCH_API_TOKEN"),
+        };
+        let mut child = cmd
             .env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -860,4 +867,27 @@ async fn sigterm_ends_open_event_streams_and_the_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_the_page_opens_straight_on_loopback() {
+    let server = Serve::start_with(&[], None);
+    let (status, page) = server.get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-auth=\"none\""));
+    let (status, _) = server.get("/v1/runs", None).await;
+    assert_eq!(status, 200);
+    let browser = Browser::start_sized(1000, 700).await;
+    browser.open_url(&server.url("/")).await;
+    let shown = until(
+        &browser,
+        "return !document.getElementById('app').hidden && document.getElementById('login').hidden\
+         && document.getElementById('conn').textContent.indexOf('connected')===0 && document.getElementById('forget').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(shown, json!(true));
+    let logs = browser.logs().await;
+    assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
+    browser.close().await;
 }
