@@ -333,6 +333,8 @@ struct RawStream {
     status: u16,
     head: String,
     done: bool,
+    parsed: Vec<(Option<u64>, String, String)>,
+    consumed: usize,
 }
 
 impl RawStream {
@@ -355,6 +357,8 @@ impl RawStream {
             status: 0,
             head: String::new(),
             done: false,
+            parsed: Vec::new(),
+            consumed: 0,
         };
         while !s.raw.windows(4).any(|w| w == b"\r\n\r\n") {
             s.read_more();
@@ -367,7 +371,7 @@ impl RawStream {
     }
 
     fn read_more(&mut self) -> bool {
-        let mut buf = [0u8; 16384];
+        let mut buf = vec![0u8; 1 << 20];
         let n = self.socket.read(&mut buf).unwrap();
         self.raw.extend_from_slice(&buf[..n]);
         n > 0
@@ -403,35 +407,43 @@ impl RawStream {
     }
 
     /// The complete events received so far, as (id, event name, data).
-    fn events(&self) -> Vec<(Option<u64>, String, String)> {
-        let text = String::from_utf8_lossy(&self.body);
-        let complete = match text.rfind("\n\n") {
-            Some(i) => &text[..i],
-            None => return Vec::new(),
-        };
-        complete
-            .split("\n\n")
-            .filter_map(|block| {
-                let (mut id, mut name, mut data) = (None, "message".to_string(), None);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        name = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(v.to_string());
-                    }
+    fn events(&mut self) -> Vec<(Option<u64>, String, String)> {
+        self.parse_new();
+        self.parsed.clone()
+    }
+
+    /// Parses the events completed since the last call (each byte is looked at once, so a
+    /// stream of tens of megabytes reads in linear time).
+    fn parse_new(&mut self) {
+        while let Some(end) = self.body[self.consumed..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+        {
+            let block = String::from_utf8_lossy(&self.body[self.consumed..self.consumed + end])
+                .into_owned();
+            self.consumed += end + 2;
+            let (mut id, mut name, mut data) = (None, "message".to_string(), None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.parse().unwrap());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(v.to_string());
                 }
-                data.map(|d| (id, name, d))
-            })
-            .collect()
+            }
+            if let Some(d) = data {
+                self.parsed.push((id, name, d));
+            }
+        }
     }
 
     /// Reads until `enough` holds for the events so far, or the stream ends.
     fn read_until(&mut self, enough: impl Fn(&[(Option<u64>, String, String)]) -> bool) {
         loop {
             self.unchunk();
-            if self.done || enough(&self.events()) {
+            self.parse_new();
+            if self.done || enough(&self.parsed) {
                 return;
             }
             if !self.read_more() {
@@ -887,6 +899,99 @@ async fn without_a_token_the_page_opens_straight_on_loopback() {
     )
     .await;
     assert_eq!(shown, json!(true));
+    let logs = browser.logs().await;
+    assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_buffer_a_stream_says_what_it_dropped() {
+    let server = Serve::start(&[]);
+    // Three outputs of 12 MB: their events pass the 32 MiB a running run keeps for its streams.
+    let big = |id: &str| sh_task(id, "head -c 12000000 /dev/zero | tr '\\0' a", &[]);
+    let run_id = server
+        .submit(&json!({"tasks": [big("big1"), big("big2"), big("big3"),
+                                   gated("held", "go", &["big1", "big2", "big3"])],
+                        "config": {"max_workers": 3, "max_output_bytes": 13_000_000}}))
+        .await;
+    let path = format!("/v1/runs/{run_id}/events");
+    let auth = format!("Bearer {TOKEN}");
+    let addr = server.addr();
+    // Connect once the big tasks are done and the held one runs: the buffer has overflowed.
+    let start = Instant::now();
+    loop {
+        let (_, body) = server.get("/v1/runs", Some(TOKEN)).await;
+        let list: Value = serde_json::from_str(&body).unwrap();
+        let s = &list["runs"][0]["summary"];
+        if s["successful"] == 3 && s["running"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = tokio::task::spawn_blocking({
+        let (addr, path, auth) = (addr.clone(), path.clone(), auth.clone());
+        move || {
+            let mut s = RawStream::open(&addr, &path, &[("Authorization", &auth)]);
+            s.read_until(|evs| {
+                evs.iter()
+                    .any(|(_, _, d)| d.contains("\"attempt_started\"") && d.contains("\"held\""))
+            });
+            s.events()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(events[0].0, Some(0), "run_started is always kept");
+    assert!(events[0].2.contains("\"run_started\""));
+    let (id, name, data) = &events[1];
+    assert_eq!(name, "dropped", "{:?}", &events[1]);
+    let range: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(range["from"], 1);
+    let to = range["to"].as_u64().unwrap();
+    assert_eq!(*id, Some(to));
+    let rest: Vec<u64> = events[2..].iter().map(|e| e.0.unwrap()).collect();
+    let expected: Vec<u64> = (to + 1..to + 1 + rest.len() as u64).collect();
+    assert_eq!(rest, expected, "after the gap, every event in order");
+    assert!(
+        events[2..]
+            .iter()
+            .any(|(_, _, d)| d.contains("\"task_finished\"")),
+        "the newest big events are still there"
+    );
+
+    // The page says so, fetches the statuses again, and follows the run to its end.
+    let browser = Browser::start_sized(1280, 900).await;
+    browser
+        .open_url(&server.url(&format!("/#run={run_id}")))
+        .await;
+    browser
+        .js(&format!(
+            "document.getElementById('token').value='{TOKEN}';\
+             document.getElementById('login-button').click(); return 0"
+        ))
+        .await;
+    let notice = until(
+        &browser,
+        "var n=document.getElementById('run-notice'); return n.hidden ? null : n.textContent",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(notice.as_str().unwrap().contains("dropped"), "{notice}");
+    until(
+        &browser,
+        "var o={}; document.querySelectorAll('#task-rows .trow').forEach(function(r){o[r.dataset.task]=r.dataset.status;});\
+         return o.big1==='success'&&o.big2==='success'&&o.big3==='success'&&o.held==='running'",
+        Duration::from_secs(30),
+    )
+    .await;
+    server.release("go");
+    until(
+        &browser,
+        "return document.getElementById('run-state').textContent==='success'",
+        Duration::from_secs(60),
+    )
+    .await;
     let logs = browser.logs().await;
     assert!(severe(&logs).is_empty(), "console errors: {logs:?}");
     browser.close().await;
