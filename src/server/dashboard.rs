@@ -265,9 +265,10 @@ pub(super) struct FeedSink {
 
 impl EventSink for FeedSink {
     fn on_event(&mut self, event: &Event) {
-        let text: Arc<str> = serde_json::to_string(&crate::redact::redacted(event))
-            .unwrap_or_default()
-            .into();
+        // As the journal writes it: redacted, and `run_started` of a million tasks without
+        // building it as one JSON tree.
+        let line = crate::journal::event_line(event);
+        let text: Arc<str> = String::from_utf8_lossy(&line).into();
         let pinned = matches!(event.kind, EventKind::RunStarted { .. });
         self.feed.push(event.seq, text, pinned);
         let mut info = lock(&self.entry.info);
