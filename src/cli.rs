@@ -252,13 +252,18 @@ Endpoints (every error answer is a JSON document):
   GET  /v1/runs/{run_id}  a running run's live status, or a finished run's trace and result
   DELETE /v1/runs/{run_id}
                           cancel a running run (its processes are killed, its trace is written)
+  GET  /v1/runs           the runs served, newest first: state, status, counts, duration
+  GET  /v1/runs/{run_id}/events
+                          the run's events as Server-Sent Events (id = seq; resumes after
+                          Last-Event-ID); `curl -N` follows a run live
+  GET  /                  the live dashboard (open it in a browser)
   GET  /health            {\"status\": \"healthy\", \"version\", \"agents_available\", \"mcp\"}
   GET  /metrics           Prometheus text format, cumulative across the runs served
 
 A run belongs to the server: a client that disconnects does not cancel it. With
-DISPATCH_API_TOKEN set (not blank), every endpoint but /health needs `Authorization: Bearer
-<token>`; without it the server only listens on loopback addresses. Requests whose Host or Origin
-names another site are refused (403; see --allow-host). SIGTERM or SIGINT: stop accepting, let
+DISPATCH_API_TOKEN set (not blank), every endpoint but /health and the dashboard page / needs
+`Authorization: Bearer <token>`; without it the server only listens on loopback addresses.
+Requests whose Host or Origin names another site are refused (403; see --allow-host). SIGTERM or SIGINT: stop accepting, let
 in-flight runs finish for the grace period, then cancel them (their traces are written).
 
 Exit codes: 0 clean shutdown; 3 cannot start (address in use, unprotected non-loopback address,

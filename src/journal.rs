@@ -238,7 +238,7 @@ fn header_line(run_id: &str, batch: &Batch, digests: &Digests) -> std::io::Resul
 
 /// An event's line (without its newline), redacted; `run_started`'s list of tasks one task at
 /// a time.
-fn event_line(event: &Event) -> Vec<u8> {
+pub(crate) fn event_line(event: &Event) -> Vec<u8> {
     use crate::reporter::stream::{Part, Spliced};
     match &event.kind {
         EventKind::RunStarted {

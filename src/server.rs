@@ -9,6 +9,8 @@
 //!   written) and answers its result.
 //! - `?result=compact` on these three: the compact result (`--result compact`) in place of the
 //!   full one (for a finished run's `GET`, instead of the trace too).
+//! - `GET /`, `GET /v1/runs`, `GET /v1/runs/{run_id}/events`, `GET /v1/workers`: the live
+//!   dashboard and its data (see [`dashboard`]).
 //! - `GET /health`: liveness, version, agents, MCP reachability. `GET /metrics`: Prometheus text,
 //!   cumulative across the runs this instance served, plus runs in flight; every series with
 //!   known label values is there at zero from start-up.
@@ -21,8 +23,8 @@
 //! must be the listen address, a loopback name or an allowed name; an `Origin`, if any, must be
 //! this server; bodies must be `application/json` (a type no page can send cross-site without a
 //! pre-flight this server never answers). With `DISPATCH_API_TOKEN` set, everything but `/health`
-//! needs `Authorization: Bearer <token>`; without it the server refuses to listen on anything but
-//! loopback. Every error answer is a JSON document.
+//! and the dashboard page `/` (no data in it) needs `Authorization: Bearer <token>`; without it
+//! the server refuses to listen on anything but loopback. Every error answer is a JSON document.
 //!
 //! Connections are served by hand (not `axum::serve`) for three things it does not offer: a
 //! header read timeout, a body read timeout, and a lingering close, so a client that writes its
@@ -63,6 +65,8 @@ use crate::reporter::metrics::{Metrics, MetricsSink};
 use crate::reporter::recorder::RunRecord;
 use crate::runner::{Interrupt, RunOptions, RunnerError, new_run_id, run};
 use crate::services::Services;
+
+pub mod dashboard;
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const TOKEN_ENV: &str = "DISPATCH_API_TOKEN";
@@ -137,6 +141,8 @@ struct AppState {
     slots: Arc<Semaphore>,
     runs: Mutex<HashMap<String, RunHandle>>,
     shutting_down: AtomicBool,
+    /// What the dashboard shows. Its workers panel: [`dashboard::Dashboard::with_workers`].
+    dashboard: dashboard::Dashboard,
 }
 
 /// Serves until `shutdown` resolves, then drains as described in the module docs.
@@ -163,10 +169,15 @@ pub async fn serve(
         options,
         runs: Mutex::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
+        dashboard: dashboard::Dashboard::default(),
     });
     let app = Router::new()
         .route("/v1/dispatch", post(dispatch))
         .route("/v1/runs/{run_id}", get(get_run).delete(cancel_run))
+        .route("/", get(dashboard::page))
+        .route("/v1/runs", get(dashboard::list_runs))
+        .route("/v1/runs/{run_id}/events", get(dashboard::events))
+        .route("/v1/workers", get(dashboard::workers))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -337,8 +348,10 @@ pub(crate) fn admit(
             &format!("cross-origin requests are refused (Origin '{shown}')"),
         ));
     }
+    // The dashboard page holds no data (a browser cannot add a header to a navigation); what
+    // it shows comes from endpoints that need the token.
     if let Some(token) = token
-        && request.uri().path() != "/health"
+        && !matches!(request.uri().path(), "/health" | "/")
     {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -434,8 +447,8 @@ impl HostPolicy {
     }
 
     /// An `Origin` is this server itself: an accepted host on the port we listen on, or a name on
-    /// the allow-list (which may sit behind a proxy on another port). This server serves no
-    /// pages, so any other origin is a foreign page calling it.
+    /// the allow-list (which may sit behind a proxy on another port). Its only page is its own
+    /// dashboard, so any other origin is a foreign page calling it.
     fn origin(&self, origin: &HeaderValue) -> bool {
         if self.any() {
             return true;
@@ -677,6 +690,11 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     run_options.sinks = vec![
         Box::new(MetricsSink::new(state.metrics.clone(), None)),
         Box::new(LiveSink(live.clone())),
+        Box::new(
+            state
+                .dashboard
+                .register(&run_id, validated.batch.tasks.len()),
+        ),
     ];
     run_options.interrupts = Some(rx);
     run_options.redis = options.redis.clone();

@@ -701,7 +701,7 @@ fn nice_step(raw: f64) -> f64 {
 }
 
 /// A CSP source for an inline script or style: its SHA-256, base64-encoded.
-fn csp_hash(text: &str) -> String {
+pub(crate) fn csp_hash(text: &str) -> String {
     format!(
         "sha256-{}",
         base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()))
