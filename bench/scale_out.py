@@ -148,7 +148,7 @@ def ours(binary, redis, work, n, argv, workers):
         if p.returncode != 0:
             raise RuntimeError(f"dispatch_runner run failed ({p.returncode}): {p.stderr.decode()[-2000:]}")
         result = json.loads(p.stdout)
-        ok = result["summary"]["succeeded"]
+        ok = result["summary"]["successful"]
         if ok != n:
             raise RuntimeError(f"dispatch_runner: {ok} of {n} tasks succeeded")
         return elapsed
