@@ -256,7 +256,7 @@ def bench_scale_out(args, table, work):
             one = one or (t_ours, t_rq)
             ideal = m * float(secs) / workers
             speedup = f" (speed-up {one[0] / t_ours:.2f}x; RQ {one[1] / t_rq:.2f}x)" if workers > 1 and t_rq else (f" (speed-up {one[0] / t_ours:.2f}x)" if workers > 1 else "")
-            table.add(7, f"{m} `sleep {secs}` tasks, {workers} worker process{'es' if workers > 1 else ''}: wall time{speedup}", t_ours, f"RQ, {workers} `rq worker`{'s' if workers > 1 else ''}", t_rq, "s", f"near the ideal {ideal:.0f} s; faster than RQ", t_ours < t_rq if t_rq else None)
+            table.add(7, f"{m} `sleep {secs}` tasks, {workers} worker process{'es' if workers > 1 else ''}: wall time{speedup}", t_ours, f"RQ, {workers} `rq worker`{'s' if workers > 1 else ''}", t_rq, "s", f"near the ideal {ideal:.1f} s; faster than RQ", t_ours < t_rq if t_rq else None)
             print(f"benchmark 7: sleep x{m}, {workers} workers: ours {t_ours:.2f} s" + (f", rq {t_rq:.2f} s" if t_rq else ""), file=sys.stderr, flush=True)
     finally:
         redis.stop()
