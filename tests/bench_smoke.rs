@@ -19,7 +19,7 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for bench in 1..=6 {
+    for bench in 1..=7 {
         let rows: Vec<&str> = stdout
             .lines()
             .filter(|l| l.starts_with(&format!("| {bench} |")))
@@ -32,6 +32,7 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
             ours.ends_with(" s")
                 || ours.ends_with(" ms")
                 || ours.ends_with(" MiB")
+                || ours.ends_with(" µs")
                 || ours.ends_with(" calls/s"),
             "benchmark {bench} has no figure: {}",
             rows[0]
@@ -56,6 +57,25 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
         "{measures:?}"
     );
     assert!(rows[5][2].starts_with("validate 1,000 "), "{measures:?}");
+    // Benchmark 7 (scale-out over Redis): the local executor's per-task figure, the Redis
+    // executor's, then one row per pool size (1, 2, 4 worker processes), each with our figure.
+    // RQ (the peer) needs the bench venv, which only bench/run installs: not measured here.
+    let rows7: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 7 |"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert_eq!(rows7.len(), 5, "{rows7:?}");
+        for (row, unit) in rows7.iter().zip([" µs", " µs", " s", " s", " s"]) {
+            assert!(row[3].ends_with(unit), "ours in {unit}: {row:?}");
+        }
+        assert!(rows7[4][2].contains("4 worker processes"), "{rows7:?}");
+    }
     // GNU parallel is installed by scripts/install-test-deps; when it is there, its figures are
     // measured (its job log checked to hold every job), in the same units as ours.
     if std::process::Command::new("parallel")

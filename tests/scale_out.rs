@@ -496,6 +496,25 @@ async fn serve_sends_its_runs_to_the_pool_and_delete_reaches_the_workers() {
         "{result}"
     );
     assert_eq!(result["results"][0]["executed_by"], "w");
+    // The dashboard's workers panel lists the pool's live workers.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = client
+            .get(format!("{base}/v1/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["workers"][0]["name"] == "w" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["available"], true, "{listed}");
+    assert_eq!(listed["workers"][0]["name"], "w", "{listed}");
+    assert_eq!(listed["workers"][0]["capacity"], 2, "{listed}");
 
     let accepted: Value = client
         .post(format!("{base}/v1/dispatch?wait=false"))
