@@ -1086,6 +1086,53 @@ where
     out
 }
 
+/// The dashboard's workers panel under `serve --redis`: the pool's live workers as
+/// `dispatch_runner workers` lists them (no secrets: names, hosts, agents, load), refreshed in
+/// the background so a page's poll never waits on Redis.
+struct PoolWorkers(std::sync::Mutex<Vec<Value>>);
+
+impl PoolWorkers {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn watch(url: &str) -> Arc<PoolWorkers> {
+        let pool = Arc::new(PoolWorkers(std::sync::Mutex::new(Vec::new())));
+        let weak = Arc::downgrade(&pool);
+        let url = url.to_string();
+        tokio::spawn(async move {
+            let mut warned = false;
+            // Ends with the server: the dashboard holds the only strong reference.
+            while let Some(pool) = weak.upgrade() {
+                let listed = match crate::remote::list_workers(&url).await {
+                    Ok(workers) => {
+                        warned = false;
+                        workers
+                            .iter()
+                            .filter_map(|w| serde_json::to_value(w).ok())
+                            .collect()
+                    }
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!("dashboard: cannot list the pool's workers: {e}");
+                            warned = true;
+                        }
+                        Vec::new()
+                    }
+                };
+                *pool.0.lock().unwrap_or_else(|p| p.into_inner()) = listed;
+                drop(pool);
+                tokio::time::sleep(Self::EVERY).await;
+            }
+        });
+        pool
+    }
+}
+
+impl dashboard::WorkerSource for PoolWorkers {
+    fn workers(&self) -> Vec<Value> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1193,52 +1240,5 @@ mod tests {
             Ok(ResultForm::Compact)
         );
         assert!(result_param(Some("result=short")).is_err());
-    }
-}
-
-/// The dashboard's workers panel under `serve --redis`: the pool's live workers as
-/// `dispatch_runner workers` lists them (no secrets: names, hosts, agents, load), refreshed in
-/// the background so a page's poll never waits on Redis.
-struct PoolWorkers(std::sync::Mutex<Vec<Value>>);
-
-impl PoolWorkers {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-    fn watch(url: &str) -> Arc<PoolWorkers> {
-        let pool = Arc::new(PoolWorkers(std::sync::Mutex::new(Vec::new())));
-        let weak = Arc::downgrade(&pool);
-        let url = url.to_string();
-        tokio::spawn(async move {
-            let mut warned = false;
-            // Ends with the server: the dashboard holds the only strong reference.
-            while let Some(pool) = weak.upgrade() {
-                let listed = match crate::remote::list_workers(&url).await {
-                    Ok(workers) => {
-                        warned = false;
-                        workers
-                            .iter()
-                            .filter_map(|w| serde_json::to_value(w).ok())
-                            .collect()
-                    }
-                    Err(e) => {
-                        if !warned {
-                            tracing::warn!("dashboard: cannot list the pool's workers: {e}");
-                            warned = true;
-                        }
-                        Vec::new()
-                    }
-                };
-                *pool.0.lock().unwrap_or_else(|p| p.into_inner()) = listed;
-                drop(pool);
-                tokio::time::sleep(Self::EVERY).await;
-            }
-        });
-        pool
-    }
-}
-
-impl dashboard::WorkerSource for PoolWorkers {
-    fn workers(&self) -> Vec<Value> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

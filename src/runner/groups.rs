@@ -111,9 +111,9 @@ fn alternatives(input: &FirstSuccessInput, ctx: &ValidationContext) -> Result<Ch
 fn with_child_defaults(mut v: ValidatedBatch) -> ValidatedBatch {
     let config = std::mem::take(&mut v.batch.config);
     for t in &mut v.batch.tasks {
-        t.timeout_seconds = t
+        t.timeout_seconds = t.timeout_seconds.or(config
             .timeout_seconds
-            .or(config.timeout_seconds.map(crate::batch::TaskTimeout::Seconds));
+            .map(crate::batch::TaskTimeout::Seconds));
         t.retries = t.retries.or(config.retries);
     }
     v

@@ -253,13 +253,29 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
             )
             .redelivering(redeliveries)
             .with_history(estimates, history);
-            drive(dispatcher, journal, cache, reuse, run_id.clone(), interrupts).await
+            drive(
+                dispatcher,
+                journal,
+                cache,
+                reuse,
+                run_id.clone(),
+                interrupts,
+            )
+            .await
         }
         None => {
             let dispatcher =
                 dispatcher::Dispatcher::new(validated, settings, services.clone(), sinks)
                     .with_history(estimates, history);
-            drive(dispatcher, journal, cache, reuse, run_id.clone(), interrupts).await
+            drive(
+                dispatcher,
+                journal,
+                cache,
+                reuse,
+                run_id.clone(),
+                interrupts,
+            )
+            .await
         }
     };
     let mut sinks = done.sinks;
