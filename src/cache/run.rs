@@ -53,6 +53,13 @@ impl RunCache {
     }
 
     /// Whether task `i` must be looked up before it may start.
+    /// Tasks added to the run after it started (a child batch's) get their own entries.
+    pub fn grow(&mut self, n: usize) {
+        if self.state.len() < n {
+            self.state.resize_with(n, || KeyState::Unchecked);
+        }
+    }
+
     pub fn wants_lookup(&self, i: usize, task: &Task) -> bool {
         task.cache.is_some() && self.state[i] == KeyState::Unchecked
     }

@@ -225,6 +225,11 @@ impl<E: Executor> Dispatcher<E> {
             self.tasks.push(task);
         }
         let added = self.tasks.len() - base;
+        // Per-task state kept by index grows with the run.
+        self.redeliveries.resize(self.tasks.len(), 0);
+        if let Some(cache) = self.cache.as_mut() {
+            cache.grow(self.tasks.len());
+        }
         let group = self.coord.groups.get_mut(&parent).expect("group exists");
         group.members.extend(base..base + added);
         group.results.resize(group.members.len(), None);
