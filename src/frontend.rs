@@ -860,22 +860,18 @@ fn worker(config: &Config, args: crate::cli::WorkerArgs) -> u8 {
         Ok(s) => Arc::new(s),
         Err(issue) => return runner_error(&issue.message, None),
     };
+    // `batch` and `first_success` are run by the coordinator's dispatcher, never by a worker.
+    let served = crate::agents::executed_agents();
     let agents = if args.agents.is_empty() {
-        crate::agents::ALL_AGENTS
-            .iter()
-            .map(|a| a.to_string())
-            .collect()
+        served.iter().map(|a| a.to_string()).collect()
     } else {
         args.agents.clone()
     };
-    if let Some(bad) = agents
-        .iter()
-        .find(|a| !crate::agents::ALL_AGENTS.contains(&a.as_str()))
-    {
+    if let Some(bad) = agents.iter().find(|a| !served.contains(&a.as_str())) {
         return runner_error(
             &format!(
-                "--agents: unknown agent '{bad}' (known: {})",
-                crate::agents::ALL_AGENTS.join(", ")
+                "--agents: '{bad}' is not an agent a worker runs (these are: {})",
+                served.join(", ")
             ),
             None,
         );

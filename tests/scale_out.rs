@@ -773,3 +773,28 @@ fn redis_losing_its_data_mid_run_stops_the_run_instead_of_waiting_for_ever() {
     )
     .is_empty()));
 }
+
+#[test]
+fn a_worker_refuses_the_agents_only_the_coordinator_runs() {
+    // `batch` and `first_success` tasks are run by the coordinator's dispatcher: a worker
+    // neither serves them by default nor accepts them in --agents.
+    let sb = Sandbox::new();
+    for agent in ["batch", "first_success", "nonsense"] {
+        let out = sb
+            .cmd(&[
+                "worker",
+                "--redis",
+                "redis://127.0.0.1:1/0",
+                "--agents",
+                &format!("command,{agent}"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{agent}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("'{agent}' is not an agent a worker runs")),
+            "{stderr}"
+        );
+    }
+}

@@ -88,6 +88,14 @@ macro_rules! registry {
         /// Every agent name of the batch format, in declaration order.
         pub const ALL_AGENTS: &[&str] = &[$($name),*];
 
+        /// The agents whose attempts an executor runs (a Redis worker serves these): all but
+        /// the ones the dispatcher runs itself.
+        pub fn executed_agents() -> Vec<&'static str> {
+            let mut names = Vec::new();
+            $( if !<$agent as Agent>::COORDINATED { names.push($name); } )*
+            names
+        }
+
         impl AgentInput {
             /// The agent's name as written in the batch.
             pub fn name(&self) -> &'static str {
