@@ -228,7 +228,8 @@ def rq_python(args):
     if not candidate:
         return None
     ok = subprocess.run([candidate, "-c", "import rq, redis"], capture_output=True).returncode == 0
-    return candidate if ok and shutil.which("redis-server") else None
+    # Absolute (not resolved: a venv's python is a link) because RQ runs in the work folder.
+    return os.path.abspath(candidate) if ok and shutil.which("redis-server") else None
 
 
 def bench_scale_out(args, table, work):
