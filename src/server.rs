@@ -145,21 +145,30 @@ struct AppState {
     dashboard: dashboard::Dashboard,
 }
 
+/// Binds `listen`, refusing an address beyond loopback when no token protects it (shared by
+/// `serve` and `mcp-server --listen`).
+pub(crate) async fn bind_protected(
+    listen: SocketAddr,
+    has_token: bool,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    if !has_token && !listen.ip().is_loopback() {
+        return Err(ServeError::Unprotected(listen));
+    }
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })
+}
+
 /// Serves until `shutdown` resolves, then drains as described in the module docs.
 pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = Interrupt> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    if options.token.is_none() && !options.listen.ip().is_loopback() {
-        return Err(ServeError::Unprotected(options.listen));
-    }
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+    let listener = bind_protected(options.listen, options.token.is_some()).await?;
     let local = listener.local_addr()?;
     on_listening(local);
     let redis_url = options.redis.as_ref().map(|r| r.url.clone());

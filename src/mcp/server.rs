@@ -769,22 +769,14 @@ pub async fn serve_http(
     shutdown: impl Future<Output = Interrupt>,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), crate::server::ServeError> {
-    use crate::server::{HostPolicy, ServeError, admit, json_errors, serve_connection};
+    use crate::server::{HostPolicy, admit, bind_protected, json_errors, serve_connection};
     use axum::extract::Request;
     use axum::middleware::{self, Next};
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
 
-    if options.token.is_none() && !options.listen.ip().is_loopback() {
-        return Err(ServeError::Unprotected(options.listen));
-    }
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+    let listener = bind_protected(options.listen, options.token.is_some()).await?;
     let local = listener.local_addr()?;
     // Host and Origin are checked by `admit`, with `serve`'s rules (listen address, loopback
     // names, --allow-host); rmcp's own loopback-only list would refuse the listen address.
