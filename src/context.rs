@@ -25,6 +25,8 @@ pub struct AgentContext {
     pub dependency_outputs: Vec<(String, Value)>,
     /// Where the attempt reports progress; it becomes `task_progress` events.
     pub progress: ProgressSink,
+    /// Where the attempt records the files it reads and writes (see [`crate::files`]).
+    pub files: crate::files::FileLedger,
 }
 
 /// A progress report from a running attempt, published by the dispatcher as `task_progress`.

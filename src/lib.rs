@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod events;
+pub mod files;
 pub mod frontend;
 pub mod graph;
 pub mod history;

@@ -234,6 +234,7 @@ impl Executor for LocalExecutor {
             services: self.services.clone(),
             dependency_outputs,
             progress: ProgressSink::new(self.progress_tx.clone(), attempt_id),
+            files: Default::default(),
         };
         let handle = self
             .set
