@@ -114,6 +114,12 @@ pub enum EventKind {
         from: BreakerState,
         to: BreakerState,
     },
+    /// Attempts wait in the Redis queue for agents that no live worker serves (`queued` of
+    /// them, for `agents`); an empty `agents` says a worker turned up and the wait is over.
+    WaitingForWorkers {
+        queued: usize,
+        agents: Vec<String>,
+    },
     /// No new tasks will start.
     RunCancelled {
         reason: CancelReason,

@@ -798,3 +798,58 @@ fn a_worker_refuses_the_agents_only_the_coordinator_runs() {
         );
     }
 }
+
+#[test]
+fn without_a_worker_for_its_agent_the_progress_line_says_the_run_waits_for_workers() {
+    let redis = RedisServer::start();
+    let sb = Sandbox::new();
+    let url = redis.url();
+    // A live worker that serves another agent does not count.
+    let _other = Worker::start(sb.path(), &url, "mcp-only", &["--agents", "mcp"]);
+    let events = sb.path().join("events.ndjson");
+    let mut cmd = sb.cmd(&[
+        "run",
+        "--redis",
+        &url,
+        "--status-interval",
+        "0.5",
+        "--events",
+    ]);
+    cmd.arg(&events)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = spawn_with_input(cmd, &batch(vec![sh_task("a", "echo done", &[])]));
+    let waiting = |agents_empty: bool| {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| {
+                e["event"] == "waiting_for_workers"
+                    && e["agents"]
+                        .as_array()
+                        .is_some_and(|a| a.is_empty() == agents_empty)
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || waiting(false)),
+        "no waiting_for_workers event"
+    );
+    let _w = Worker::start(sb.path(), &url, "w", &["--agents", "command"]);
+    let run = finish(&sb, child);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.result("a")["output"]["stdout"], "done\n");
+    assert!(
+        run.stderr
+            .contains("waiting for workers: 1 queued, no live worker serves command"),
+        "{}",
+        run.stderr
+    );
+    let trace = run.trace();
+    let notes = common::events(&trace, "waiting_for_workers");
+    assert_eq!(notes[0]["queued"], 1);
+    assert_eq!(notes[0]["agents"], json!(["command"]));
+    // The wait ends before the task does.
+    assert_eq!(notes.last().unwrap()["agents"], json!([]));
+    assert!(waiting(true));
+}

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    GROUP, Outcome, OutcomeMessage, RedisOptions, attempts_stream, cancel_key, outcomes_stream,
-    redact_url, run_key,
+    ATTEMPTS_PREFIX, GROUP, Outcome, OutcomeMessage, RedisOptions, WORKER_PATTERN, WorkerInfo,
+    attempts_stream, cancel_key, outcomes_stream, redact_url, run_key,
 };
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::task_error::{ErrorKind, Failure, TaskError};
@@ -25,8 +25,9 @@ use crate::task_error::{ErrorKind, Failure, TaskError};
 /// Outcomes read are trimmed from the run's stream once this many more have been read.
 const KEEP_READ_OUTCOMES: usize = 5_000;
 
-/// How long the queue may be silent before the run says it waits for workers.
-const WAITING_NOTE: Duration = Duration::from_secs(10);
+/// How long an attempt may sit in the queue, untaken, before the link looks whether any live
+/// worker serves its agent; and how often it looks again while attempts wait.
+const WAITING_CHECK: Duration = Duration::from_secs(3);
 
 /// Runs a run's attempts on the workers of a Redis pool.
 pub struct RedisExecutor {
@@ -94,8 +95,8 @@ impl RedisExecutor {
             session,
             dead: false,
             last_error: None,
-            last_heard: Instant::now(),
-            last_waiting_note: Instant::now(),
+            last_waiting_check: Instant::now(),
+            unserved: Vec::new(),
         };
         let handle = tokio::spawn(link.run(command_rx, reader, hello));
         Ok(RedisExecutor {
@@ -166,7 +167,9 @@ impl Executor for RedisExecutor {
                         }
                         ExecutorEvent::Finished { attempt_id, .. }
                         | ExecutorEvent::Lost { attempt_id, .. } => *attempt_id,
-                        ExecutorEvent::Failed { .. } => return Some(event),
+                        ExecutorEvent::Failed { .. } | ExecutorEvent::Waiting { .. } => {
+                            return Some(event);
+                        }
                     };
                     // An end for an attempt not in flight is a duplicate or late: dropped.
                     if self.in_flight.remove(&ends) {
@@ -240,9 +243,10 @@ struct Link {
     /// Redis stayed away past the reconnect bound: everything ends as cancelled.
     dead: bool,
     last_error: Option<String>,
-    /// When a worker last said anything, and when the link last said it waits for workers.
-    last_heard: Instant,
-    last_waiting_note: Instant,
+    /// When the link last looked for live workers of the queued attempts' agents, and the
+    /// agents it found none for (what the run is told it waits for).
+    last_waiting_check: Instant,
+    unserved: Vec<String>,
 }
 
 enum Inbound {
@@ -510,7 +514,6 @@ impl Link {
     }
 
     async fn outcome(&mut self, m: OutcomeMessage) {
-        self.last_heard = Instant::now();
         let id = m.attempt;
         if m.session != self.session {
             tracing::debug!("ignoring an outcome of another session of this run");
@@ -525,7 +528,9 @@ impl Link {
         };
         if placed.worker.as_deref() != Some(m.worker.as_str()) {
             placed.worker = Some(m.worker.clone());
+            let agent = agent_of(&placed.stream).to_string();
             self.note(Note::Worker(id, m.worker.clone()));
+            self.agent_served(&agent);
         }
         let end = match m.outcome {
             Outcome::Started => return,
@@ -596,17 +601,7 @@ impl Link {
             }
         }
         self.reclaim().await;
-        let queued = self.placed.values().filter(|p| p.worker.is_none()).count();
-        if queued > 0
-            && self.last_heard.elapsed() >= WAITING_NOTE
-            && self.last_waiting_note.elapsed() >= WAITING_NOTE
-        {
-            self.last_waiting_note = Instant::now();
-            tracing::warn!(
-                "waiting for workers: {queued} attempts queued in Redis and no worker has answered for {} s (`dispatch_runner workers --redis URL` lists the live ones)",
-                self.last_heard.elapsed().as_secs()
-            );
-        }
+        self.check_waiting().await;
         if let Some(limit) = self.options.queue_timeout {
             let now = Instant::now();
             let stale: Vec<AttemptId> = self
@@ -639,6 +634,113 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Tells the run when attempts wait in the queue for an agent no live worker serves, and
+    /// when that is over. Attempts queued behind busy workers are not "waiting for workers".
+    async fn check_waiting(&mut self) {
+        let now = Instant::now();
+        let mut queued: HashMap<String, usize> = HashMap::new();
+        let mut oldest = now;
+        for p in self.placed.values().filter(|p| p.worker.is_none()) {
+            *queued.entry(agent_of(&p.stream).to_string()).or_default() += 1;
+            oldest = oldest.min(p.queued_at);
+        }
+        if queued.is_empty() {
+            if !self.unserved.is_empty() {
+                self.unserved.clear();
+                self.event(ExecutorEvent::Waiting {
+                    queued: 0,
+                    agents: Vec::new(),
+                });
+            }
+            return;
+        }
+        if now - oldest < WAITING_CHECK || now - self.last_waiting_check < WAITING_CHECK {
+            return;
+        }
+        self.last_waiting_check = now;
+        let Some(served) = self.served_agents().await else {
+            return;
+        };
+        let mut unserved: Vec<String> = queued
+            .keys()
+            .filter(|a| !served.contains(*a))
+            .cloned()
+            .collect();
+        unserved.sort();
+        let waiting: usize = unserved.iter().map(|a| queued[a.as_str()]).sum();
+        if unserved != self.unserved {
+            if !unserved.is_empty() {
+                tracing::warn!(
+                    "waiting for workers: {waiting} attempts queued in Redis for {} and no live worker serves {} (`dispatch_runner workers --redis URL` lists the live ones)",
+                    unserved.join(", "),
+                    if unserved.len() == 1 { "it" } else { "them" },
+                );
+            }
+            self.unserved = unserved.clone();
+            self.event(ExecutorEvent::Waiting {
+                queued: waiting,
+                agents: unserved,
+            });
+        }
+    }
+
+    /// A worker took an attempt of `agent`: the run no longer waits for workers of it.
+    fn agent_served(&mut self, agent: &str) {
+        if !self.unserved.iter().any(|a| a == agent) {
+            return;
+        }
+        self.unserved.retain(|a| a != agent);
+        let queued = self
+            .placed
+            .values()
+            .filter(|p| {
+                p.worker.is_none() && self.unserved.iter().any(|a| a == agent_of(&p.stream))
+            })
+            .count();
+        self.event(ExecutorEvent::Waiting {
+            queued,
+            agents: self.unserved.clone(),
+        });
+    }
+
+    /// The agents some live worker serves, from the workers' heartbeat keys.
+    async fn served_agents(&mut self) -> Option<HashSet<String>> {
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(|| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(WORKER_PATTERN)
+                        .arg("COUNT")
+                        .arg(500)
+                        .clone()
+                })
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut served = HashSet::new();
+        if keys.is_empty() {
+            return Some(served);
+        }
+        let values: Vec<Option<String>> =
+            self.query(|| redis::cmd("MGET").arg(&keys).clone()).await?;
+        for info in values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str::<WorkerInfo>(&v).ok())
+        {
+            served.extend(info.agents);
+        }
+        Some(served)
     }
 
     /// Attempts whose worker stopped renewing the lease: taken back and reported lost.
@@ -728,6 +830,11 @@ impl Link {
 
 /// A stream entry id (`<ms>-<seq>`) as a pair that sorts as Redis sorts them.
 type EntryOrder = (u64, u64);
+
+/// The agent whose attempts a stream carries.
+fn agent_of(stream: &str) -> &str {
+    stream.strip_prefix(ATTEMPTS_PREFIX).unwrap_or(stream)
+}
 
 fn entry_order(id: &str) -> EntryOrder {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));

@@ -77,8 +77,10 @@ use crate::task_error::TaskError;
 /// The consumer group every worker reads attempts through.
 pub const GROUP: &str = "workers";
 
+pub const ATTEMPTS_PREFIX: &str = "dispatch:attempts:";
+
 pub fn attempts_stream(agent: &str) -> String {
-    format!("dispatch:attempts:{agent}")
+    format!("{ATTEMPTS_PREFIX}{agent}")
 }
 pub fn run_key(run_id: &str) -> String {
     format!("dispatch:run:{run_id}")

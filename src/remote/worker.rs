@@ -463,7 +463,7 @@ impl Worker {
                 (attempt_id, outcome)
             }
             ExecutorEvent::Lost { attempt_id, reason } => (attempt_id, Outcome::Lost { reason }),
-            ExecutorEvent::Failed { .. } => return,
+            ExecutorEvent::Failed { .. } | ExecutorEvent::Waiting { .. } => return,
         };
         let Some(job) = self.jobs.remove(&local) else {
             return;

@@ -523,6 +523,7 @@ impl EventSink for MetricsSink {
             EventKind::TaskReady { .. }
             | EventKind::TaskProgress { .. }
             | EventKind::CacheChecked { .. }
+            | EventKind::WaitingForWorkers { .. }
             | EventKind::RunCancelled { .. } => {}
         }
     }

@@ -39,6 +39,8 @@ struct Counts {
     cancelled: usize,
     running: usize,
     retrying: usize,
+    /// Attempts queued for agents no live worker serves, and those agents (Redis executor).
+    waiting_for_workers: Option<(usize, Vec<String>)>,
 }
 
 impl Counts {
@@ -48,6 +50,9 @@ impl Counts {
             EventKind::AttemptStarted { .. } => self.running += 1,
             EventKind::AttemptFinished { .. } => self.running = self.running.saturating_sub(1),
             EventKind::RetryScheduled { .. } => self.retrying += 1,
+            EventKind::WaitingForWorkers { queued, agents } => {
+                self.waiting_for_workers = (!agents.is_empty()).then(|| (*queued, agents.clone()));
+            }
             EventKind::TaskFinished { status, .. } => {
                 self.done += 1;
                 match status {
@@ -73,6 +78,15 @@ impl Counts {
             }
         }
         s
+    }
+
+    /// What the run waits for, when attempts sit in the queue with no worker to take them.
+    fn waiting(&self) -> Option<String> {
+        let (queued, agents) = self.waiting_for_workers.as_ref()?;
+        Some(format!(
+            "waiting for workers: {queued} queued, no live worker serves {}",
+            agents.join(", ")
+        ))
     }
 }
 
@@ -115,6 +129,9 @@ impl PlainProgress {
                 );
                 if c.retrying > 0 {
                     line.push_str(&format!(", {} waiting to retry", c.retrying));
+                }
+                if let Some(waiting) = c.waiting() {
+                    line.push_str(&format!(", {waiting}"));
                 }
                 line.push_str(&format!(
                     ", {:.1}s elapsed",
@@ -210,6 +227,9 @@ impl LiveProgress {
             );
             if hidden > 0 {
                 msg.push_str(&format!(" ({hidden} not shown)"));
+            }
+            if let Some(waiting) = self.counts.waiting() {
+                msg.push_str(&format!("; {waiting}"));
             }
             main.set_message(msg);
         }
@@ -351,7 +371,9 @@ impl EventSink for LiveProgress {
                 }
                 let _ = self.multi.clear();
             }
-            EventKind::TaskReady { .. } | EventKind::CacheChecked { .. } => {}
+            EventKind::TaskReady { .. }
+            | EventKind::CacheChecked { .. }
+            | EventKind::WaitingForWorkers { .. } => {}
         }
         self.update_main();
     }

@@ -135,6 +135,7 @@ impl EventSink for Recorder {
             | EventKind::BreakerChanged { .. }
             | EventKind::TaskProgress { .. }
             | EventKind::CacheChecked { .. }
+            | EventKind::WaitingForWorkers { .. }
             | EventKind::RunCancelled { .. } => {}
         }
         self.keep(event);

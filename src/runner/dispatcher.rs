@@ -756,6 +756,10 @@ impl<E: Executor> Dispatcher<E> {
                 );
                 self.attempt_ended(attempt_id, AttemptEnd::Finished(Err(error.into())));
             }
+            ExecutorEvent::Waiting { queued, agents } => {
+                self.bus
+                    .emit(EventKind::WaitingForWorkers { queued, agents });
+            }
             ExecutorEvent::Failed { reason } => {
                 tracing::error!("stopping the run: {reason}");
                 if self.stop.is_none() {

@@ -100,6 +100,9 @@ pub enum ExecutorEvent {
     /// The executor cannot go on (its queue stayed unreachable): the dispatcher stops the run.
     /// Attempts in flight are reported after it (as cancelled).
     Failed { reason: String },
+    /// Attempts wait in a queue for agents no live worker serves (`queued` of them); an empty
+    /// `agents` says the wait is over. Only queue executors report it.
+    Waiting { queued: usize, agents: Vec<String> },
 }
 
 /// Runs attempts and reports how they go.
