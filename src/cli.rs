@@ -604,6 +604,10 @@ pub struct RunArgs {
     /// as one unit on the critical path and `"auto"` timeouts take their fallback.
     #[arg(long)]
     pub no_history: bool,
+    /// Neither use nor store results in the result cache (`<trace_dir>/cache`): tasks with a
+    /// `cache` object run as if they had none.
+    #[arg(long)]
+    pub no_cache: bool,
     /// No progress and no summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -203,6 +203,27 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// What runs keep between runs (journal fsync, result cache, history, retention), the
+    /// flags of the command line over the file's settings.
+    pub fn stores(
+        &self,
+        journal_fsync: Option<FsyncPolicy>,
+        no_history: bool,
+        no_cache: bool,
+    ) -> crate::runner::StoreOptions {
+        let mut cache = self.file.cache.clone();
+        if no_cache {
+            cache.enabled = Some(false);
+        }
+        crate::runner::StoreOptions {
+            journal_fsync: self.journal_fsync(journal_fsync),
+            cache,
+            use_history: !no_history && self.file.history.enabled != Some(false),
+            history: self.file.history.options(),
+            retention: self.file.trace_retention.clone(),
+        }
+    }
+
     /// The log filter directive: RUST_LOG, else DISPATCH_DEBUG=1, else the file, else `warn`.
     pub fn log_directive(&self) -> String {
         if let Ok(v) = std::env::var("RUST_LOG")

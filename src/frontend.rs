@@ -768,18 +768,14 @@ fn execute(
             Ok(o) => o,
             Err(e) => return runner_error(&e, None),
         };
-        let mut options = RunOptions::new(settings);
+        let stores = config.stores(args.journal_fsync, args.no_history, args.no_cache);
+        let mut options = RunOptions::new(settings).with_stores(&stores);
         options.sinks = std::mem::take(&mut outputs.sinks);
         options.interrupts = Some(rx);
         options.services = services;
         options.reuse = reuse;
-        options.journal_fsync = config.journal_fsync(args.journal_fsync);
-        options.cache = config.file.cache.clone();
         options.run_id = run_id;
         options.redis = redis;
-        options.use_history = !args.no_history && config.file.history.enabled != Some(false);
-        options.history = config.file.history.options();
-        options.retention = config.file.trace_retention.clone();
         match crate::run(validated, options).await {
             Ok(mut report) => {
                 let delivery = outputs.finish(std::mem::take(&mut report.sinks)).await;
@@ -1140,6 +1136,7 @@ fn serve(config: &Config, args: ServeArgs) -> u8 {
         trace_dir,
         intake: Intake::new(limits, &services),
         services,
+        stores: config.stores(None, false, false),
     };
     with_runtime(|mut rx| async move {
         let shutdown = async move { rx.recv().await.unwrap_or(Interrupt::Sigterm) };
@@ -1181,7 +1178,7 @@ fn mcp_server(config: &Config, args: McpServerArgs) -> u8 {
         services,
         max_concurrent_runs: args.max_concurrent_runs as usize,
         max_workers: args.max_workers.map(|n| n as usize),
-        journal_fsync: config.journal_fsync(None),
+        stores: config.stores(None, false, false),
         confine_trace_files: args.listen.is_some(),
     });
     with_runtime(|mut rx| async move {

@@ -103,6 +103,8 @@ pub struct ServerOptions {
     pub services: Arc<Services>,
     /// Send every run's attempts to this Redis pool's workers (`serve --redis`).
     pub redis: Option<crate::remote::RedisOptions>,
+    /// The result cache, run history and retention of the configuration file, as `run` uses them.
+    pub stores: crate::runner::StoreOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -698,7 +700,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         runs.insert(id.clone(), handle);
         id
     };
-    let mut run_options = RunOptions::new(settings);
+    let mut run_options = RunOptions::new(settings).with_stores(&options.stores);
     run_options.run_id = Some(run_id.clone());
     run_options.sinks = vec![
         Box::new(MetricsSink::new(state.metrics.clone(), None)),

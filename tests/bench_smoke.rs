@@ -19,7 +19,7 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for bench in 1..=7 {
+    for bench in 1..=8 {
         let rows: Vec<&str> = stdout
             .lines()
             .filter(|l| l.starts_with(&format!("| {bench} |")))
@@ -76,6 +76,19 @@ fn bench_script_runs_on_tiny_sizes_and_prints_every_row() {
         }
         assert!(rows7[4][2].contains("4 worker processes"), "{rows7:?}");
     }
+    // Benchmark 8 (result cache): the warm run beside the same batch cold, both measured.
+    let row8: Vec<String> = stdout
+        .lines()
+        .find(|l| l.starts_with("| 8 |"))
+        .expect("benchmark 8 row")
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(row8[2].contains("cached"), "{row8:?}");
+    assert!(
+        row8[3].ends_with(" s") && row8[5].ends_with(" s"),
+        "{row8:?}"
+    );
     // GNU parallel is installed by scripts/install-test-deps; when it is there, its figures are
     // measured (its job log checked to hold every job), in the same units as ours.
     if std::process::Command::new("parallel")

@@ -493,3 +493,29 @@ fn files_are_never_restored_through_a_link_out_of_the_workspace() {
     );
     assert_eq!(runs(&sb), 2);
 }
+
+#[test]
+fn no_cache_flag_neither_uses_nor_stores_results() {
+    let sb = Sandbox::new();
+    sb.write("src.txt", "one\n");
+    let batch = json!({"tasks": [counting_task("t", json!({"inputs": ["src.txt"]}))]});
+    // Without the cache a run stores nothing...
+    let off = sb.run_json(&["run", "-q", "--no-cache"], &batch);
+    assert_eq!(off.code, 0, "{}", off.stderr);
+    assert!(events(&off.trace(), "cache_checked").is_empty());
+    let stored = sb.run_json(&["cache", "stats"], &json!({}));
+    assert_eq!(stored.json["entries"], 0, "{}", stored.stdout);
+    // ...and uses nothing that a cached run stored.
+    let on = sb.run_json(&["run", "-q"], &batch);
+    assert_eq!(on.code, 0, "{}", on.stderr);
+    let stored = sb.run_json(&["cache", "stats"], &json!({}));
+    assert_eq!(stored.json["entries"], 1, "{}", stored.stdout);
+    let off = sb.run_json(&["run", "-q", "--no-cache"], &batch);
+    assert_eq!(off.code, 0, "{}", off.stderr);
+    assert!(off.result("t").get("cached").is_none());
+    assert_eq!(runs(&sb), 3);
+    // The next run with the cache still hits.
+    let hit = sb.run_json(&["run", "-q"], &batch);
+    assert_eq!(hit.result("t")["cached"], true);
+    assert_eq!(runs(&sb), 3);
+}

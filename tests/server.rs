@@ -933,3 +933,43 @@ async fn sigterm_also_ends_runs_nobody_waits_for_and_writes_their_traces() {
     assert_eq!(trace["tasks"][0]["status"], "cancelled", "{trace}");
     assert!(processes_matching("sleep 454.54").is_empty());
 }
+
+/// The configuration file's result cache and run history apply to served runs as to `run`.
+#[tokio::test]
+async fn serve_applies_the_configured_cache_and_history() {
+    let cached_batch = || {
+        json!({"tasks": [{
+            "task_id": "t", "agent": "command",
+            "input_data": {"argv": ["sh", "-c", "echo run >> counter"]},
+            "cache": {}
+        }]})
+        .to_string()
+    };
+    let runs = |sb: &Sandbox| {
+        std::fs::read_to_string(sb.path().join("counter"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    // Cache on (the default): the second dispatch is a hit; the history store is kept.
+    let server = Server::start(&["--trace-dir", "traces"], &[]);
+    for _ in 0..2 {
+        let (status, _, result) = post(&server.url("/v1/dispatch"), cached_batch(), None).await;
+        assert_eq!(status, 200, "{result}");
+    }
+    assert_eq!(runs(&server.sb), 1);
+    assert!(server.sb.path().join("traces/history.sqlite").is_file());
+    // Turned off in the configuration file: every dispatch runs, nothing is recorded.
+    let sb = Sandbox::new();
+    sb.write(
+        "dispatch.yaml",
+        "cache:\n  enabled: false\nhistory:\n  enabled: false\n",
+    );
+    let server = Server::start_in(sb, &["--trace-dir", "traces"], &[]);
+    for _ in 0..2 {
+        let (status, _, result) = post(&server.url("/v1/dispatch"), cached_batch(), None).await;
+        assert_eq!(status, 200, "{result}");
+        assert!(result["results"][0].get("cached").is_none(), "{result}");
+    }
+    assert_eq!(runs(&server.sb), 2);
+    assert!(!server.sb.path().join("traces/history.sqlite").exists());
+}

@@ -54,7 +54,8 @@ pub struct McpServerOptions {
     pub max_concurrent_runs: usize,
     /// Most tasks running at once in one run; a batch may ask for fewer, never more.
     pub max_workers: Option<usize>,
-    pub journal_fsync: crate::journal::FsyncPolicy,
+    /// The journal's fsync, result cache, run history and retention, as `run` uses them.
+    pub stores: crate::runner::StoreOptions,
     /// `rerun_failed` takes a trace file only from the trace folder (a remote client must not
     /// make the server read files of its choosing).
     pub confine_trace_files: bool,
@@ -438,7 +439,7 @@ impl Inner {
         };
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let (interrupts, interrupt_rx) = mpsc::channel(2);
-        let mut run_options = RunOptions::new(settings);
+        let mut run_options = RunOptions::new(settings).with_stores(&options.stores);
         run_options.run_id = Some(run_id.clone());
         run_options.sinks = vec![Box::new(ProgressSink {
             total: validated.batch.tasks.len(),
@@ -449,7 +450,6 @@ impl Inner {
         })];
         run_options.interrupts = Some(interrupt_rx);
         run_options.reuse = reuse;
-        run_options.journal_fsync = options.journal_fsync;
         // MCP sessions of the `mcp` agent belong to one run (closed when it ends).
         let mut services = (*options.services).clone();
         services.mcp_pool = Arc::new(crate::mcp::McpPool::new());

@@ -79,7 +79,30 @@ pub struct RunOptions {
     pub retention: crate::retention::Retention,
 }
 
+/// What runs keep and reuse between runs, from the configuration file and flags: the journal's
+/// fsync policy, the result cache, the run history and trace retention. `run`, `serve` and
+/// `mcp-server` build it the same way ([`crate::config::Config::stores`]), so a batch behaves
+/// the same whichever of them runs it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub journal_fsync: crate::journal::FsyncPolicy,
+    pub cache: crate::cache::CacheConfig,
+    pub use_history: bool,
+    pub history: crate::history::HistoryOptions,
+    pub retention: crate::retention::Retention,
+}
+
 impl RunOptions {
+    /// Applies the stores' settings (see [`StoreOptions`]).
+    pub fn with_stores(mut self, stores: &StoreOptions) -> Self {
+        self.journal_fsync = stores.journal_fsync;
+        self.cache = stores.cache.clone();
+        self.use_history = stores.use_history;
+        self.history = stores.history.clone();
+        self.retention = stores.retention.clone();
+        self
+    }
+
     pub fn new(settings: RunSettings) -> Self {
         RunOptions {
             settings,
