@@ -805,6 +805,17 @@ fn finished(outcome: Result<crate::RunReport, RunnerError>) -> Finished {
     }
 }
 
+/// The checks every `/v1/runs/{run_id}` request starts with: the `result` form asked for, and
+/// a run id of ours.
+fn run_request(run_id: &str, query: Option<&str>) -> Result<ResultForm, Box<Response>> {
+    let form = result_param(query)
+        .map_err(|message| Box::new(error(StatusCode::BAD_REQUEST, &message)))?;
+    if !well_formed(run_id) {
+        return Err(Box::new(error(StatusCode::NOT_FOUND, "no such run")));
+    }
+    Ok(form)
+}
+
 /// Run ids are ours: anything else (a path, `..`) is simply not a run.
 fn well_formed(run_id: &str) -> bool {
     !run_id.is_empty()
@@ -819,13 +830,10 @@ async fn get_run(
     Path(run_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let form = match result_param(query.as_deref()) {
+    let form = match run_request(&run_id, query.as_deref()) {
         Ok(f) => f,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        Err(response) => return *response,
     };
-    if !well_formed(&run_id) {
-        return error(StatusCode::NOT_FOUND, "no such run");
-    }
     let live = lock(&state.runs)
         .get(&run_id)
         .filter(|h| h.done.borrow().is_none())
@@ -886,13 +894,10 @@ async fn cancel_run(
     Path(run_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let form = match result_param(query.as_deref()) {
+    let form = match run_request(&run_id, query.as_deref()) {
         Ok(f) => f,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        Err(response) => return *response,
     };
-    if !well_formed(&run_id) {
-        return error(StatusCode::NOT_FOUND, "no such run");
-    }
     let handle = lock(&state.runs)
         .get(&run_id)
         .map(|h| (h.interrupts.clone(), h.done.clone()));
