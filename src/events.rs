@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::files::FilesTouched;
 use crate::policy::breaker::BreakerState;
 use crate::task_error::TaskError;
 
@@ -64,6 +65,10 @@ pub enum EventKind {
         /// The worker that ran the attempt, when it ran on another machine (`--redis`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         executed_by: Option<String>,
+        /// The files the attempt read and wrote, as its agent recorded them (also when it
+        /// failed or was cancelled); absent when none.
+        #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+        files: FilesTouched,
     },
     RetryScheduled {
         task_id: String,
@@ -84,6 +89,10 @@ pub enum EventKind {
         /// The output came from the result cache (`"cache"` on the task), not from running it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         cached: bool,
+        /// The files of the task's last attempt (for a reused or cached output: of the run
+        /// that produced it); absent when none.
+        #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+        files: FilesTouched,
     },
     /// A task with a `cache` object was looked up in the result cache before it would start
     /// (or, on `--rerun-failed`, its key was checked against the previous run's).
@@ -233,6 +242,22 @@ pub struct Summary {
     /// task used a model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageTotals>,
+    /// File records over the tasks' results (`files`); absent when no task recorded any.
+    #[serde(default, skip_serializing_if = "FileTotals::is_empty")]
+    pub files: FileTotals,
+}
+
+/// How many file records the results of a run hold (a file read by two tasks counts twice).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTotals {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl FileTotals {
+    pub fn is_empty(&self) -> bool {
+        self.read == 0 && self.written == 0
+    }
 }
 
 /// Model usage of a whole run.
@@ -257,6 +282,12 @@ impl Summary {
         t.input_tokens += n("input_tokens");
         t.output_tokens += n("output_tokens");
         t.cost_usd += u.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
+    }
+
+    /// Adds a task's file records.
+    pub fn add_files(&mut self, files: &FilesTouched) {
+        self.files.read += files.read.len() as u64;
+        self.files.written += files.written.len() as u64;
     }
 
     pub fn count(&mut self, status: TaskStatus) {

@@ -972,8 +972,18 @@ fn finish(args: &RunArgs, report: &crate::RunReport, delivery: &Delivery) -> u8 
         } else {
             String::new()
         };
+        let files = if s.files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} file{} read, {} written",
+                s.files.read,
+                if s.files.read == 1 { "" } else { "s" },
+                s.files.written
+            )
+        };
         eprintln!(
-            "dispatch_runner: {} tasks: {} succeeded{cached}, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s; trace: {}",
+            "dispatch_runner: {} tasks: {} succeeded{cached}, {} failed, {} timed out, {} skipped, {} cancelled in {:.1}s{files}; trace: {}",
             s.total_tasks,
             s.successful,
             s.failed,

@@ -42,6 +42,8 @@ pub struct Reuse {
     pub previous_run_id: String,
     /// `outputs[i]`: the kept output of task `i`, `None` for tasks that run again.
     pub outputs: Vec<Option<Value>>,
+    /// `files[i]`: the files recorded with the kept output of task `i` (may be shorter).
+    pub files: Vec<crate::files::FilesTouched>,
     /// `seals[i]`: for a kept task whose definition comes from the previous trace (no `-f`), its
     /// entry there, carried into the new trace: the definition at hand is the redacted copy, so
     /// its digest and redacted places cannot be worked out again.
@@ -331,6 +333,13 @@ pub fn prepare_from(
         .filter(|t| t.status == Some(TaskStatus::Success))
         .map(|t| (t.task_id.as_str(), t.output.as_ref()))
         .collect();
+    let kept_files: HashMap<&str, &crate::files::FilesTouched> = trace
+        .run
+        .tasks
+        .iter()
+        .filter(|t| t.status == Some(TaskStatus::Success))
+        .map(|t| (t.task_id.as_str(), &t.files))
+        .collect();
     let seals = seals_of(&trace);
     let trace_key_id = trace.digests.as_ref().and_then(|d| d.key_id.clone());
 
@@ -412,6 +421,17 @@ pub fn prepare_from(
                 .map(|o| o.cloned().unwrap_or(Value::Null))
         })
         .collect();
+    let files = validated
+        .batch
+        .tasks
+        .iter()
+        .zip(&outputs)
+        .map(|(t, kept)| {
+            kept.as_ref()
+                .and_then(|_| kept_files.get(t.task_id.as_str()).map(|f| (*f).clone()))
+                .unwrap_or_default()
+        })
+        .collect();
     let task_seals = if carry {
         validated
             .batch
@@ -428,6 +448,7 @@ pub fn prepare_from(
         Reuse {
             previous_run_id: trace.run.run_id,
             outputs,
+            files,
             seals: task_seals,
             seal_key_id: trace_key_id,
             resume: None,

@@ -1232,6 +1232,7 @@ mod tests {
             attempts: 1,
             reused: false,
             cached: false,
+            files: Default::default(),
         });
         emit(EventKind::RunCancelled {
             reason: crate::events::CancelReason::Sigterm,

@@ -45,6 +45,8 @@ pub enum Lookup {
         key: String,
         output: Value,
         files_restored: usize,
+        /// The files the run that stored it recorded reading and writing.
+        files: crate::files::FilesTouched,
     },
     /// Nothing usable under `key` (`reason` says why, when something was there).
     Miss { key: String, reason: Option<String> },
@@ -260,6 +262,7 @@ impl Cache {
             files_restored: entry.files.len(),
             key,
             output: entry.output,
+            files: entry.touched,
         }
     }
 
@@ -313,13 +316,15 @@ impl Cache {
     }
 
     /// Stores a successful result under `key` (output redacted; declared output files as
-    /// blobs). Returns the number of files stored.
+    /// blobs; `touched`, the files the attempt recorded, with it). Returns the number of files
+    /// stored.
     pub fn store(
         &self,
         key: &str,
         task_id: &str,
         agent: &str,
         mut output: Value,
+        touched: &crate::files::FilesTouched,
         spec: &CacheSpec,
     ) -> Result<usize, String> {
         crate::redact::redact_json(&mut output);
@@ -346,7 +351,22 @@ impl Cache {
             });
         }
         let text = serde_json::to_string(&output).expect("JSON values serialize");
-        self.with_store(|s| s.put(key, task_id, agent, &text, &files, now_unix()))?;
+        let mut touched = serde_json::to_value(touched).expect("file records serialize");
+        crate::redact::redact_json(&mut touched);
+        let touched = Some(touched)
+            .filter(|t| t.as_object().is_some_and(|o| !o.is_empty()))
+            .map(|t| t.to_string());
+        self.with_store(|s| {
+            s.put(
+                key,
+                task_id,
+                agent,
+                &text,
+                &files,
+                touched.as_deref(),
+                now_unix(),
+            )
+        })?;
         Ok(files.len())
     }
 

@@ -106,8 +106,15 @@ impl RunCache {
         answer
     }
 
-    /// Task `i` succeeded with `output`: stores it when it was looked up and missed.
-    pub fn spawn_store(&mut self, i: usize, task: &Task, output: Value) {
+    /// Task `i` succeeded with `output` (its attempt recorded `files`): stores it when it was
+    /// looked up and missed.
+    pub fn spawn_store(
+        &mut self,
+        i: usize,
+        task: &Task,
+        output: Value,
+        files: crate::files::FilesTouched,
+    ) {
         let (KeyState::Checked(Some(key)), Some(spec)) = (&self.state[i], &task.cache) else {
             return;
         };
@@ -118,7 +125,7 @@ impl RunCache {
             let _slot = slots.acquire_owned().await;
             let stored = tokio::task::spawn_blocking(move || {
                 cache
-                    .store(&key, &task_id, agent, output, &spec)
+                    .store(&key, &task_id, agent, output, &files, &spec)
                     .map_err(|e| (task_id, e))
             });
             if let Ok(Err((task_id, e))) = stored.await {

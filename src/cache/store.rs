@@ -37,6 +37,9 @@ pub struct StoredFile {
 pub struct Entry {
     pub output: serde_json::Value,
     pub files: Vec<StoredFile>,
+    /// The files the attempt that produced it recorded (empty for entries stored before
+    /// they were kept, or unreadable ones).
+    pub touched: crate::files::FilesTouched,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -127,6 +130,17 @@ impl Store {
                  hits INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS entries_used ON entries(used_at);",
         )?;
+        // Indexes made before file records were kept lack their column. Two runs may add it
+        // at once: the loser's "duplicate column" is fine.
+        let has_touched = conn
+            .prepare("SELECT touched FROM entries LIMIT 0")
+            .is_ok();
+        if !has_touched {
+            match conn.execute("ALTER TABLE entries ADD COLUMN touched TEXT", []) {
+                Err(e) if !e.to_string().contains("duplicate column") => return Err(e),
+                _ => {}
+            }
+        }
         Ok(Store {
             dir: dir.to_path_buf(),
             conn,
@@ -147,21 +161,26 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT output, files, created_at FROM entries WHERE key = ?1",
+                "SELECT output, files, created_at, touched FROM entries WHERE key = ?1",
                 params![key],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 },
             )
             .optional()?;
-        Ok(row.and_then(|(output, files, created_at)| {
+        Ok(row.and_then(|(output, files, created_at, touched)| {
             Some(Entry {
                 output: serde_json::from_str(&output).ok()?,
                 files: serde_json::from_str(&files).ok()?,
+                // Only a record: unreadable, it is left out rather than the entry lost.
+                touched: touched
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default(),
                 created_at,
             })
         }))
@@ -187,14 +206,16 @@ impl Store {
         agent: &str,
         output: &str,
         files: &[StoredFile],
+        touched: Option<&str>,
         now: i64,
     ) -> rusqlite::Result<()> {
-        let bytes = output.len() as u64 + files.iter().map(|f| f.size).sum::<u64>();
+        let bytes = (output.len() + touched.map_or(0, str::len)) as u64
+            + files.iter().map(|f| f.size).sum::<u64>();
         let files = serde_json::to_string(files).expect("file list serializes");
         self.conn.execute(
-            "INSERT OR REPLACE INTO entries(key, task_id, agent, output, files, bytes, created_at, used_at, hits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 0)",
-            params![key, task_id, agent, output, files, bytes as i64, now],
+            "INSERT OR REPLACE INTO entries(key, task_id, agent, output, files, bytes, created_at, used_at, hits, touched)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 0, ?8)",
+            params![key, task_id, agent, output, files, bytes as i64, now, touched],
         )?;
         Ok(())
     }

@@ -3,6 +3,11 @@
 //! `context.json` (the task's context), with the prompt also on stdin, so the agent works on a
 //! copy and never edits the workspace behind the runner's back. A JSON result on stdout
 //! (`result`, `usage`, `total_cost_usd`, `is_error`) is parsed; any other stdout is the answer.
+//!
+//! When the command has exited (however it exited), the files it created or changed in its
+//! folder are recorded as written, as `task-folder:<path in the folder>` (see
+//! [`crate::files::record_task_folder`]: links not followed, count and hashed bytes capped),
+//! before the folder is deleted.
 
 use serde_json::Value;
 
@@ -33,16 +38,29 @@ pub async fn complete(
     std::fs::write(dir.path().join("prompt.txt"), &prompt)
         .map_err(|e| io("write prompt.txt", e))?;
     let context_text = serde_json::to_string_pretty(context).expect("serializable");
-    std::fs::write(dir.path().join("context.json"), context_text)
+    std::fs::write(dir.path().join("context.json"), &context_text)
         .map_err(|e| io("write context.json", e))?;
 
     let input = Program {
         argv: config.command.argv.clone(),
         cwd: Some(dir.path().to_string_lossy().into_owned()),
         env: Default::default(),
-        stdin: Some(prompt),
+        stdin: Some(prompt.clone()),
     };
-    let out = program::run(input, &ctx.run_limits()).await.map_err(|f| {
+    let ran = program::run(input, &ctx.run_limits()).await;
+    // The scan owns the folder, so it is deleted only once the scan is done (also when this
+    // attempt is abandoned meanwhile).
+    let ledger = ctx.files.clone();
+    crate::workspace::blocking(move || {
+        let unchanged = [
+            ("prompt.txt", prompt.as_bytes()),
+            ("context.json", context_text.as_bytes()),
+        ];
+        crate::files::record_task_folder(dir.path(), &unchanged, &ledger);
+        drop(dir);
+    })
+    .await?;
+    let out = ran.map_err(|f| {
         let mut e = f.error;
         e.message = format!("command backend: {}", e.message);
         e

@@ -323,6 +323,7 @@ impl Link {
             let _ = self.notes.send(Note::Event(ExecutorEvent::Finished {
                 attempt_id: id,
                 end: AttemptEnd::Cancelled,
+                files: Default::default(),
             }));
         }
         self.by_entry.clear();
@@ -419,6 +420,7 @@ impl Link {
             self.event(ExecutorEvent::Finished {
                 attempt_id: id,
                 end: AttemptEnd::Cancelled,
+                files: Default::default(),
             });
             return;
         }
@@ -466,6 +468,7 @@ impl Link {
             None if self.dead => self.event(ExecutorEvent::Finished {
                 attempt_id: id,
                 end: AttemptEnd::Cancelled,
+                files: Default::default(),
             }),
             None => {
                 let error = TaskError::permanent(
@@ -478,6 +481,7 @@ impl Link {
                 self.event(ExecutorEvent::Finished {
                     attempt_id: id,
                     end: AttemptEnd::Finished(Err(error.into())),
+                    files: Default::default(),
                 });
             }
         }
@@ -502,6 +506,7 @@ impl Link {
                 self.event(ExecutorEvent::Finished {
                     attempt_id: *id,
                     end: AttemptEnd::Cancelled,
+                    files: Default::default(),
                 });
             }
         }
@@ -572,6 +577,7 @@ impl Link {
         self.event(ExecutorEvent::Finished {
             attempt_id: id,
             end,
+            files: m.files,
         });
     }
 
@@ -630,6 +636,7 @@ impl Link {
                     self.event(ExecutorEvent::Finished {
                         attempt_id: id,
                         end: AttemptEnd::Finished(Err(error.into())),
+                        files: Default::default(),
                     });
                 }
             }

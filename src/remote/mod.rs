@@ -71,6 +71,7 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::files::FilesTouched;
 use crate::runner::executor::AttemptId;
 use crate::task_error::TaskError;
 
@@ -229,6 +230,11 @@ pub struct OutcomeMessage {
     pub worker: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The files the attempt recorded (with its end). Read back bounded like every file list
+    /// (at most [`crate::files::MAX_RECORDS`] a list, the rest counted), so a hostile or huge
+    /// list from a worker cannot swell the coordinator.
+    #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+    pub files: FilesTouched,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

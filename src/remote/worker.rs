@@ -22,6 +22,7 @@ use super::{
 };
 use crate::runner::Interrupt;
 use crate::runner::executor::LocalExecutor;
+use crate::files::FilesTouched;
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::services::Services;
 
@@ -307,11 +308,24 @@ impl Worker {
     }
 
     async fn post(&mut self, run: &str, session: &str, attempt: AttemptId, outcome: Outcome) {
+        self.post_with_files(run, session, attempt, outcome, FilesTouched::default())
+            .await;
+    }
+
+    async fn post_with_files(
+        &mut self,
+        run: &str,
+        session: &str,
+        attempt: AttemptId,
+        outcome: Outcome,
+        files: FilesTouched,
+    ) {
         let message = OutcomeMessage {
             attempt,
             session: session.to_string(),
             worker: self.options.name.clone(),
             outcome,
+            files,
         };
         let body = serde_json::to_string(&message).expect("serializable");
         let run_id = run.strip_prefix("dispatch:run:").unwrap_or(run);
@@ -429,7 +443,7 @@ impl Worker {
     }
 
     async fn ended(&mut self, event: ExecutorEvent) {
-        let (local, outcome) = match event {
+        let (local, outcome, files) = match event {
             ExecutorEvent::Progress {
                 attempt_id,
                 progress,
@@ -449,7 +463,11 @@ impl Worker {
                 }
                 return;
             }
-            ExecutorEvent::Finished { attempt_id, end } => {
+            ExecutorEvent::Finished {
+                attempt_id,
+                end,
+                files,
+            } => {
                 let outcome = match end {
                     AttemptEnd::Finished(Ok(output)) => Outcome::Succeeded { output },
                     AttemptEnd::Finished(Err(f)) => Outcome::Failed {
@@ -460,9 +478,13 @@ impl Worker {
                     },
                     AttemptEnd::Cancelled => Outcome::Cancelled,
                 };
-                (attempt_id, outcome)
+                (attempt_id, outcome, files)
             }
-            ExecutorEvent::Lost { attempt_id, reason } => (attempt_id, Outcome::Lost { reason }),
+            ExecutorEvent::Lost { attempt_id, reason } => (
+                attempt_id,
+                Outcome::Lost { reason },
+                FilesTouched::default(),
+            ),
             ExecutorEvent::Failed { .. } | ExecutorEvent::Waiting { .. } => return,
         };
         let Some(job) = self.jobs.remove(&local) else {
@@ -480,7 +502,8 @@ impl Worker {
             } else {
                 outcome
             };
-            self.post(&job.run, &job.session, job.remote, outcome).await;
+            self.post_with_files(&job.run, &job.session, job.remote, outcome, files)
+                .await;
         }
         self.done_with(&job.stream, &job.entry).await;
     }

@@ -104,6 +104,10 @@ fn summary(h: &mut String, r: &RunRecord) {
     card(h, "", "attempts", attempts.to_string());
     card(h, "", "retries", retries.to_string());
     card(h, "", "wall time", human_ms(s.total_time_ms as f64));
+    if !s.files.is_empty() {
+        card(h, "", "files read", s.files.read.to_string());
+        card(h, "", "files written", s.files.written.to_string());
+    }
     h.push_str("</div><table class=\"kv\">");
     let mut row = |k: &str, v: &str| {
         let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(v));
@@ -571,6 +575,7 @@ fn tasks(h: &mut String, r: &RunRecord) {
             }
             h.push_str("</table>");
         }
+        files_table(h, &t.files);
         if let Some(input) = inputs.get(t.task_id.as_str()).filter(|v| !v.is_null()) {
             let _ = write!(h, "<h4>input</h4><pre>{}</pre>", esc(&shown(input)));
         }
@@ -580,6 +585,46 @@ fn tasks(h: &mut String, r: &RunRecord) {
         h.push_str("</div></details>\n");
     }
     h.push_str("</div></section>\n");
+}
+
+/// The files a task read and wrote: path, size and the start of the digest (all of it on
+/// hover). Paths are hostile input like any output.
+fn files_table(h: &mut String, files: &crate::files::FilesTouched) {
+    if files.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h4>files</h4><table class=\"files\"><tr><th></th><th>path</th><th>size</th><th>sha256</th></tr>",
+    );
+    for (what, list) in [("read", &files.read), ("written", &files.written)] {
+        for f in list {
+            let hex = f.digest.strip_prefix("sha256:").unwrap_or(&f.digest);
+            let _ = write!(
+                h,
+                "<tr><td>{what}</td><td class=\"path\">{}</td><td>{}</td><td title=\"{}\">{}</td></tr>",
+                esc(&f.path),
+                human_bytes(f.bytes),
+                esc(&f.digest),
+                esc(&hex.chars().take(12).collect::<String>()),
+            );
+        }
+    }
+    h.push_str("</table>");
+    if files.omitted > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"note\">{} more not recorded (caps on file lists)</p>",
+            files.omitted
+        );
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
 }
 
 /// A task's output. Text fields (a command's `stdout` and `stderr`, any string with line breaks)
@@ -745,7 +790,7 @@ rect.flaky-mark,.flaky-mark rect{fill:var(--flaky);stroke:#a07800;stroke-width:.
 .task{border-bottom:1px solid var(--line)}.task summary{display:grid;grid-template-columns:minmax(160px,2fr) 80px 130px 90px 80px 4fr;gap:8px;align-items:center;padding:3px 4px;cursor:pointer}
 .task summary:hover{background:#f5f7f9}.task .id{font-family:ui-monospace,monospace;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.task .agent,.task .n{color:var(--mut)}
 .task .err{color:var(--err);overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.task .body{padding:4px 12px 12px}
-.attempts td,.attempts th{border:1px solid var(--line);padding:2px 6px;text-align:left;vertical-align:top}
+.attempts td,.attempts th,.files td,.files th{border:1px solid var(--line);padding:2px 6px;text-align:left;vertical-align:top}.files .path{font-family:ui-monospace,monospace;word-break:break-all}.note{color:var(--mut)}
 pre{background:#f5f7f9;padding:8px;border-radius:4px;max-height:320px;overflow:auto;white-space:pre-wrap;word-break:break-word}pre.text{font:12px/1.35 ui-monospace,monospace}
 .error{color:var(--err)}.error,.attempts td{white-space:pre-wrap;word-break:break-word}
 .hl{outline:2px solid #2a7de1}

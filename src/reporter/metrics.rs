@@ -643,6 +643,7 @@ mod tests {
             duration_ms: 5.0,
             error: None,
             executed_by: None,
+            files: Default::default(),
         }
     }
 
@@ -655,6 +656,7 @@ mod tests {
             attempts,
             reused: false,
             cached: false,
+            files: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::events::{
     AttemptOutcome, Event, EventKind, EventSink, RunStatus, Summary, TaskInfo, TaskStatus,
 };
+use crate::files::FilesTouched;
 use crate::task_error::TaskError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct AttemptRecord {
     /// The worker that ran it (`--redis` runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executed_by: Option<String>,
+    /// The files it read and wrote.
+    #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+    pub files: FilesTouched,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +50,9 @@ pub struct TaskRecord {
     /// The output came from the result cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The files of its last attempt (of a reused or cached output: the run that made it).
+    #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+    pub files: FilesTouched,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +174,7 @@ impl TaskRecord {
             execution_time_ms: 0,
             reused: false,
             cached: false,
+            files: FilesTouched::default(),
         }
     }
 
@@ -191,6 +199,7 @@ impl TaskRecord {
                     error: None,
                     start_ms: event.elapsed_ms,
                     executed_by: None,
+                    files: FilesTouched::default(),
                 });
                 first_start_ms.get_or_insert(event.elapsed_ms);
             }
@@ -200,6 +209,7 @@ impl TaskRecord {
                 duration_ms,
                 error,
                 executed_by,
+                files,
                 ..
             } => {
                 if let Some(a) = self
@@ -213,6 +223,7 @@ impl TaskRecord {
                     a.outcome = Some(*outcome);
                     a.error = error.clone();
                     a.executed_by = executed_by.clone();
+                    a.files = files.clone();
                 }
             }
             EventKind::TaskFinished {
@@ -221,9 +232,11 @@ impl TaskRecord {
                 error,
                 reused,
                 cached,
+                files,
                 ..
             } => {
                 self.status = Some(*status);
+                self.files = files.clone();
                 self.reused = *reused;
                 self.cached = *cached;
                 self.output = output.clone();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::events::{RunStatus, Summary, TaskStatus};
+use crate::files::FilesTouched;
 use crate::reporter::ledger::RunLog;
 use crate::reporter::recorder::{RunRecord, TaskRecord};
 use crate::reporter::stream::{Part, Spliced};
@@ -117,6 +118,10 @@ pub struct TaskResult {
     /// Attempts lost with their worker (`worker_lost`) and started again; the trace has each.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub workers_lost: u32,
+    /// The files the task's last attempt read and wrote (path, size, SHA-256); for a reused or
+    /// cached output, those of the run that produced it. Absent when none.
+    #[serde(default, skip_serializing_if = "FilesTouched::is_empty")]
+    pub files: FilesTouched,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -147,6 +152,7 @@ impl TaskResult {
                         .is_some_and(|e| e.kind == crate::task_error::ErrorKind::WorkerLost)
                 })
                 .count() as u32,
+            files: t.files.clone(),
         }
     }
 }

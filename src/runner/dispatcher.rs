@@ -19,6 +19,7 @@ use crate::agents::AgentInput;
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
 use crate::events::Event;
+use crate::files::FilesTouched;
 use crate::events::{
     CancelReason, EventKind, EventSink, Summary, TaskInfo, TaskStatus, now_rfc3339,
 };
@@ -297,9 +298,12 @@ impl<E: Executor> Dispatcher<E> {
         }
         if let Some(mut reuse) = self.reuse.take() {
             self.recheck_cached(&mut reuse).await;
+            let mut files = std::mem::take(&mut reuse.files).into_iter();
             for (i, output) in reuse.outputs.into_iter().enumerate() {
+                let kept_files = files.next().unwrap_or_default();
                 let Some(output) = output else { continue };
                 self.scheduler.succeeded(i);
+                self.lives[i].files = kept_files;
                 let events = self.lives[i].reused(output);
                 self.publish(events);
             }
@@ -431,6 +435,7 @@ impl<E: Executor> Dispatcher<E> {
                     status,
                     output,
                     reused,
+                    files,
                     ..
                 } => {
                     if let Some(&i) = index.get(task_id)
@@ -438,6 +443,7 @@ impl<E: Executor> Dispatcher<E> {
                     {
                         finished[i] = true;
                         open[i] = None;
+                        self.counts.add_files(files);
                         order.push((i, *status, output.clone(), *reused));
                     }
                 }
@@ -469,6 +475,7 @@ impl<E: Executor> Dispatcher<E> {
                 attempt,
                 outcome: crate::events::AttemptOutcome::Interrupted,
                 executed_by: None,
+                files: Default::default(),
                 duration_ms: (last_ms - start_ms).max(0.0),
                 error: Some(TaskError::transient(
                     ErrorKind::AttemptLost,
@@ -505,6 +512,7 @@ impl<E: Executor> Dispatcher<E> {
                 output,
                 reused,
                 cached,
+                files,
                 ..
             } = &event
             {
@@ -517,6 +525,7 @@ impl<E: Executor> Dispatcher<E> {
                 if member.is_none() {
                     self.counts.count(*status);
                     self.counts.cached += usize::from(*cached);
+                    self.counts.add_files(files);
                 }
             }
             self.bus.emit(event);
@@ -748,13 +757,21 @@ impl<E: Executor> Dispatcher<E> {
                     message,
                 });
             }
-            ExecutorEvent::Finished { attempt_id, end } => self.attempt_ended(attempt_id, end),
+            ExecutorEvent::Finished {
+                attempt_id,
+                end,
+                files,
+            } => self.attempt_ended(attempt_id, end, files),
             ExecutorEvent::Lost { attempt_id, reason } => {
                 let error = TaskError::transient(
                     ErrorKind::WorkerLost,
                     format!("the executor lost the attempt: {reason}"),
                 );
-                self.attempt_ended(attempt_id, AttemptEnd::Finished(Err(error.into())));
+                self.attempt_ended(
+                    attempt_id,
+                    AttemptEnd::Finished(Err(error.into())),
+                    Default::default(),
+                );
             }
             ExecutorEvent::Waiting { queued, agents } => {
                 self.bus
@@ -769,11 +786,12 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    fn attempt_ended(&mut self, attempt_id: AttemptId, end: AttemptEnd) {
+    fn attempt_ended(&mut self, attempt_id: AttemptId, end: AttemptEnd, files: FilesTouched) {
         // An end for an attempt that is not current (reported twice, or late) changes nothing.
         let Some(i) = self.current.remove(&attempt_id) else {
             return;
         };
+        self.lives[i].files = files;
         let now = Instant::now();
         // Health evidence for the breaker, judged before the end is consumed.
         let verdict = match &end {
@@ -826,10 +844,11 @@ impl<E: Executor> Dispatcher<E> {
         if let (AfterAttempt::Succeeded, Some(cache)) = (&after, self.cache.as_mut())
             && let Some(EventKind::TaskFinished {
                 output: Some(output),
+                files,
                 ..
             }) = events.last()
         {
-            cache.spawn_store(i, &self.tasks[i], output.clone());
+            cache.spawn_store(i, &self.tasks[i], output.clone(), files.clone());
         }
         if let Some((key, permit)) = attempt.breaker {
             let breaker = self.breakers.get_mut(&key.label).expect("breaker exists");
@@ -897,7 +916,8 @@ impl<E: Executor> Dispatcher<E> {
         self.bus.emit(event);
         match lookup {
             // A stopping run starts nothing: the task stays unfinished and is cancelled.
-            Lookup::Hit { output, .. } if self.stop.is_none() => {
+            Lookup::Hit { output, files, .. } if self.stop.is_none() => {
+                self.lives[i].files = files;
                 let events = self.lives[i].cached(output);
                 self.publish(events);
                 for d in self.scheduler.succeeded(i) {
@@ -1156,13 +1176,22 @@ mod tests {
                 });
             } else {
                 let end = || AttemptEnd::Finished(Ok(json!({"stdout": request.task_id.clone()})));
+                let files = || FilesTouched {
+                    read: vec![crate::files::FileRecord::new(
+                        format!("{}.txt", request.task_id),
+                        b"in",
+                    )],
+                    ..FilesTouched::default()
+                };
                 self.queue.push_back(ExecutorEvent::Finished {
                     attempt_id,
                     end: end(),
+                    files: files(),
                 });
                 self.queue.push_back(ExecutorEvent::Finished {
                     attempt_id,
                     end: end(),
+                    files: files(),
                 });
             }
             self.queue.push_back(ExecutorEvent::Progress {
@@ -1174,6 +1203,7 @@ mod tests {
             self.queue.push_back(ExecutorEvent::Finished {
                 attempt_id: AttemptId(1000),
                 end: AttemptEnd::Cancelled,
+                files: Default::default(),
             });
             self.started.push(request);
         }
@@ -1243,6 +1273,17 @@ mod tests {
             .filter(|e| matches!(e.kind, EventKind::TaskFinished { .. }))
             .count();
         assert_eq!(finished, 3);
+        // Each task's files came with its end, once; on its result and on its attempt.
+        for t in &record.tasks {
+            let want = vec![crate::files::FileRecord::new(
+                format!("{}.txt", t.task_id),
+                b"in",
+            )];
+            assert_eq!(t.files.read, want, "{}", t.task_id);
+            assert_eq!(t.attempts.last().unwrap().files.read, want);
+        }
+        assert!(record.tasks[1].attempts[0].files.is_empty(), "lost: none");
+        assert_eq!(record.summary.files.read, 3);
         assert!(
             !record
                 .events
@@ -1290,10 +1331,12 @@ mod redelivery_tests {
                         "flaked",
                     )
                     .into())),
+                    files: Default::default(),
                 },
                 _ => ExecutorEvent::Finished {
                     attempt_id,
                     end: AttemptEnd::Finished(Ok(json!({"stdout": "ok"}))),
+                    files: Default::default(),
                 },
             };
             self.queue.push_back(event);

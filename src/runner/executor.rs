@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
 use crate::agents::{AgentContext, AgentInput, PROGRESS_BUFFER, ProgressNote, ProgressSink};
+use crate::files::{FileLedger, FilesTouched};
 use crate::policy::timeout::with_timeout;
 use crate::process::Reaper;
 use crate::services::Services;
@@ -86,10 +87,12 @@ pub enum ExecutorEvent {
         total: Option<f64>,
         message: Option<String>,
     },
-    /// The attempt ended; it is no longer in flight.
+    /// The attempt ended; it is no longer in flight. `files`: what it recorded reading and
+    /// writing, however it ended.
     Finished {
         attempt_id: AttemptId,
         end: AttemptEnd,
+        files: FilesTouched,
     },
     /// The executor can no longer tell how the attempt ends (its worker vanished); it is no
     /// longer in flight. The dispatcher treats it as a transient failure.
@@ -153,6 +156,9 @@ pub struct LocalExecutor {
     set: JoinSet<Result<Value, Failure>>,
     by_task: HashMap<Id, AttemptId>,
     handles: HashMap<AttemptId, AbortHandle>,
+    /// Each attempt's file records, taken when it ends (also when it was cancelled or
+    /// panicked: the ledger outlives the agent's future).
+    ledgers: HashMap<AttemptId, FileLedger>,
     progress_tx: mpsc::Sender<ProgressNote>,
     progress_rx: mpsc::Receiver<ProgressNote>,
 }
@@ -166,6 +172,7 @@ impl LocalExecutor {
             set: JoinSet::new(),
             by_task: HashMap::new(),
             handles: HashMap::new(),
+            ledgers: HashMap::new(),
             progress_tx,
             progress_rx,
         }
@@ -198,7 +205,16 @@ impl LocalExecutor {
         };
         let attempt_id = self.by_task.remove(&id).expect("every attempt is tracked");
         self.handles.remove(&attempt_id);
-        ExecutorEvent::Finished { attempt_id, end }
+        let files = self
+            .ledgers
+            .remove(&attempt_id)
+            .map(|l| l.take())
+            .unwrap_or_default();
+        ExecutorEvent::Finished {
+            attempt_id,
+            end,
+            files,
+        }
     }
 }
 
@@ -229,6 +245,8 @@ impl Executor for LocalExecutor {
             // from upstream outputs under secret-looking keys are new.
             crate::redact::register_secrets_in(&input.input_value());
         }
+        let files = FileLedger::default();
+        self.ledgers.insert(attempt_id, files.clone());
         let ctx = AgentContext {
             task_id,
             max_output_bytes,
@@ -237,7 +255,7 @@ impl Executor for LocalExecutor {
             services: self.services.clone(),
             dependency_outputs,
             progress: ProgressSink::new(self.progress_tx.clone(), attempt_id),
-            files: Default::default(),
+            files,
         };
         let handle = self
             .set
@@ -333,7 +351,10 @@ mod tests {
         ex.cancel(AttemptId(2));
         let mut ends = HashMap::new();
         while let Some(ev) = ex.next_event().await {
-            if let ExecutorEvent::Finished { attempt_id, end } = ev {
+            if let ExecutorEvent::Finished {
+                attempt_id, end, ..
+            } = ev
+            {
                 assert!(
                     ends.insert(attempt_id, end).is_none(),
                     "one end per attempt"

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::events::{AttemptOutcome, CancelReason, EventKind, TaskStatus};
+use crate::files::FilesTouched;
 use crate::policy::breaker::{BreakerKey, Permit};
 use crate::runner::executor::{AttemptEnd, AttemptId};
 use crate::task_error::{ErrorKind, Failure, TaskError};
@@ -74,6 +75,10 @@ pub struct TaskLife {
     pub attempts: u32,
     /// The output, once the task succeeded (dependents read it).
     pub output: Option<Value>,
+    /// The files of the attempt that is ending (set by the dispatcher before it ends it), or of
+    /// the reused or cached result; they go on its `attempt_finished` and on the task's
+    /// `task_finished`, which takes them.
+    pub files: FilesTouched,
 }
 
 impl TaskLife {
@@ -83,6 +88,7 @@ impl TaskLife {
             state: TaskState::Waiting,
             attempts: 0,
             output: None,
+            files: FilesTouched::default(),
         }
     }
 
@@ -119,6 +125,7 @@ impl TaskLife {
             attempts: 0,
             reused: true,
             cached: false,
+            files: std::mem::take(&mut self.files),
         }]
     }
 
@@ -134,6 +141,7 @@ impl TaskLife {
             attempts: 0,
             reused: false,
             cached: true,
+            files: std::mem::take(&mut self.files),
         }]
     }
 
@@ -198,6 +206,7 @@ impl TaskLife {
             duration_ms: (duration_ms * 1000.0).round() / 1000.0,
             error,
             executed_by: None,
+            files: self.files.clone(),
         }];
         let after = match end {
             AttemptEnd::Cancelled => {
@@ -303,6 +312,7 @@ impl TaskLife {
             attempts: self.attempts,
             reused: false,
             cached: false,
+            files: std::mem::take(&mut self.files),
         }
     }
 }
@@ -532,6 +542,41 @@ mod tests {
         let mut t = running(now);
         assert!(t.give_up(CancelReason::FailFast).0.is_empty());
         assert!(t.current().is_some());
+    }
+
+    #[test]
+    fn files_go_on_the_attempt_and_on_the_task_that_ends_with_it() {
+        let now = Instant::now();
+        let files = |p: &str| FilesTouched {
+            written: vec![crate::files::FileRecord::new(p, b"x")],
+            ..FilesTouched::default()
+        };
+        let mut t = running(now);
+        t.files = files("first.py");
+        let (_, _, ev) = t
+            .attempt_ended(
+                AttemptId(1),
+                failed(ErrorKind::ExitStatus),
+                now,
+                |_, _| Some(SEC),
+                CancelReason::Sigint,
+            )
+            .unwrap();
+        assert!(
+            matches!(&ev[0], EventKind::AttemptFinished { files: f, .. } if *f == files("first.py"))
+        );
+        // Stopped while backing off: the failure stands with its attempt's files.
+        let (ev, _) = t.give_up(CancelReason::FailFast);
+        assert!(
+            matches!(&ev[0], EventKind::TaskFinished { files: f, .. } if *f == files("first.py"))
+        );
+        assert!(t.files.is_empty(), "taken by the task's end");
+        let mut r = TaskLife::new("r");
+        r.files = files("kept.py");
+        let ev = r.reused(json!(1));
+        assert!(
+            matches!(&ev[0], EventKind::TaskFinished { files: f, .. } if *f == files("kept.py"))
+        );
     }
 
     #[test]

@@ -278,6 +278,8 @@ pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, F
     for given in input.context_files.value("context_files")? {
         let p = ws.resolve(given)?;
         let (text, truncated) = ws.read_text_async(&p, cap).await?;
+        // What the model is shown: a file cut to the cap is recorded as cut.
+        ctx.files.read(p.display.clone(), text.as_bytes());
         context_files.push(ContextFile {
             path: p.display.clone(),
             bytes: text.len(),
@@ -309,6 +311,7 @@ pub async fn run(input: CoderInput, ctx: &AgentContext) -> Result<CoderOutput, F
     let validation = validate_off_runtime(&source, &file.display, input.node_type, level).await?;
     ws.write_atomic_async(&file, source.clone(), input.overwrite)
         .await?;
+    ctx.files.written(file.display.clone(), source.as_bytes());
     let output = CoderOutput {
         generated_file: file.display.clone(),
         node_name: name,

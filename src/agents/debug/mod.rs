@@ -215,8 +215,9 @@ pub async fn run(input: DebugInput, ctx: &AgentContext) -> Result<DebugOutput, F
     // task was abandoned) tells the analysis to stop at the next file.
     let guard = StopOnDrop::default();
     let stop = guard.0.clone();
+    let ledger = ctx.files.clone();
     let (input, analysis) = crate::workspace::blocking(move || {
-        let a = analyse(&input, &ws, &stop);
+        let a = analyse(&input, &ws, &stop, &ledger);
         (input, a)
     })
     .await?;
@@ -307,8 +308,14 @@ fn stopped(stop: &AtomicBool) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// Reads the affected files, parses them and the traces, and ranks a root cause. Blocking.
-fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Analysis, TaskError> {
+/// Reads the affected files, parses them and the traces, and ranks a root cause; every file it
+/// reads goes on `ledger`. Blocking.
+fn analyse(
+    input: &DebugInput,
+    ws: &Workspace,
+    stop: &AtomicBool,
+    ledger: &crate::files::FileLedger,
+) -> Result<Analysis, TaskError> {
     let cap = 4 * 1024 * 1024;
     let mut files = Vec::new();
     let mut notes = Vec::new();
@@ -316,6 +323,7 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
         stopped(stop)?;
         let p = ws.resolve(given)?;
         let (text, cut) = ws.read_text(&p, cap)?;
+        ledger.read(p.display.clone(), text.as_bytes());
         if cut {
             notes.push(format!("{}: only the first 4 MiB were analysed", p.display));
         }
@@ -390,8 +398,11 @@ fn analyse(input: &DebugInput, ws: &Workspace, stop: &AtomicBool) -> Result<Anal
                     .find(|f| &f.display == m)
                     .map(|f| f.text.clone())
                     .or_else(|| {
+                        // A workspace file a trace points at, opened for its snippet.
                         let p = ws.resolve(m).ok()?;
-                        ws.read_text(&p, cap).ok().map(|(t, _)| t)
+                        let (t, _) = ws.read_text(&p, cap).ok()?;
+                        ledger.read(p.display, t.as_bytes());
+                        Some(t)
                     })?;
                 Some(syntax::snippet(&text, raw.line, 2, 2)).filter(|s| !s.is_empty())
             });
