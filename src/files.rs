@@ -161,7 +161,10 @@ impl<'de> Deserialize<'de> for Bounded {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a list of file records")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bounded, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bounded, A::Error> {
                 let mut out = Bounded::default();
                 while out.0.len() < MAX_RECORDS {
                     match seq.next_element::<FileRecord>()? {
@@ -248,14 +251,15 @@ pub fn record_task_folder(dir: &Path, unchanged: &[(&str, &[u8])], ledger: &File
     let mut seen = 0usize;
     let mut recorded = 0usize;
     let mut omitted = 0u64;
-    // Depth-first, sorted, so what the caps keep does not depend on directory order.
+    // Depth-first in name order, so what the caps keep does not depend on directory order.
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((folder, rel)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&folder) else {
             continue;
         };
         let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        entries.sort_by_key(|e| e.file_name());
+        let mut subfolders = Vec::new();
         for entry in entries {
             seen += 1;
             if seen > MAX_FOLDER_ENTRIES {
@@ -273,7 +277,7 @@ pub fn record_task_folder(dir: &Path, unchanged: &[(&str, &[u8])], ledger: &File
                 continue;
             };
             if kind.is_dir() {
-                stack.push((entry.path(), path));
+                subfolders.push((entry.path(), path));
                 continue;
             }
             if !kind.is_file() {
@@ -289,9 +293,9 @@ pub fn record_task_folder(dir: &Path, unchanged: &[(&str, &[u8])], ledger: &File
                 omitted += 1;
                 continue;
             }
-            match open_no_follow(&entry.path())
-                .and_then(|f| FileRecord::from_reader(format!("{TASK_FOLDER_PREFIX}{path}"), f.take(budget)))
-            {
+            match open_no_follow(&entry.path()).and_then(|f| {
+                FileRecord::from_reader(format!("{TASK_FOLDER_PREFIX}{path}"), f.take(budget))
+            }) {
                 Ok(record) => {
                     budget = budget.saturating_sub(record.bytes);
                     recorded += 1;
@@ -300,6 +304,8 @@ pub fn record_task_folder(dir: &Path, unchanged: &[(&str, &[u8])], ledger: &File
                 Err(_) => omitted += 1,
             }
         }
+        // A folder's files before its subfolders, which then come in name order.
+        stack.extend(subfolders.into_iter().rev());
     }
     if omitted > 0 {
         ledger.omitted(omitted);
@@ -370,7 +376,25 @@ mod tests {
         let round: FilesTouched =
             serde_json::from_str(&serde_json::to_string(&files).unwrap()).unwrap();
         assert_eq!(round, files);
-        assert_eq!(serde_json::to_string(&FilesTouched::default()).unwrap(), "{}");
+        assert_eq!(
+            serde_json::to_string(&FilesTouched::default()).unwrap(),
+            "{}"
+        );
+    }
+
+    #[test]
+    fn a_task_folder_scan_stops_at_its_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..MAX_FOLDER_FILES + 3 {
+            std::fs::write(dir.path().join(format!("f{i:04}")), "x").unwrap();
+        }
+        let ledger = FileLedger::default();
+        record_task_folder(dir.path(), &[], &ledger);
+        let files = ledger.take();
+        assert_eq!(files.written.len(), MAX_FOLDER_FILES);
+        assert_eq!(files.omitted, 3);
+        // Sorted: the first ones are kept, whatever order the folder lists them in.
+        assert_eq!(files.written[0].path, "task-folder:f0000");
     }
 
     #[test]
@@ -388,13 +412,22 @@ mod tests {
         // context.json changed: it is recorded; prompt.txt did not.
         record_task_folder(
             dir.path(),
-            &[("prompt.txt", b"the prompt"), ("context.json", b"{\"a\":1}")],
+            &[
+                ("prompt.txt", b"the prompt"),
+                ("context.json", b"{\"a\":1}"),
+            ],
             &ledger,
         );
         let files = ledger.take();
         let paths: Vec<&str> = files.written.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths, ["task-folder:context.json", "task-folder:sub/out.md"]);
-        assert_eq!(files.written[1], FileRecord::new("task-folder:sub/out.md", b"made"));
+        assert_eq!(
+            paths,
+            ["task-folder:context.json", "task-folder:sub/out.md"]
+        );
+        assert_eq!(
+            files.written[1],
+            FileRecord::new("task-folder:sub/out.md", b"made")
+        );
         assert_eq!(files.omitted, 0);
     }
 }

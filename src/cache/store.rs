@@ -132,9 +132,7 @@ impl Store {
         )?;
         // Indexes made before file records were kept lack their column. Two runs may add it
         // at once: the loser's "duplicate column" is fine.
-        let has_touched = conn
-            .prepare("SELECT touched FROM entries LIMIT 0")
-            .is_ok();
+        let has_touched = conn.prepare("SELECT touched FROM entries LIMIT 0").is_ok();
         if !has_touched {
             match conn.execute("ALTER TABLE entries ADD COLUMN touched TEXT", []) {
                 Err(e) if !e.to_string().contains("duplicate column") => return Err(e),

@@ -339,6 +339,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_outcome_with_a_huge_file_list_is_read_bounded() {
+        let record = crate::files::FileRecord::new("a.py", b"a");
+        let many: Vec<&crate::files::FileRecord> = std::iter::repeat_n(&record, 50_000).collect();
+        let text = serde_json::json!({
+            "attempt": 3, "session": "s", "worker": "w", "kind": "succeeded", "output": 1,
+            "files": {"read": many, "written": [record], "omitted": u64::MAX}
+        })
+        .to_string();
+        let m: OutcomeMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(m.files.read.len(), crate::files::MAX_RECORDS);
+        assert_eq!(m.files.written, vec![record]);
+        assert_eq!(m.files.omitted, u64::MAX, "saturates");
+        assert!(matches!(m.outcome, Outcome::Succeeded { .. }));
+        // A worker of an older version sends none.
+        let old: OutcomeMessage =
+            serde_json::from_str(r#"{"attempt": 1, "worker": "w", "kind": "cancelled"}"#).unwrap();
+        assert!(old.files.is_empty());
+    }
+
+    #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(
             redact_url("redis://user:s3cret@host:6379/0"),

@@ -20,9 +20,9 @@ use super::{
     GROUP, Outcome, OutcomeMessage, WorkerInfo, attempts_stream, cancel_key, outcomes_stream,
     redact_url, worker_key,
 };
+use crate::files::FilesTouched;
 use crate::runner::Interrupt;
 use crate::runner::executor::LocalExecutor;
-use crate::files::FilesTouched;
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::services::Services;
 

@@ -19,10 +19,10 @@ use crate::agents::AgentInput;
 use crate::batch::template;
 use crate::batch::{Task, ValidatedBatch};
 use crate::events::Event;
-use crate::files::FilesTouched;
 use crate::events::{
     CancelReason, EventKind, EventSink, Summary, TaskInfo, TaskStatus, now_rfc3339,
 };
+use crate::files::FilesTouched;
 use crate::policy::breaker::{BreakerKey, CircuitBreaker, Transition};
 use crate::policy::concurrency::WorkerLimit;
 use crate::reporter::ledger::Ledger;
