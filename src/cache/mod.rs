@@ -357,15 +357,13 @@ impl Cache {
             .filter(|t| t.as_object().is_some_and(|o| !o.is_empty()))
             .map(|t| t.to_string());
         self.with_store(|s| {
-            s.put(
-                key,
-                task_id,
+            let entry = store::NewEntry {
                 agent,
-                &text,
-                &files,
-                touched.as_deref(),
-                now_unix(),
-            )
+                output: &text,
+                files: &files,
+                touched: touched.as_deref(),
+            };
+            s.put(key, task_id, entry, now_unix())
         })?;
         Ok(files.len())
     }

@@ -44,6 +44,16 @@ pub struct Entry {
     pub created_at: i64,
 }
 
+/// What [`Store::put`] stores under a key.
+pub struct NewEntry<'a> {
+    pub agent: &'a str,
+    /// The output, as JSON text.
+    pub output: &'a str,
+    pub files: &'a [StoredFile],
+    /// The attempt's file records, as JSON text.
+    pub touched: Option<&'a str>,
+}
+
 /// What `stats` reports.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -201,12 +211,15 @@ impl Store {
         &self,
         key: &str,
         task_id: &str,
-        agent: &str,
-        output: &str,
-        files: &[StoredFile],
-        touched: Option<&str>,
+        entry: NewEntry<'_>,
         now: i64,
     ) -> rusqlite::Result<()> {
+        let NewEntry {
+            agent,
+            output,
+            files,
+            touched,
+        } = entry;
         let bytes = (output.len() + touched.map_or(0, str::len)) as u64
             + files.iter().map(|f| f.size).sum::<u64>();
         let files = serde_json::to_string(files).expect("file list serializes");
@@ -438,4 +451,45 @@ pub fn stage_blob(
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     Ok(tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_made_before_file_records_gains_their_column_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        {
+            // The layout of earlier versions, with one entry.
+            let conn = Connection::open(dir.path().join(INDEX_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE entries(key TEXT PRIMARY KEY, task_id TEXT NOT NULL, agent TEXT NOT NULL,
+                     output TEXT NOT NULL, files TEXT NOT NULL, bytes INTEGER NOT NULL,
+                     created_at INTEGER NOT NULL, used_at INTEGER NOT NULL, hits INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO entries VALUES ('old', 't', 'command', '{\"x\":1}', '[]', 7, 5, 5, 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let old = store.get("old").unwrap().expect("kept");
+        assert_eq!(old.output, serde_json::json!({"x": 1}));
+        assert!(old.touched.is_empty());
+        let touched = crate::files::FilesTouched {
+            written: vec![crate::files::FileRecord::new("out.txt", b"x")],
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&touched).unwrap();
+        let entry = NewEntry {
+            agent: "coder",
+            output: "2",
+            files: &[],
+            touched: Some(&text),
+        };
+        store.put("new", "t2", entry, 9).unwrap();
+        assert_eq!(store.get("new").unwrap().unwrap().touched, touched);
+        // A second opener (another run) finds the column there.
+        drop(Store::open(dir.path()).unwrap());
+    }
 }
