@@ -380,6 +380,10 @@ mod tests {
             serde_json::to_string(&FilesTouched::default()).unwrap(),
             "{}"
         );
+        let schema = serde_json::to_value(schemars::schema_for!(FilesTouched)).unwrap();
+        for field in ["read", "written", "omitted"] {
+            assert!(schema["properties"].get(field).is_some(), "{schema}");
+        }
     }
 
     #[test]
