@@ -92,13 +92,15 @@ impl Serve {
         std::fs::write(self.sb.path().join(name), "").unwrap();
     }
 
+    /// The run's trace. The page shows a run finished on its `run_finished` event, which comes
+    /// just before the trace file is written (atomically, by rename): wait for the file.
     fn trace(&self, run_id: &str) -> Value {
-        common::read_json(
-            &self
-                .sb
-                .path()
-                .join(format!("traces/dispatch-{run_id}.json")),
-        )
+        let path = self
+            .sb
+            .path()
+            .join(format!("traces/dispatch-{run_id}.json"));
+        common::eventually(Duration::from_secs(30), || path.is_file());
+        common::read_json(&path)
     }
 }
 
