@@ -673,3 +673,81 @@ fn the_plan_build_review_example_runs_end_to_end() {
     // The builders, tasks of the child batch, count in the run's usage too.
     assert_eq!(r.json["summary"]["usage"]["input_tokens"], 100 + 2 * 50 + 200);
 }
+
+/// The agent's default backend from the configuration file; an OpenAI-compatible server of one's
+/// own needs no key (none is sent).
+#[test]
+fn a_configured_default_backend_and_a_keyless_local_server_work() {
+    let p = Provider::Openai;
+    let api = MockApi::start(vec![p.ok("All three steps are independent.", 7, 3)]);
+    let sb = Sandbox::new();
+    let config = sb.write(
+        "dispatch.yaml",
+        &format!(
+            "agents:\n  prompt:\n    backend: openai\nllm:\n  openai:\n    base_url: {}/v1\n    model: llama3\n",
+            api.base
+        ),
+    );
+    let batch = json!({"tasks": [prompt_task("think", json!({
+        "role": "You are a terse analyst who answers in one sentence.",
+        "instructions": "Are the steps independent?"}))]});
+    let r = dr(
+        &sb,
+        &["--config", config.to_str().unwrap(), "run", "-q"],
+        &batch,
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let out = &r.result("think")["output"];
+    assert_eq!(out["backend"], "openai");
+    assert_eq!(out["role"], "custom");
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/v1/chat/completions");
+    assert_eq!(reqs[0].header("authorization"), None);
+    assert_eq!(reqs[0].body["model"], "llama3");
+    assert!(
+        p.system(&reqs[0])
+            .starts_with("You are a terse analyst who answers in one sentence.")
+    );
+}
+
+/// An output schema is never a way to make the runner fetch or read something: remote and file
+/// references are refused when the batch is checked.
+#[test]
+fn schemas_with_remote_or_file_references_are_refused_at_validation() {
+    let sb = Sandbox::new();
+    let batch = json!({"tasks": [
+        prompt_task("a", json!({"role": "analyst", "instructions": "x",
+            "output_schema": {"$ref": "file:///etc/passwd"}})),
+        prompt_task("b", json!({"role": "analyst", "instructions": "x",
+            "output_schema": {"properties": {"v": {"$ref": "http://127.0.0.1:9/s.json"}}}})),
+        prompt_task("c", json!({"role": "analyst", "instructions": "x",
+            "output_schema": {"type": "nonsense"}})),
+    ]});
+    let r = dr(
+        &sb,
+        &["validate"],
+        &batch,
+        &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY.to_string())],
+    );
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let errors = r.error_messages();
+    let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/tasks/0/input_data/output_schema",
+            "/tasks/1/input_data/output_schema",
+            "/tasks/2/input_data/output_schema"
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|(_, m)| m.starts_with("is not a usable JSON Schema")),
+        "{errors:?}"
+    );
+    assert!(!r.stdout.contains("root:"), "no file was read");
+}

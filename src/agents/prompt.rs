@@ -240,10 +240,14 @@ pub fn check(input: &Value, ctx: &ValidationContext) -> Vec<(String, String)> {
     let Some(llm) = &ctx.llm else {
         return problems;
     };
-    let given = input
-        .get("backend")
-        .and_then(Value::as_str)
-        .and_then(ModelBackend::parse);
+    let given = match input.get("backend") {
+        None | Some(Value::Null) => None,
+        Some(b) => match b.as_str().and_then(ModelBackend::parse) {
+            Some(b) => Some(b),
+            // Not a backend: the schema says so, and there is nothing to check against.
+            None => return problems,
+        },
+    };
     let at = if given.is_some() { "/backend" } else { "" };
     let backend = match choose_backend(given, llm) {
         Ok(b) => b,
