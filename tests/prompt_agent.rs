@@ -212,7 +212,10 @@ fn a_role_with_instructions_context_and_upstream_output_gets_a_text_reply() {
         assert_eq!(turns.len(), 1);
         let (role, user) = &turns[0];
         assert_eq!(role, "user");
-        assert!(user.contains("Review the diff of the deploy script."), "{user}");
+        assert!(
+            user.contains("Review the diff of the deploy script."),
+            "{user}"
+        );
         assert!(user.contains("OPS-4711"), "context missing: {user}");
         assert!(
             user.contains("--dry-run skips the upload"),
@@ -381,8 +384,11 @@ fn paths_out_of_the_workspace_are_refused_before_anything_runs() {
     // naming the entry, before any model call.
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.txt"), "TOP SECRET").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret.txt"), sb.path().join("link.txt"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        sb.path().join("link.txt"),
+    )
+    .unwrap();
     let batch = json!({"tasks": [prompt_task("leak", json!({"role": "analyst",
         "instructions": "Summarise.", "files": ["notes.md", "link.txt"]}))]});
     let r = run(&sb, &batch, &p.env(&api));
@@ -407,7 +413,14 @@ fn a_backend_that_cannot_be_called_is_model_not_configured_at_validation() {
     let sb = Sandbox::new();
     let marker = sb.path().join("ran");
     let touch = sh_task("first", &format!("touch {}", marker.display()), &[]);
-    let cases: Vec<(Value, Vec<(&str, String)>, &str, &str)> = vec![
+    // (input, model variables, where the problem is reported, what the message names)
+    type Case = (
+        Value,
+        Vec<(&'static str, String)>,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             json!({"role": "planner", "instructions": "Plan.", "backend": "anthropic"}),
             vec![],
@@ -610,7 +623,10 @@ fn claude_code_runs_in_a_task_folder_with_prompt_and_context_and_reports_cost() 
     let prompt = seen["prompt"].as_str().unwrap();
     assert!(prompt.starts_with("You are the reviewer."), "{prompt}");
     assert!(prompt.contains("Review the changelog entry."));
-    assert!(prompt.contains("--dry-run for deploy"), "file missing: {prompt}");
+    assert!(
+        prompt.contains("--dry-run for deploy"),
+        "file missing: {prompt}"
+    );
     let context = &seen["context"];
     assert_eq!(context["agent"], "prompt");
     assert_eq!(context["role"], "reviewer");
@@ -654,10 +670,7 @@ fn the_plan_build_review_example_runs_end_to_end() {
     let reqs = api.requests();
     assert_eq!(reqs.len(), 4);
     // Each builder got its own step as instructions.
-    let builder_prompts: Vec<String> = reqs[1..3]
-        .iter()
-        .map(|r| p.turns(r)[0].1.clone())
-        .collect();
+    let builder_prompts: Vec<String> = reqs[1..3].iter().map(|r| p.turns(r)[0].1.clone()).collect();
     assert!(
         builder_prompts
             .iter()
@@ -671,7 +684,10 @@ fn the_plan_build_review_example_runs_end_to_end() {
     );
     assert!(p.system(&reqs[3]).starts_with("You are the reviewer."));
     // The builders, tasks of the child batch, count in the run's usage too.
-    assert_eq!(r.json["summary"]["usage"]["input_tokens"], 100 + 2 * 50 + 200);
+    assert_eq!(
+        r.json["summary"]["usage"]["input_tokens"],
+        100 + 2 * 50 + 200
+    );
 }
 
 /// The agent's default backend from the configuration file; an OpenAI-compatible server of one's

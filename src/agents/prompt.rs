@@ -127,7 +127,10 @@ pub struct PromptOutput {
 
 /// The system prompt of a role, and its name in the output.
 fn role_prompt(role: &str) -> (&str, &str) {
-    match ROLES.iter().find(|(name, _)| name.eq_ignore_ascii_case(role.trim())) {
+    match ROLES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(role.trim()))
+    {
         Some((name, prompt)) => (name, prompt),
         None => ("custom", role),
     }
@@ -199,9 +202,11 @@ fn task_config(
         (Some(m), ModelBackend::Anthropic) => config.anthropic.model = Some(m.to_string()),
         (Some(m), ModelBackend::Openai) => config.openai.model = Some(m.to_string()),
         (Some(_), ModelBackend::Command) => {
-            return Err("'model' applies to the anthropic and openai backends; the command \
+            return Err(
+                "'model' applies to the anthropic and openai backends; the command \
 backend's model is part of its command line (llm.command.argv)"
-                .into());
+                    .into(),
+            );
         }
     }
     Ok(config)
@@ -350,7 +355,10 @@ fn user_prompt(
 ) -> String {
     let mut p = format!("Instructions:\n{}\n", input.instructions);
     if let Some(context) = &input.context {
-        let text = clip(serde_json::to_string_pretty(context).expect("serializable"), cap);
+        let text = clip(
+            serde_json::to_string_pretty(context).expect("serializable"),
+            cap,
+        );
         p.push_str(&format!("\nContext:\n```json\n{text}\n```\n"));
     }
     for (path, text, truncated) in files {
@@ -362,7 +370,10 @@ fn user_prompt(
         p.push_str(&format!("\nFile {path}{cut}:\n```\n{text}\n```\n"));
     }
     for (id, out) in &ctx.dependency_outputs {
-        let text = clip(serde_json::to_string_pretty(out).expect("serializable"), cap);
+        let text = clip(
+            serde_json::to_string_pretty(out).expect("serializable"),
+            cap,
+        );
         p.push_str(&format!(
             "\nOutput of the upstream task '{id}':\n```json\n{text}\n```\n"
         ));
@@ -416,11 +427,13 @@ pub async fn run(input: PromptInput, ctx: &AgentContext) -> Result<PromptOutput,
     }
     let validator = match &input.output_schema {
         None => None,
-        Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(|e| {
-            invalid(format!(
-                "input_data/output_schema is not a usable JSON Schema: {e}"
-            ))
-        })?)),
+        Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+            |e| {
+                invalid(format!(
+                    "input_data/output_schema is not a usable JSON Schema: {e}"
+                ))
+            },
+        )?)),
     };
 
     let cap = config.context_max_bytes;
