@@ -579,6 +579,44 @@ mod tests {
         assert!(value.is_none() && findings[0].contains("not JSON"));
     }
 
+    /// Every file the agent reads is in the attempt's ledger, as much of it as the model saw.
+    #[tokio::test]
+    async fn files_read_are_recorded_in_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.rs"), "fn a() {}\n").unwrap();
+        std::fs::write(dir.path().join("big.txt"), "y".repeat(100)).unwrap();
+        let services = crate::services::Services {
+            workspace: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let ctx = AgentContext {
+            task_id: "t".into(),
+            max_output_bytes: 1024,
+            kill_grace: std::time::Duration::from_millis(10),
+            reaper: Default::default(),
+            services: Arc::new(services),
+            dependency_outputs: Vec::new(),
+            progress: Default::default(),
+            files: Default::default(),
+        };
+        let input: PromptInput = serde_json::from_value(json!({"role": "tester",
+            "instructions": "x", "files": ["./src/a.rs", "big.txt"]}))
+        .unwrap();
+        let read = read_files(&input, &ctx, 40).await.unwrap();
+        assert_eq!(read[0], ("src/a.rs".into(), "fn a() {}\n".into(), false));
+        assert!(read[1].2, "cut to the cap");
+        let touched = ctx.files.take();
+        assert!(touched.written.is_empty());
+        assert_eq!(
+            touched.read,
+            vec![
+                crate::files::FileRecord::new("src/a.rs", b"fn a() {}\n"),
+                crate::files::FileRecord::new("big.txt", "y".repeat(40).as_bytes()),
+            ]
+        );
+    }
+
     #[test]
     fn roles_are_presets_or_the_prompt_itself() {
         assert_eq!(role_prompt("Reviewer").0, "reviewer");
