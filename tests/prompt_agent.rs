@@ -538,6 +538,53 @@ async fn serve_refuses_the_batch_as_validate_does() {
     assert_eq!(body["errors"][0]["path"], "/tasks/0/input_data/backend");
 }
 
+/// The MCP server's `validate` tool gives the same verdict, pointers included.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mcp_validate_tool_refuses_the_batch_as_validate_does() {
+    use dispatch_runner::mcp::client::Session;
+    use dispatch_runner::mcp::config::Transport;
+    let sb = Sandbox::new();
+    // Empty counts as unset: whatever this process has, the server sees no model settings.
+    let env = agents::LLM_VARS
+        .iter()
+        .map(|v| (v.to_string(), String::new()))
+        .collect();
+    let transport = Transport::Stdio {
+        command: bin().display().to_string(),
+        args: vec!["mcp-server".into()],
+        env,
+        cwd: Some(sb.path().display().to_string()),
+    };
+    let session = Session::connect(&transport)
+        .await
+        .expect("mcp-server starts");
+    let batch = json!({"tasks": [prompt_task("plan",
+        json!({"role": "planner", "instructions": "Plan.", "backend": "anthropic",
+               "files": ["../x"]}))]});
+    let mut args = serde_json::Map::new();
+    args.insert("batch".into(), batch.clone());
+    let answer = session
+        .call_tool("validate", args, |_| {})
+        .await
+        .expect("the tool answers");
+    session.close().await;
+    assert!(answer.is_error);
+    let cli = dr(&sb, &["validate"], &batch, &[]);
+    assert_eq!(cli.code, 2);
+    let structured = answer.structured_content.expect("structured content");
+    assert_eq!(structured["errors"], cli.json["errors"], "{structured}");
+    let paths: Vec<&str> = cli.json["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/tasks/0/input_data/backend", "/tasks/0/input_data/files/0"]
+    );
+}
+
 /// A planner's child batch is checked against the same model settings when it starts.
 #[test]
 fn a_child_batch_with_an_uncallable_prompt_task_is_refused_whole() {
