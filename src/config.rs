@@ -106,7 +106,7 @@ pub struct AgentSection {
     pub retries: Option<u32>,
     /// Most tasks of this agent running at once, inside the global worker limit.
     pub max_concurrency: Option<usize>,
-    /// Backend for agents that have several (`coder`, `debug`).
+    /// Backend for agents that have several (`coder`, `debug`, `prompt`).
     pub backend: Option<String>,
     /// Put every task of this agent under one named circuit breaker (opt-in; a task's own
     /// `breaker` wins). 1 to 64 of `A-Za-z0-9_.-`.
@@ -261,6 +261,9 @@ impl Config {
         }
         if let Some(b) = backend("debug") {
             llm.agents.debug = Some(b);
+        }
+        if let Some(b) = backend("prompt") {
+            llm.agents.prompt = Some(b);
         }
         llm.fill_from_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
         llm

@@ -291,14 +291,17 @@ pub struct Intake {
     pub limits: Limits,
     /// Names of the configured MCP servers (the built-in `archon` included).
     pub mcp_servers: BTreeSet<String>,
+    /// The model settings (which backends a `prompt` task can call).
+    pub llm: crate::llm::LlmConfig,
 }
 
 impl Intake {
-    /// Limits as given, MCP server names from `services` (what the run will use).
+    /// Limits as given, MCP servers and model settings from `services` (what the run will use).
     pub fn new(limits: Limits, services: &Services) -> Self {
         Intake {
             limits,
             mcp_servers: services.mcp.servers.keys().cloned().collect(),
+            llm: services.llm.clone(),
         }
     }
 
@@ -312,6 +315,7 @@ impl Intake {
         let ctx = ValidationContext {
             limits: self.limits,
             mcp_servers: Some(self.mcp_servers.clone()),
+            llm: Some(self.llm.clone()),
         };
         crate::batch::validate_text_with(&text, &ctx)
     }
@@ -369,6 +373,7 @@ fn load(config: &Config, input: &InputArgs) -> Result<ValidatedBatch, u8> {
     let intake = Intake {
         limits,
         mcp_servers: config.mcp_servers().servers.keys().cloned().collect(),
+        llm: config.llm(),
     };
     intake.check(bytes, &what).map_err(invalid)
 }
@@ -1250,6 +1255,7 @@ mod tests {
                 ..Limits::default()
             },
             mcp_servers: ["archon".to_string()].into(),
+            llm: Default::default(),
         }
     }
 

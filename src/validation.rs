@@ -12,4 +12,7 @@ pub struct ValidationContext {
     pub limits: Limits,
     /// Names of the configured MCP servers; `mcp` tasks naming another are rejected.
     pub mcp_servers: Option<BTreeSet<String>>,
+    /// The model settings the run will use; tasks that need a model whose backend is not
+    /// configured (no key, no program) are rejected with `model_not_configured`.
+    pub llm: Option<crate::llm::LlmConfig>,
 }

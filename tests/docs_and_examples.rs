@@ -59,9 +59,11 @@ fn every_batch_in_the_docs_is_valid() {
                 continue; // a result document, not a batch
             }
             let sb = Sandbox::new();
-            // Examples may use the default server `archon`, which exists when this is set.
+            // Examples may use the default server `archon`, which exists when this is set, and
+            // `prompt` tasks, whose backend is callable with a key (validation makes no call).
             let mut cmd = sb.cmd(&["validate"]);
-            cmd.env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp");
+            cmd.env("ARCHON_MCP_URL", "http://127.0.0.1:9/mcp")
+                .env("ANTHROPIC_API_KEY", "sk-docs-example-not-a-key");
             let run = sb.run_cmd(cmd, &block);
             assert_eq!(
                 run.code,
@@ -180,6 +182,7 @@ fn every_example_validates() {
             let out = std::process::Command::new(bin())
                 .args(["--config", config.to_str().unwrap()])
                 .args(["validate", "-f", path.to_str().unwrap()])
+                .env("ANTHROPIC_API_KEY", "sk-docs-example-not-a-key")
                 .output()
                 .unwrap();
             assert!(

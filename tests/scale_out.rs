@@ -115,7 +115,7 @@ fn three_hundred_tasks_over_three_workers_all_succeed_and_leave_no_run_keys() {
     assert_eq!(listed["workers"][0]["capacity"], 4);
     assert_eq!(
         listed["workers"][0]["agents"],
-        json!(["command", "coder", "debug", "mcp"])
+        json!(["command", "coder", "debug", "mcp", "prompt"])
     );
     drop(workers);
 }

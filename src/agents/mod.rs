@@ -12,6 +12,7 @@ pub mod command;
 pub mod debug;
 pub mod first_success;
 pub mod mcp;
+pub mod prompt;
 
 use std::future::Future;
 
@@ -185,6 +186,8 @@ registry! {
     Batch("batch") => batch::BatchAgent,
     /// Run alternatives (race or in order) until one succeeds; its output and which one won.
     FirstSuccess("first_success") => first_success::FirstSuccessAgent,
+    /// Ask a model in a role (planner, builder, reviewer, ...); its reply as text, and as JSON under a schema.
+    Prompt("prompt") => prompt::PromptAgent,
 }
 
 pub fn is_agent_name(name: &str) -> bool {

@@ -40,6 +40,8 @@ pub struct LlmConfig {
 pub struct AgentBackends {
     pub coder: Option<String>,
     pub debug: Option<String>,
+    /// `anthropic`, `openai` or `command` (the `prompt` agent has no offline backend).
+    pub prompt: Option<String>,
 }
 
 /// The Anthropic Messages API.
@@ -150,7 +152,7 @@ impl LlmConfig {
 
     /// Fills unset fields from the environment: `ANTHROPIC_MODEL`, `ANTHROPIC_BASE_URL`,
     /// `OPENAI_MODEL`, `OPENAI_BASE_URL`, `DISPATCH_LLM_COMMAND`, `DISPATCH_CODER_BACKEND`,
-    /// `DISPATCH_DEBUG_BACKEND`. Keys are read only when a request is made (and registered as
+    /// `DISPATCH_DEBUG_BACKEND`, `DISPATCH_PROMPT_BACKEND`. Keys are read only when a request is made (and registered as
     /// secrets then), but already-present keys are registered here too.
     pub fn fill_from_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         let fill = |slot: &mut Option<String>, var: &str| {
@@ -164,6 +166,7 @@ impl LlmConfig {
         fill(&mut self.openai.base_url, "OPENAI_BASE_URL");
         fill(&mut self.agents.coder, "DISPATCH_CODER_BACKEND");
         fill(&mut self.agents.debug, "DISPATCH_DEBUG_BACKEND");
+        fill(&mut self.agents.prompt, "DISPATCH_PROMPT_BACKEND");
         if self.command.argv.is_empty() {
             self.command.argv = env("DISPATCH_LLM_COMMAND")
                 .and_then(|v| serde_json::from_str::<Vec<String>>(&v).ok())
@@ -206,6 +209,43 @@ impl LlmConfig {
             .unwrap_or(DEFAULT_OPENAI_BASE_URL)
     }
 
+    /// Why `backend` cannot be called as configured, or `None` when it can: the Anthropic API
+    /// needs its key; the OpenAI-compatible one a key (the public endpoint) or a base URL of
+    /// one's own (local servers take no key); the command backend its program, found. Read from
+    /// the environment now, so a batch is refused before it runs rather than failing mid-run.
+    pub fn not_configured(&self, backend: super::ModelBackend) -> Option<String> {
+        let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+        match backend {
+            super::ModelBackend::Anthropic => (!set(&self.anthropic.api_key_env)).then(|| {
+                format!(
+                    "backend 'anthropic' needs an API key in ${}",
+                    self.anthropic.api_key_env
+                )
+            }),
+            super::ModelBackend::Openai => {
+                (!set(&self.openai.api_key_env) && self.openai.base_url.is_none()).then(|| {
+                    format!(
+                        "backend 'openai' needs an API key in ${} (for the public endpoint) or a server of its own in $OPENAI_BASE_URL / llm.openai.base_url",
+                        self.openai.api_key_env
+                    )
+                })
+            }
+            super::ModelBackend::Command => {
+                let Some(program) = self.command.argv.first() else {
+                    return Some(
+                        "backend 'command' has no program: set $DISPATCH_LLM_COMMAND or llm.command.argv".into(),
+                    );
+                };
+                (!program_exists(program)).then(|| {
+                    format!(
+                        "backend 'command' runs '{program}', which is not an executable file{}; set $DISPATCH_LLM_COMMAND (a JSON array) or llm.command.argv",
+                        if program.contains('/') { "" } else { " on PATH" }
+                    )
+                })
+            }
+        }
+    }
+
     /// Cost in US dollars of a call, when the model is in the price table.
     pub fn cost(&self, model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
         let (_, price) = self
@@ -219,6 +259,23 @@ impl LlmConfig {
                 / 1_000_000.0,
         )
     }
+}
+
+/// Whether a program name would start: a path to an executable file, or a name found on `PATH`.
+/// A relative path with a `/` is taken as it stands (the backend runs in a folder of its own, so
+/// only an absolute one can be checked from here); it is left to the run.
+fn program_exists(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = std::path::Path::new(program);
+        return !path.is_absolute() || executable(path);
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Language-model backends shared by the `coder` and `debug` agents: the Anthropic Messages API,
+//! Language-model backends shared by the `coder`, `debug` and `prompt` agents: the Anthropic Messages API,
 //! any OpenAI-compatible chat-completions server, and a command-line agent (Claude Code by
 //! default). One call takes a conversation and returns the reply text plus token usage and cost.
 //!
@@ -191,11 +191,88 @@ pub async fn complete(
     context: &serde_json::Value,
     ctx: &AgentContext,
 ) -> Result<Reply, TaskError> {
-    let config = &ctx.services.llm;
+    complete_with(&ctx.services.llm, backend, conversation, context, ctx).await
+}
+
+/// [`complete`] with settings other than the run's (a task that names its own model).
+pub async fn complete_with(
+    config: &LlmConfig,
+    backend: ModelBackend,
+    conversation: &Conversation,
+    context: &serde_json::Value,
+    ctx: &AgentContext,
+) -> Result<Reply, TaskError> {
     match backend {
         ModelBackend::Anthropic => anthropic::complete(config, conversation).await,
         ModelBackend::Openai => openai::complete(config, conversation).await,
         ModelBackend::Command => command::complete(config, conversation, context, ctx).await,
+    }
+}
+
+/// What an agent's check made of a reply (see [`complete_with_repairs`]).
+pub enum Verdict<T> {
+    /// The reply is good; this is what the agent keeps.
+    Accept(T),
+    /// The reply fails: what the agent keeps should no repair be left, and what to tell the
+    /// model (the next user turn).
+    Repair(T, String),
+}
+
+/// The end of a [`complete_with_repairs`] exchange.
+#[derive(Debug)]
+pub struct Repaired<T> {
+    /// What the check made of the last reply.
+    pub value: T,
+    /// Whether the check accepted it (false: the repairs ran out).
+    pub accepted: bool,
+    /// The last reply as the model wrote it.
+    pub reply: String,
+    /// Model calls made, repairs included.
+    pub calls: u32,
+    pub usage: Usage,
+}
+
+/// Asks the model, checks the reply with `check`, and while it fails sends the reply back with
+/// what is wrong, up to `config.max_repairs` times. The repair loop of every agent that wants a
+/// reply of a given shape (the `coder`'s valid module, the `prompt`'s JSON under a schema).
+pub async fn complete_with_repairs<T, F, Fut>(
+    config: &LlmConfig,
+    backend: ModelBackend,
+    mut conversation: Conversation,
+    context: &serde_json::Value,
+    ctx: &AgentContext,
+    mut check: F,
+) -> Result<Repaired<T>, TaskError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Verdict<T>, TaskError>>,
+{
+    let max_calls = config.max_repairs + 1;
+    let mut usage = Usage::default();
+    let mut calls = 0;
+    loop {
+        let reply = complete_with(config, backend, &conversation, context, ctx).await?;
+        calls += 1;
+        usage.add(&reply.usage);
+        let (value, repair) = match check(reply.text.clone()).await? {
+            Verdict::Accept(v) => (v, None),
+            Verdict::Repair(v, why) => (v, Some(why)),
+        };
+        match repair {
+            Some(why) if calls < max_calls => {
+                conversation.push(Role::Assistant, reply.text);
+                conversation.push(Role::User, why);
+            }
+            _ => {
+                return Ok(Repaired {
+                    value,
+                    accepted: repair.is_none(),
+                    reply: reply.text,
+                    calls,
+                    usage,
+                });
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub const LLM_VARS: &[&str] = &[
     "DISPATCH_LLM_COMMAND",
     "DISPATCH_CODER_BACKEND",
     "DISPATCH_DEBUG_BACKEND",
+    "DISPATCH_PROMPT_BACKEND",
 ];
 
 /// Runs `batch` in the sandbox with exactly the model variables in `env`.

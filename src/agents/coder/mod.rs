@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::agents::AgentContext;
-use crate::llm::{self, Conversation, ModelBackend, Role, Usage};
+use crate::llm::{self, Conversation, ModelBackend, Usage, Verdict};
 use crate::task_error::{ErrorKind, Failure, TaskError};
 use crate::workspace::Workspace;
 
@@ -365,7 +365,7 @@ async fn generate(
     ctx: &AgentContext,
 ) -> Result<(String, u32, Usage), TaskError> {
     let input = job.input;
-    let mut conversation = Conversation::new(system_prompt(), user_prompt(job, ctx));
+    let conversation = Conversation::new(system_prompt(), user_prompt(job, ctx));
     let context_json = json!({
         "task_id": ctx.task_id,
         "agent": "coder",
@@ -378,27 +378,21 @@ async fn generate(
         "context_files": job.context.iter().map(|(p, t)| json!({"path": p, "content": t})).collect::<Vec<_>>(),
         "dependency_outputs": ctx.dependency_outputs,
     });
-    let max_calls = ctx.services.llm.max_repairs + 1;
-    let mut usage = Usage::default();
-    let mut calls = 0;
-    loop {
-        let reply = llm::complete(model, &conversation, &context_json, ctx).await?;
-        calls += 1;
-        usage.add(&reply.usage);
-        let code = llm::extract_code(&reply.text, &["python", "py", "python3"]);
-        let v = validate_off_runtime(
-            &code,
-            job.file_display,
-            input.node_type,
-            input.validation_level,
-        )
-        .await?;
-        if v.passed || calls >= max_calls {
-            return Ok((code, calls, usage));
-        }
-        conversation.push(Role::Assistant, reply.text);
-        conversation.push(Role::User, repair_prompt(&v));
-    }
+    let (file_display, node_type, level) =
+        (job.file_display, input.node_type, input.validation_level);
+    let check = |text: String| async move {
+        let code = llm::extract_code(&text, &["python", "py", "python3"]);
+        let v = validate_off_runtime(&code, file_display, node_type, level).await?;
+        Ok(if v.passed {
+            Verdict::Accept(code)
+        } else {
+            Verdict::Repair(code, repair_prompt(&v))
+        })
+    };
+    let config = &ctx.services.llm;
+    let done =
+        llm::complete_with_repairs(config, model, conversation, &context_json, ctx, check).await?;
+    Ok((done.value, done.calls, done.usage))
 }
 
 pub const CONVENTIONS: &str = "\

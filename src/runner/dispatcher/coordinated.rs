@@ -148,6 +148,7 @@ impl<E: Executor> Dispatcher<E> {
         let ctx = ValidationContext {
             limits: Default::default(),
             mcp_servers: Some(self.services.mcp.servers.keys().cloned().collect()),
+            llm: Some(self.services.llm.clone()),
         };
         let depth = self.coord.depth.get(&i).copied().unwrap_or(0);
         let max_depth = self.settings.max_batch_depth;
