@@ -146,6 +146,36 @@ impl Browser {
     }
 }
 
+impl Drop for Browser {
+    /// A test that fails never reaches `close`: chromedriver dies with `_driver`, but the
+    /// Chromium it started would live on, orphaned. Its processes name this browser's own
+    /// profile folder on their command lines, which is how they are found.
+    fn drop(&mut self) {
+        let marker = format!("--user-data-dir={}", self._profile.path().display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if raw.split(|b| *b == 0).any(|arg| arg == marker.as_bytes()) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 pub fn base64_decode(s: &str) -> Vec<u8> {
     let val = |c: u8| match c {
         b'A'..=b'Z' => c - b'A',
