@@ -16,45 +16,7 @@ use common::*;
 use mockapi::*;
 use serde_json::{Value, json};
 
-const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789abcdef";
-const OPENAI_KEY: &str = "sk-openai-test-0123456789abcdef";
-
-#[derive(Clone, Copy, Debug)]
-enum Provider {
-    Anthropic,
-    Openai,
-}
-
 impl Provider {
-    fn name(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "anthropic",
-            Provider::Openai => "openai",
-        }
-    }
-
-    fn ok(self, text: &str, i: u64, o: u64) -> Scripted {
-        match self {
-            Provider::Anthropic => anthropic_ok(text, i, o),
-            Provider::Openai => openai_ok(text, i, o),
-        }
-    }
-
-    fn env(self, api: &MockApi) -> Vec<(&'static str, String)> {
-        match self {
-            Provider::Anthropic => vec![
-                ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
-                ("ANTHROPIC_BASE_URL", api.base.clone()),
-                ("ANTHROPIC_MODEL", "claude-sonnet-4-5".into()),
-            ],
-            Provider::Openai => vec![
-                ("OPENAI_API_KEY", OPENAI_KEY.into()),
-                ("OPENAI_BASE_URL", format!("{}/v1", api.base)),
-                ("OPENAI_MODEL", "gpt-4o-mini".into()),
-            ],
-        }
-    }
-
     /// The user turns of a recorded request, in order.
     fn user_turns(self, req: &Recorded) -> Vec<String> {
         req.body["messages"]
@@ -102,8 +64,6 @@ impl Provider {
         );
     }
 }
-
-const BOTH: [Provider; 2] = [Provider::Anthropic, Provider::Openai];
 
 fn coder_task(id: &str, backend: &str) -> Value {
     json!({"task_id": id, "agent": "coder", "input_data": {

@@ -187,3 +187,50 @@ pub fn raw(status: u16, body: &str) -> Scripted {
 pub fn fenced(code: &str) -> String {
     format!("Here is the module:\n\n```python\n{code}```\n")
 }
+
+/// Test keys the provider stand-ins expect; tests assert they never appear in any output.
+pub const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789abcdef";
+pub const OPENAI_KEY: &str = "sk-openai-test-0123456789abcdef";
+
+/// A model provider whose wire format the stand-in speaks. Tests add their own inherent
+/// methods (what they read back from a recorded request).
+#[derive(Clone, Copy, Debug)]
+pub enum Provider {
+    Anthropic,
+    Openai,
+}
+
+pub const BOTH: [Provider; 2] = [Provider::Anthropic, Provider::Openai];
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::Openai => "openai",
+        }
+    }
+
+    /// A successful reply with `text` and the token counts, in this provider's shape.
+    pub fn ok(self, text: &str, i: u64, o: u64) -> Scripted {
+        match self {
+            Provider::Anthropic => anthropic_ok(text, i, o),
+            Provider::Openai => openai_ok(text, i, o),
+        }
+    }
+
+    /// The environment pointing the runner at `api` as this provider, with its test key.
+    pub fn env(self, api: &MockApi) -> Vec<(&'static str, String)> {
+        match self {
+            Provider::Anthropic => vec![
+                ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+                ("ANTHROPIC_BASE_URL", api.base.clone()),
+                ("ANTHROPIC_MODEL", "claude-sonnet-4-5".into()),
+            ],
+            Provider::Openai => vec![
+                ("OPENAI_API_KEY", OPENAI_KEY.into()),
+                ("OPENAI_BASE_URL", format!("{}/v1", api.base)),
+                ("OPENAI_MODEL", "gpt-4o-mini".into()),
+            ],
+        }
+    }
+}
