@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    ATTEMPTS_PREFIX, GROUP, Outcome, OutcomeMessage, RedisOptions, WORKER_PATTERN, WorkerInfo,
-    attempts_stream, cancel_key, outcomes_stream, redact_url, run_key,
+    ATTEMPTS_PREFIX, GROUP, Outcome, OutcomeMessage, RedisOptions, attempts_stream, cancel_key,
+    outcomes_stream, redact_url, run_key,
 };
 use crate::runner::executor::{AttemptEnd, AttemptId, AttemptRequest, Executor, ExecutorEvent};
 use crate::task_error::{ErrorKind, Failure, TaskError};
@@ -712,42 +712,19 @@ impl Link {
         });
     }
 
-    /// The agents some live worker serves, from the workers' heartbeat keys.
+    /// The agents some live worker serves, from the workers' heartbeat keys. `None` when
+    /// Redis did not answer (the check is skipped; the next tick's requests reconnect).
     async fn served_agents(&mut self) -> Option<HashSet<String>> {
-        let mut cursor: u64 = 0;
-        let mut keys: Vec<String> = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .query(|| {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(WORKER_PATTERN)
-                        .arg("COUNT")
-                        .arg(500)
-                        .clone()
-                })
-                .await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        if self.dead {
+            return None;
+        }
+        match super::live_workers(&mut self.conn).await {
+            Ok(workers) => Some(workers.into_iter().flat_map(|w| w.agents).collect()),
+            Err(e) => {
+                tracing::debug!("cannot list the live workers: {e}");
+                None
             }
         }
-        let mut served = HashSet::new();
-        if keys.is_empty() {
-            return Some(served);
-        }
-        let values: Vec<Option<String>> =
-            self.query(|| redis::cmd("MGET").arg(&keys).clone()).await?;
-        for info in values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str::<WorkerInfo>(&v).ok())
-        {
-            served.extend(info.agents);
-        }
-        Some(served)
     }
 
     /// Attempts whose worker stopped renewing the lease: taken back and reported lost.

@@ -283,6 +283,13 @@ pub async fn list_workers(url: &str) -> Result<Vec<WorkerInfo>, String> {
     let mut conn = connect(&client, Some(Duration::from_secs(5)))
         .await
         .map_err(|e| unreachable_message(url, &e))?;
+    live_workers(&mut conn)
+        .await
+        .map_err(|e| format!("Redis at {}: {e}", redact_url(url)))
+}
+
+/// The live workers on an open connection, from their heartbeat keys, by name.
+pub async fn live_workers(conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<WorkerInfo>> {
     let mut cursor: u64 = 0;
     let mut keys: Vec<String> = Vec::new();
     loop {
@@ -292,9 +299,8 @@ pub async fn list_workers(url: &str) -> Result<Vec<WorkerInfo>, String> {
             .arg(WORKER_PATTERN)
             .arg("COUNT")
             .arg(500)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("Redis at {}: {e}", redact_url(url)))?;
+            .query_async(conn)
+            .await?;
         keys.extend(batch);
         cursor = next;
         if cursor == 0 {
@@ -303,11 +309,7 @@ pub async fn list_workers(url: &str) -> Result<Vec<WorkerInfo>, String> {
     }
     let mut out = Vec::new();
     if !keys.is_empty() {
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("Redis at {}: {e}", redact_url(url)))?;
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
         out.extend(
             values
                 .into_iter()
