@@ -155,10 +155,9 @@ pub struct LocalExecutor {
     reaper: Reaper,
     set: JoinSet<Result<Value, Failure>>,
     by_task: HashMap<Id, AttemptId>,
-    handles: HashMap<AttemptId, AbortHandle>,
-    /// Each attempt's file records, taken when it ends (also when it was cancelled or
-    /// panicked: the ledger outlives the agent's future).
-    ledgers: HashMap<AttemptId, FileLedger>,
+    /// Each attempt's abort handle, and its file records, taken when it ends (also when it
+    /// was cancelled or panicked: the ledger outlives the agent's future).
+    handles: HashMap<AttemptId, (AbortHandle, FileLedger)>,
     progress_tx: mpsc::Sender<ProgressNote>,
     progress_rx: mpsc::Receiver<ProgressNote>,
 }
@@ -172,7 +171,6 @@ impl LocalExecutor {
             set: JoinSet::new(),
             by_task: HashMap::new(),
             handles: HashMap::new(),
-            ledgers: HashMap::new(),
             progress_tx,
             progress_rx,
         }
@@ -204,11 +202,10 @@ impl LocalExecutor {
             }
         };
         let attempt_id = self.by_task.remove(&id).expect("every attempt is tracked");
-        self.handles.remove(&attempt_id);
         let files = self
-            .ledgers
+            .handles
             .remove(&attempt_id)
-            .map(|l| l.take())
+            .map(|(_, ledger)| ledger.take())
             .unwrap_or_default();
         ExecutorEvent::Finished {
             attempt_id,
@@ -246,7 +243,6 @@ impl Executor for LocalExecutor {
             crate::redact::register_secrets_in(&input.input_value());
         }
         let files = FileLedger::default();
-        self.ledgers.insert(attempt_id, files.clone());
         let ctx = AgentContext {
             task_id,
             max_output_bytes,
@@ -255,17 +251,17 @@ impl Executor for LocalExecutor {
             services: self.services.clone(),
             dependency_outputs,
             progress: ProgressSink::new(self.progress_tx.clone(), attempt_id),
-            files,
+            files: files.clone(),
         };
         let handle = self
             .set
             .spawn(async move { with_timeout(timeout, input.run(&ctx)).await });
         self.by_task.insert(handle.id(), attempt_id);
-        self.handles.insert(attempt_id, handle);
+        self.handles.insert(attempt_id, (handle, files));
     }
 
     fn cancel(&mut self, attempt_id: AttemptId) {
-        if let Some(h) = self.handles.get(&attempt_id) {
+        if let Some((h, _)) = self.handles.get(&attempt_id) {
             h.abort();
         }
     }
