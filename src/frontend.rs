@@ -773,8 +773,8 @@ fn execute(
             Ok(o) => o,
             Err(e) => return runner_error(&e, None),
         };
-        let stores = config.stores(args.journal_fsync, args.no_history, args.no_cache);
-        let mut options = RunOptions::new(settings).with_stores(&stores);
+        let mut options = RunOptions::new(settings);
+        options.stores = config.stores(args.journal_fsync, args.no_history, args.no_cache);
         options.sinks = std::mem::take(&mut outputs.sinks);
         options.interrupts = Some(rx);
         options.services = services;

@@ -700,7 +700,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         runs.insert(id.clone(), handle);
         id
     };
-    let mut run_options = RunOptions::new(settings).with_stores(&options.stores);
+    let mut run_options = RunOptions::new(settings);
+    run_options.stores = options.stores.clone();
     run_options.run_id = Some(run_id.clone());
     run_options.sinks = vec![
         Box::new(MetricsSink::new(state.metrics.clone(), None)),

@@ -439,7 +439,8 @@ impl Inner {
         };
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let (interrupts, interrupt_rx) = mpsc::channel(2);
-        let mut run_options = RunOptions::new(settings).with_stores(&options.stores);
+        let mut run_options = RunOptions::new(settings);
+        run_options.stores = options.stores.clone();
         run_options.run_id = Some(run_id.clone());
         run_options.sinks = vec![Box::new(ProgressSink {
             total: validated.batch.tasks.len(),

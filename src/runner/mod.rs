@@ -63,12 +63,22 @@ pub struct RunOptions {
     pub services: Arc<Services>,
     /// Outputs kept from a previous run (`--rerun-failed`).
     pub reuse: Option<Reuse>,
+    /// Run attempts on the workers of this Redis pool instead of in this process.
+    pub redis: Option<crate::remote::RedisOptions>,
+    /// The journal's fsync, the result cache, the run history and trace retention.
+    pub stores: StoreOptions,
+}
+
+/// What runs keep and reuse between runs, from the configuration file and flags: the journal's
+/// fsync policy, the result cache, the run history and trace retention. `run`, `serve` and
+/// `mcp-server` build it the same way ([`crate::config::Config::stores`]), so a batch behaves
+/// the same whichever of them runs it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
     /// When the run's journal is forced to disk.
     pub journal_fsync: crate::journal::FsyncPolicy,
     /// The result cache's settings (`cache:` in the configuration file).
     pub cache: crate::cache::CacheConfig,
-    /// Run attempts on the workers of this Redis pool instead of in this process.
-    pub redis: Option<crate::remote::RedisOptions>,
     /// Read and record `<trace_dir>/history.sqlite` (off by default for library callers; the
     /// command line turns it on unless `--no-history`).
     pub use_history: bool,
@@ -79,30 +89,7 @@ pub struct RunOptions {
     pub retention: crate::retention::Retention,
 }
 
-/// What runs keep and reuse between runs, from the configuration file and flags: the journal's
-/// fsync policy, the result cache, the run history and trace retention. `run`, `serve` and
-/// `mcp-server` build it the same way ([`crate::config::Config::stores`]), so a batch behaves
-/// the same whichever of them runs it.
-#[derive(Debug, Clone, Default)]
-pub struct StoreOptions {
-    pub journal_fsync: crate::journal::FsyncPolicy,
-    pub cache: crate::cache::CacheConfig,
-    pub use_history: bool,
-    pub history: crate::history::HistoryOptions,
-    pub retention: crate::retention::Retention,
-}
-
 impl RunOptions {
-    /// Applies the stores' settings (see [`StoreOptions`]).
-    pub fn with_stores(mut self, stores: &StoreOptions) -> Self {
-        self.journal_fsync = stores.journal_fsync;
-        self.cache = stores.cache.clone();
-        self.use_history = stores.use_history;
-        self.history = stores.history.clone();
-        self.retention = stores.retention.clone();
-        self
-    }
-
     pub fn new(settings: RunSettings) -> Self {
         RunOptions {
             settings,
@@ -111,12 +98,8 @@ impl RunOptions {
             interrupts: None,
             services: Arc::new(Services::default()),
             reuse: None,
-            journal_fsync: crate::journal::FsyncPolicy::default(),
-            cache: crate::cache::CacheConfig::default(),
             redis: None,
-            use_history: false,
-            history: crate::history::HistoryOptions::default(),
-            retention: crate::retention::Retention::default(),
+            stores: StoreOptions::default(),
         }
     }
 }
@@ -181,12 +164,15 @@ pub async fn run(validated: ValidatedBatch, options: RunOptions) -> Result<RunRe
         interrupts,
         services,
         reuse,
-        journal_fsync,
-        cache,
         redis,
-        use_history,
-        history,
-        retention,
+        stores:
+            StoreOptions {
+                journal_fsync,
+                cache,
+                use_history,
+                history,
+                retention,
+            },
     } = options;
     let dir = settings.trace_dir.clone();
     trace::prepare_dir(&dir).map_err(|source| RunnerError::TraceDir {
