@@ -152,25 +152,9 @@ impl Drop for Browser {
     /// profile folder on their command lines, which is how they are found.
     fn drop(&mut self) {
         let marker = format!("--user-data-dir={}", self._profile.path().display());
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if raw.split(|b| *b == 0).any(|arg| arg == marker.as_bytes()) {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
+        for found in crate::common::processes_matching(&marker) {
+            if let Some(pid) = found.split(':').next().and_then(|p| p.parse().ok()) {
+                crate::common::send_signal(pid, libc::SIGKILL);
             }
         }
     }
